@@ -1,0 +1,194 @@
+"""The seam between the shared trainer and an algorithm plug-in.
+
+The trainer turns prompts into :class:`RolloutGroup` objects (a prompt, its G completions and their
+rewards). A plug-in turns groups into a :class:`TrainBatch` (rows with advantages, loss weights and,
+for off-policy rows, stored behaviour log-probs), computes the loss on the policy's log-probs, and
+sees the step's outcome in ``after_step``. Everything an algorithm adds (replay buffers included)
+lives behind this interface; the trainer never mentions replay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, get_type_hints
+
+import numpy as np
+import torch
+
+from harness.config import ConfigError, _coerce
+
+
+@dataclass
+class RolloutGroup:
+    """One prompt's on-policy samples for this step."""
+
+    prompt_id: str  # stable id from the dataset (never the templated text)
+    prompt_ids: list[int]  # prompt token ids after the chat template and truncation
+    completion_ids: list[np.ndarray]  # G arrays of int token ids (eos included when generated)
+    rewards: np.ndarray  # [G] float64
+    policy_version: int  # optimizer steps taken by the policy that generated them
+
+
+@dataclass
+class TrainBatch:
+    """Rows the trainer runs forward/backward on. All per-row arrays have the same length R."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[np.ndarray]
+    advantages: np.ndarray  # [R] float32, one sequence-level advantage per row
+    row_weights: np.ndarray  # [R] float64: weight of the row's aggregated token loss (encodes loss_type)
+    token_sum: np.ndarray  # [R] bool: aggregate a row's tokens by sum (bnpo, dr_grpo) instead of mean (grpo)
+    old_logprobs: list[np.ndarray | None]  # stored behaviour log-probs; None = the current policy (on-policy)
+    source: np.ndarray  # [R] int8: 0 = on-policy, 1 = replayed
+    group_index: np.ndarray  # [R] index into the step's groups
+    policy_version: np.ndarray  # [R] version that generated the row
+    metrics: dict[str, float] = field(default_factory=dict)  # batch-construction metrics (advantages, replay)
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
+
+    def select(self, idx: np.ndarray) -> "TrainBatch":
+        """Sub-batch of rows ``idx`` (micro-batching); metrics stay with the full batch."""
+        return TrainBatch(
+            prompt_ids=[self.prompt_ids[i] for i in idx],
+            completion_ids=[self.completion_ids[i] for i in idx],
+            advantages=self.advantages[idx],
+            row_weights=self.row_weights[idx],
+            token_sum=self.token_sum[idx],
+            old_logprobs=[self.old_logprobs[i] for i in idx],
+            source=self.source[idx],
+            group_index=self.group_index[idx],
+            policy_version=self.policy_version[idx],
+        )
+
+
+@dataclass
+class LossInputs:
+    """Tensors for one micro-batch, aligned on completion positions [B, T]."""
+
+    logprobs: torch.Tensor  # current policy log-probs (with grad)
+    old_logprobs: torch.Tensor  # behaviour / pre-step log-probs (no grad)
+    ref_logprobs: torch.Tensor | None  # reference model log-probs when beta > 0
+    mask: torch.Tensor  # [B, T] float, 1 on real completion tokens
+    advantages: torch.Tensor  # [B]
+    row_weights: torch.Tensor  # [B]
+    token_sum: torch.Tensor  # [B] bool
+    source: torch.Tensor  # [B] int
+
+
+class Algorithm:
+    """Base class of algorithm plug-ins. Subclasses set ``name`` and ``config_cls``."""
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type] = object
+
+    def __init__(self, config: Any, *, seed: int, max_completion_length: int, process_index: int = 0, num_processes: int = 1):
+        self.config = config
+        self.seed = seed
+        self.max_completion_length = max_completion_length  # dr_grpo's constant normaliser
+        self.process_index = process_index
+        self.num_processes = num_processes
+
+    # -- what the trainer asks ----------------------------------------------------------------
+    @property
+    def num_iterations(self) -> int:
+        return 1
+
+    @property
+    def needs_reference_model(self) -> bool:
+        return False
+
+    def build_batch(self, groups: list[RolloutGroup], step: int) -> TrainBatch:
+        raise NotImplementedError
+
+    def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Return the loss to backpropagate and metrics as name -> (numerator, denominator)."""
+        raise NotImplementedError
+
+    def after_step(self, groups: list[RolloutGroup], batch: TrainBatch, behaviour_logprobs: list[np.ndarray], step: int) -> dict[str, float]:
+        """Called after the optimizer step with the pre-step log-probs of every batch row."""
+        return {}
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Tensors (saved with safetensors) and JSON metadata; never pickle."""
+        return {}, {}
+
+    def load_state_dict(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        pass
+
+    @classmethod
+    def apply_variant(cls, values: dict[str, Any], variant: str) -> dict[str, Any]:
+        """Map a variant suffix (``repo:recent_k``) onto config fields. Plug-ins without variants reject it."""
+        raise ConfigError(f"algorithm '{cls.name}' has no variants; got '{cls.name}:{variant}'")
+
+    @classmethod
+    def validate_config(cls, config: Any) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry
+
+_ALGORITHMS: dict[str, type[Algorithm]] = {}
+
+
+def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} must set a non-empty `name`")
+    if cls.name in _ALGORITHMS and _ALGORITHMS[cls.name] is not cls:
+        raise ValueError(f"algorithm '{cls.name}' is already registered")
+    _ALGORITHMS[cls.name] = cls
+    return cls
+
+
+def available_algorithms() -> list[str]:
+    return sorted(_ALGORITHMS)
+
+
+def get_algorithm_class(name: str) -> type[Algorithm]:
+    if name not in _ALGORITHMS:
+        raise ConfigError(f"unknown algorithm '{name}'; available: {', '.join(available_algorithms())}")
+    return _ALGORITHMS[name]
+
+
+def split_variant(spec: str) -> tuple[str, str | None]:
+    """``"repo:recent_k"`` -> ``("repo", "recent_k")``; ``"grpo"`` -> ``("grpo", None)``."""
+    name, _, variant = spec.partition(":")
+    return name.strip(), (variant.strip() or None)
+
+
+def resolve_algorithm(section: dict[str, Any]) -> tuple[type[Algorithm], Any]:
+    """Turn the config's ``algorithm`` mapping into (plug-in class, its validated config object)."""
+    values = dict(section)
+    spec = values.pop("name", None)
+    if not isinstance(spec, str) or not spec:
+        raise ConfigError("algorithm.name is required (e.g. grpo, repo:recent_k)")
+    name, variant = split_variant(spec)
+    cls = get_algorithm_class(name)
+    if variant:
+        values = cls.apply_variant(values, variant)
+    config = cls.config_cls()
+    hints = get_type_hints(cls.config_cls)
+    valid = {f.name for f in fields(config)}
+    for key, value in values.items():
+        if key not in valid:
+            raise ConfigError(f"unknown config key 'algorithm.{key}' for algorithm '{name}'; valid keys: {', '.join(sorted(valid))}")
+        choices = cls.config_cls.__dataclass_fields__[key].metadata.get("choices")
+        coerced = _coerce(value, hints[key], f"algorithm.{key}")
+        if choices and coerced not in choices:
+            raise ConfigError(f"algorithm.{key}: expected one of {', '.join(choices)}, got {coerced!r}")
+        setattr(config, key, coerced)
+    cls.validate_config(config)
+    return cls, config
+
+
+def algorithm_config_dict(section: dict[str, Any]) -> dict[str, Any]:
+    """The fully resolved algorithm section (name + every field), for saving with the run."""
+    cls, config = resolve_algorithm(section)
+    return {"name": section["name"], **dataclasses.asdict(config)}
+
+
+def create_algorithm(section: dict[str, Any], *, seed: int, max_completion_length: int, process_index: int = 0, num_processes: int = 1) -> Algorithm:
+    cls, config = resolve_algorithm(section)
+    return cls(config, seed=seed, max_completion_length=max_completion_length, process_index=process_index, num_processes=num_processes)

@@ -1,0 +1,210 @@
+"""RePO: Replay-Enhanced Policy Optimization (Li et al., 2025, arXiv 2506.09340), everything it adds to GRPO.
+
+Per step, for each prompt:
+1. On-policy: the G fresh completions, advantages as in GRPO.
+2. Off-policy: if the prompt's replay buffer holds >= ``min_cache_to_replay`` entries, a strategy picks
+   k = min(size, ``num_replays``) of them (``all`` takes every entry). Their advantages use the rewards
+   stored with them, normalised on their own (``split``, the reference) or together with the fresh
+   group (``mixed``). Their importance ratio uses the behaviour log-probs stored at generation time,
+   with the same clip as on-policy rows.
+3. Loss = on-policy term + ``off_policy_loss_coef`` x off-policy term. ``loss_weighting=reference``
+   averages both over all G+k rows of the batch (the reference code's implicit 1/2 once replay
+   starts); ``paper`` normalises each term over its own rows (the paper's 1/G formula).
+4. After the optimizer step, the fresh completions enter the buffer with their pre-step log-probs,
+   so a step never replays its own samples.
+
+The buffer is keyed by the dataset's prompt id. Each process keeps the buffer of the prompts it owns
+(the trainer's sampler sends a prompt to the same process on every visit), so nothing is gathered.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from algorithms.base import LossInputs, RolloutGroup, TrainBatch, register_algorithm
+from algorithms.grpo import GRPO, GRPOConfig, aggregate, clipped_token_loss, effective_step_metrics, group_advantages, kl_k3, masked_mean_parts, ratio_metrics, row_weights_for
+from algorithms.replay_buffer import ReplayBuffer
+from algorithms.replay_strategies import available_strategies, get_strategy
+from harness.config import ConfigError
+
+
+@dataclass
+class RePOConfig(GRPOConfig):
+    strategy: str = field(default="highest_k", metadata={"help": "Replay strategy: none, all, random_k, recent_k, highest_k, max_variance_k or a registered one (reference script default: highest_k; Qwen2.5-Math runs used recent_k)."})
+    num_replays: int = field(default=8, metadata={"help": "k: replayed completions per prompt (paper: 8). `all` ignores it."})
+    min_cache_to_replay: int = field(default=16, metadata={"help": "Replay a prompt only once its buffer holds this many entries (reference: 16, so replay starts in epoch 3 with G=8)."})
+    max_cache_size: int = field(default=16, metadata={"help": "Per-prompt FIFO capacity (reference: 16)."})
+    adv_norm: str = field(default="split", metadata={"help": "split: replayed group normalised on its own (reference); mixed: one group of G+k.", "choices": ("split", "mixed")})
+    off_policy_loss_coef: float = field(default=1.0, metadata={"help": "Weight of the off-policy term (paper: 1.0)."})
+    loss_weighting: str = field(default="reference", metadata={"help": "reference: both terms averaged over all G+k rows (the code's implicit 1/2); paper: each term over its own rows.", "choices": ("reference", "paper")})
+
+
+@register_algorithm
+class RePO(GRPO):
+    name = "repo"
+    config_cls = RePOConfig
+
+    @classmethod
+    def apply_variant(cls, values: dict[str, Any], variant: str) -> dict[str, Any]:
+        if "strategy" in values and values["strategy"] != variant:
+            raise ConfigError(f"algorithm: 'repo:{variant}' conflicts with algorithm.strategy={values['strategy']!r}")
+        return {**values, "strategy": variant}
+
+    @classmethod
+    def validate_config(cls, c: RePOConfig) -> None:
+        super().validate_config(c)
+        if c.strategy not in available_strategies():
+            raise ConfigError(f"algorithm.strategy: unknown replay strategy '{c.strategy}'; available: {', '.join(available_strategies())}")
+        if c.max_cache_size < 1:
+            raise ConfigError(f"algorithm.max_cache_size must be >= 1, got {c.max_cache_size}")
+        if c.min_cache_to_replay < 1:
+            raise ConfigError(f"algorithm.min_cache_to_replay must be >= 1, got {c.min_cache_to_replay}")
+        if c.min_cache_to_replay > c.max_cache_size:
+            raise ConfigError(f"algorithm.min_cache_to_replay ({c.min_cache_to_replay}) > algorithm.max_cache_size ({c.max_cache_size}): the buffer can never "
+                              "hold enough entries, so replay would silently never happen (the reference code's defaults have this bug)")
+        if c.strategy not in ("none", "all") and not 1 <= c.num_replays <= c.max_cache_size:
+            raise ConfigError(f"algorithm.num_replays must be in [1, max_cache_size={c.max_cache_size}], got {c.num_replays}")
+        if c.off_policy_loss_coef < 0:
+            raise ConfigError(f"algorithm.off_policy_loss_coef must be >= 0, got {c.off_policy_loss_coef}")
+        if c.num_iterations != 1:
+            # The stored behaviour log-probs are the pre-step ones of the first iteration; mu > 1 is fine,
+            # but keep the paper's setting explicit.
+            pass
+
+    def __init__(self, config: RePOConfig, **kw: Any):
+        super().__init__(config, **kw)
+        self.buffer = ReplayBuffer(config.max_cache_size)
+        self.select = get_strategy(config.strategy)
+        # Replay selection RNG: per process (each process owns its prompts), saved in checkpoints.
+        self.rng = random.Random(config_seed(self.seed, self.process_index))
+        self._replay_metrics: dict[str, float] = {}
+
+    # -- batch ----------------------------------------------------------------------------------
+    def build_batch(self, groups: list[RolloutGroup], step: int) -> TrainBatch:
+        cfg = self.config
+        on = self.on_policy_rows(groups)
+        G = len(groups[0].completion_ids) if groups else 0
+        off_prompt, off_completion, off_adv, off_old, off_group, off_version = [], [], [], [], [], []
+        on_adv = on["advantages"].copy()
+        off_signal = np.zeros(len(groups), dtype=bool)
+        staleness: list[int] = []
+        for gi, g in enumerate(groups):
+            size = self.buffer.size(g.prompt_id)
+            if cfg.strategy == "none" or size < cfg.min_cache_to_replay:
+                continue
+            stored = self.buffer.rewards(g.prompt_id)
+            picked = self.select(stored.tolist(), min(size, cfg.num_replays), self.rng)
+            if not picked:
+                continue
+            entries = self.buffer.get(g.prompt_id, list(picked))
+            rewards = np.array([e.reward for e in entries], dtype=np.float64)
+            if cfg.adv_norm == "split":
+                adv = group_advantages(rewards, cfg.scale_rewards, cfg.std_eps)
+            else:  # mixed: one group of G + k, fresh advantages recomputed too
+                both = group_advantages(np.concatenate([g.rewards, rewards]), cfg.scale_rewards, cfg.std_eps)
+                on_adv[gi * G:(gi + 1) * G] = both[:G]
+                adv = both[G:]
+            off_signal[gi] = bool(np.any(adv != 0))
+            for e, a in zip(entries, adv):
+                off_prompt.append(g.prompt_ids)
+                off_completion.append(e.completion_ids.astype(np.int64))
+                off_adv.append(a)
+                off_old.append(e.logprobs)
+                off_group.append(gi)
+                off_version.append(e.policy_version)
+                staleness.append(g.policy_version - e.policy_version)
+        on_signal = on["group_has_signal"] if cfg.adv_norm == "split" else np.array([np.any(on_adv[i * G:(i + 1) * G] != 0) for i in range(len(groups))], dtype=bool)
+
+        n_on, n_off = len(on["completion_ids"]), len(off_completion)
+        on_len = np.array([len(c) for c in on["completion_ids"]])
+        off_len = np.array([len(c) for c in off_completion], dtype=np.int64)
+        if cfg.loss_weighting == "reference":  # one normaliser over all G+k rows of the batch
+            w, ts = row_weights_for(cfg.loss_type, np.concatenate([on_len, off_len]), self.max_completion_length)
+            w = w.copy()
+            w[n_on:] *= cfg.off_policy_loss_coef
+        else:  # each term over its own rows
+            w_on, ts_on = row_weights_for(cfg.loss_type, on_len, self.max_completion_length)
+            w_off, ts_off = row_weights_for(cfg.loss_type, off_len, self.max_completion_length, scale=cfg.off_policy_loss_coef)
+            w, ts = np.concatenate([w_on, w_off]), np.concatenate([ts_on, ts_off])
+        batch = TrainBatch(
+            prompt_ids=on["prompt_ids"] + off_prompt,
+            completion_ids=on["completion_ids"] + off_completion,
+            advantages=np.concatenate([on_adv, np.asarray(off_adv, dtype=np.float32)]).astype(np.float32),
+            row_weights=w,
+            token_sum=ts,
+            old_logprobs=[None] * n_on + off_old,
+            source=np.concatenate([np.zeros(n_on, np.int8), np.ones(n_off, np.int8)]),
+            group_index=np.concatenate([on["group_index"], np.asarray(off_group, dtype=np.int64)]),
+            policy_version=np.concatenate([on["policy_version"], np.asarray(off_version, dtype=np.int64)]),
+        )
+        batch.metrics = effective_step_metrics(on_signal, off_signal, batch)
+        replayed = np.zeros(len(groups), dtype=bool)
+        for gi in off_group:
+            replayed[gi] = True
+        batch.metrics.update({
+            "replay/hit_rate": float(replayed.mean()) if len(groups) else 0.0,
+            "replay/rows": float(n_off),
+            "replay/staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
+            "replay/staleness_max": float(np.max(staleness)) if staleness else 0.0,
+        })
+        return batch
+
+    # -- loss -----------------------------------------------------------------------------------
+    def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        cfg = self.config
+        token_loss, ratio, clip_low, clip_high = clipped_token_loss(inputs.logprobs, inputs.old_logprobs, inputs.advantages, cfg.epsilon_low, cfg.epsilon_high)
+        is_on = inputs.source == 0
+        on_loss = aggregate(token_loss, inputs.mask, inputs.row_weights * is_on, inputs.token_sum)
+        off_loss = aggregate(token_loss, inputs.mask, inputs.row_weights * ~is_on, inputs.token_sum)  # coef is inside the weights
+        total = on_loss + off_loss
+        metrics: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        on_mask = inputs.mask * is_on.unsqueeze(1)
+        off_mask = inputs.mask * (~is_on).unsqueeze(1)
+        if cfg.beta > 0:  # KL on on-policy tokens only, as in the reference
+            kl = kl_k3(inputs.logprobs, inputs.ref_logprobs)
+            kl_loss = aggregate(kl, inputs.mask, inputs.row_weights * is_on, inputs.token_sum)
+            total = total + cfg.beta * kl_loss
+            metrics["kl/mean"] = masked_mean_parts(kl, on_mask)
+            metrics["loss/kl"] = (kl_loss.detach(), torch.tensor(1.0))
+        one = torch.tensor(1.0)
+        metrics.update({"loss/on_policy": (on_loss.detach(), one), "loss/off_policy": (off_loss.detach(), one), "loss/policy": ((on_loss + off_loss).detach(), one), "loss/total": (total.detach(), one)})
+        metrics.update(ratio_metrics(ratio, clip_low, clip_high, inputs.mask, prefix=""))
+        metrics.update(ratio_metrics(ratio, clip_low, clip_high, on_mask, prefix="on_"))
+        if bool((~is_on).any()):
+            metrics.update(ratio_metrics(ratio, clip_low, clip_high, off_mask, prefix="off_"))
+        return total, metrics
+
+    # -- buffer update --------------------------------------------------------------------------
+    def after_step(self, groups: list[RolloutGroup], batch: TrainBatch, behaviour_logprobs: list[np.ndarray], step: int) -> dict[str, float]:
+        if self.config.strategy != "none":
+            G = len(groups[0].completion_ids) if groups else 0
+            for gi, g in enumerate(groups):
+                for j, comp in enumerate(g.completion_ids):
+                    self.buffer.add(g.prompt_id, comp, behaviour_logprobs[gi * G + j], float(g.rewards[j]), g.policy_version)
+        return {
+            "replay/buffer_prompts": float(len(self.buffer)),
+            "replay/buffer_entries": float(self.buffer.num_entries()),
+            "replay/buffer_tokens": float(self.buffer.num_tokens()),
+            "replay/buffer_bytes": float(self.buffer.nbytes()),
+            "replay/bytes_per_token": float(self.buffer.bytes_per_token()) if self.buffer.num_tokens() else 0.0,
+        }
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        tensors, meta = self.buffer.state_dict()
+        v, internal, gauss = self.rng.getstate()
+        return tensors, {"buffer": meta, "rng": [v, list(internal), gauss]}
+
+    def load_state_dict(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.buffer = ReplayBuffer.from_state_dict(tensors, meta["buffer"])
+        v, internal, gauss = meta["rng"]
+        self.rng.setstate((v, tuple(internal), gauss))
+
+
+def config_seed(seed: int, process_index: int) -> int:
+    return seed * 1_000_003 + process_index

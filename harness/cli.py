@@ -1,0 +1,229 @@
+"""`harness` command line: run, eval, models, config.
+
+Config is layered: paper defaults <- the model's preset (tiny: harness/presets/tiny.yaml) <- --config
+YAML <- explicit flags <- --set section.key=value overrides. The resolved config is printed with
+--dry-run and saved with every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+RUN_EPILOG = """examples:
+  harness run --algos grpo --models tiny --benchmarks arith
+  harness run --algos grpo,repo:recent_k --models tiny --benchmarks arith --seeds 2
+  harness run --algos repo --models tiny --set algorithm.num_replays=4 --set train.max_steps=20
+  harness run --config my.yaml --resume runs/grpo-tiny-s42
+
+algorithm specs: NAME or NAME:VARIANT, e.g. grpo, repo, repo:recent_k, repo:highest_k,
+repo:max_variance_k (see `harness config show --algo repo` for every field).
+"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (or a preset name from harness/presets) applied over the model's preset.")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="Override one config field, e.g. --set train.learning_rate=1e-5 (repeatable).")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")
+    p.add_argument("--experiment", help="MLflow experiment name (default: harness).")
+    p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="Compare RL algorithms (GRPO, RePO and replay variants) that train LLMs to reason.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Run `harness <command> --help` for each command's options.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="Train (and evaluate before/after) every algorithm x model x seed.", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EPILOG)
+    run.add_argument("--algos", default="grpo", help="Comma-separated algorithm specs (default: grpo).")
+    run.add_argument("--models", default="tiny", help="Comma-separated models: registry names, hub ids or local paths (default: tiny).")
+    run.add_argument("--benchmarks", help="Comma-separated evaluation benchmarks (default: the preset's).")
+    run.add_argument("--seeds", type=int, default=1, help="Number of seeds per (algorithm, model), starting at train.seed (default: 1).")
+    run.add_argument("--steps", type=int, help="Shortcut for --set train.max_steps=N.")
+    run.add_argument("--resume", metavar="PATH", help="Resume one run from a checkpoint folder or its output folder (latest checkpoint).")
+    run.add_argument("--dry-run", action="store_true", help="Print the resolved config of each run and exit.")
+    _add_common(run)
+
+    ev = sub.add_parser("eval", help="Evaluate models on benchmarks with the reference protocol.")
+    ev.add_argument("--models", default="tiny", help="Comma-separated models (default: tiny).")
+    ev.add_argument("--benchmarks", default="arith", help="Comma-separated benchmarks (default: arith).")
+    _add_common(ev)
+
+    models = sub.add_parser("models", help="List registered models or build the tiny one.")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list", help="Show the model registry.")
+    build = msub.add_parser("build", help="Build a built-in model (tiny) into the cache.")
+    build.add_argument("name", choices=["tiny"], help="Model to build.")
+    build.add_argument("--force", action="store_true", help="Rebuild even if a cached build exists.")
+    build.add_argument("--seed", type=int, help="Build seed (default: the build config's).")
+
+    cfg = sub.add_parser("config", help="Show every config field with its default and meaning.")
+    csub = cfg.add_subparsers(dest="config_command", required=True)
+    show = csub.add_parser("show", help="Print all fields (and an algorithm's own fields).")
+    show.add_argument("--algo", default="grpo", help="Algorithm whose fields to include (default: grpo).")
+    return parser
+
+
+def _layers_for(model: str, args: argparse.Namespace) -> list[Any]:
+    from harness.models import get_spec
+
+    spec = get_spec(model)
+    return [spec.preset, args.config]
+
+
+def resolve_run_config(model: str, algo: str, seed_offset: int, args: argparse.Namespace):
+    from harness.config import build_config
+
+    flags: dict[str, Any] = {"model": {"name": model}, "algorithm": {"name": algo}}
+    if getattr(args, "benchmarks", None):
+        flags["eval"] = {"benchmarks": [b.strip() for b in args.benchmarks.split(",") if b.strip()]}
+    if getattr(args, "steps", None):
+        flags.setdefault("train", {})["max_steps"] = args.steps
+    tracking: dict[str, Any] = {}
+    if args.tracking_uri:
+        tracking["tracking_uri"] = args.tracking_uri
+    if args.experiment:
+        tracking["experiment_name"] = args.experiment
+    if tracking:
+        flags["tracking"] = tracking
+    cfg = build_config(*_layers_for(model, args), flags, overrides=args.overrides)
+    if seed_offset:
+        cfg.train.seed += seed_offset
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from harness.trainer import Trainer
+
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.resume and (len(algos) > 1 or len(models) > 1 or args.seeds > 1):
+        print("error: --resume continues one run; give a single --algos/--models and --seeds 1", file=sys.stderr)
+        return 2
+    plans = [(m, a, s) for m in models for a in algos for s in range(args.seeds)]
+    configs = [resolve_run_config(m, a, s, args) for m, a, s in plans]  # validate everything before running anything
+    if args.dry_run:
+        for (m, a, s), cfg in zip(plans, configs):
+            print(f"# run: model={m} algorithm={a} seed={cfg.train.seed}")
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return 0
+    results = []
+    for (m, a, s), cfg in zip(plans, configs):
+        if args.resume:
+            from harness import checkpoint as ckpt
+            from harness.config import config_from_dict
+
+            saved = ckpt.read_trainer_state(ckpt.find_checkpoint(args.resume))["config"]
+            cfg = config_from_dict(saved)
+        trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
+        summary = trainer.fit()
+        results.append((m, a, cfg.train.seed, summary))
+    if trainer.is_main:
+        print_summary(results)
+    return 0
+
+
+def print_summary(results: list[tuple[str, str, int, dict]]) -> None:
+    """A short table: accuracy before/after, effective steps, wall-clock per step."""
+    header = f"{'model':12s} {'algorithm':24s} {'seed':>4s} {'acc before':>10s} {'acc after':>10s} {'delta':>7s} {'eff. steps':>10s} {'steps':>5s} {'s/step':>7s}"
+    print("\n" + header)
+    print("-" * len(header))
+    for m, a, seed, s in results:
+        evals = {e["tag"]: e["macro_accuracy"] for e in s.get("evals", [])}
+        before, after = evals.get("before"), evals.get("after")
+        delta = (after - before) * 100 if before is not None and after is not None else None
+        steps = s.get("steps", 0)
+        tot = s.get("totals", {})
+        sps = tot.get("time/step_s", 0.0) / steps if steps else float("nan")
+        fmt = lambda v: f"{100 * v:9.1f}%" if v is not None else f"{'-':>10s}"
+        print(f"{m:12s} {a:24s} {seed:4d} {fmt(before)} {fmt(after)} {(f'{delta:+6.1f}' if delta is not None else '-'):>7s} {tot.get('effective/step', 0.0):10.1f} {steps:5d} {sps:7.2f}")
+    print("(accuracy = macro average over the evaluation benchmarks; eff. steps = cumulative fraction of prompt groups that carried gradient)")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from benchmarks.evaluation import evaluate, flat_metrics
+    from benchmarks.scoring import get_default_scorer
+    from harness.models import encode_prompt, get_spec, load_model, load_tokenizer
+    from harness.rollout import create_engine
+    from harness.tracking import Tracker
+
+    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        cfg = resolve_run_config(model, "grpo", 0, args)
+        spec = get_spec(model)
+        tok = load_tokenizer(model, cfg.model.trust_remote_code)
+        mdl = load_model(model, cfg.model.dtype, cfg.model.trust_remote_code)
+        engine = create_engine(cfg.generation.engine, model=mdl, tokenizer=tok)
+        from harness.trainer import Trainer  # noqa: F401  (import check only)
+
+        settings = _eval_settings(cfg)
+        res = evaluate(engine, tok, cfg.eval.benchmarks, settings, get_default_scorer(), lambda p: encode_prompt(tok, p, cfg.data.max_prompt_length, spec.chat_template_kwargs))
+        tracker = Tracker(enabled=cfg.tracking.enabled, tracking_uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment_name, run_name=f"eval-{model.split('/')[-1]}", tags={"kind": "eval", "model": model})
+        tracker.log_params({"eval": cfg.to_dict()["eval"], "model": model})
+        tracker.log_metrics(flat_metrics(res), step=0)
+        tracker.log_text("\n".join(json.dumps(s) for s in res["samples"]) + "\n", "eval/samples.jsonl")
+        tracker.finish()
+        print(f"\n{model}: macro accuracy {100 * res['macro_accuracy']:.1f}%  (MLflow run {tracker.run_id})")
+        for b, m in res["benchmarks"].items():
+            print(f"  {b:16s} acc {100 * m['accuracy']:5.1f}%  [{100 * m['accuracy_ci_low']:.1f}, {100 * m['accuracy_ci_high']:.1f}]  n={m['num_prompts']} x {m['num_samples']}  skipped(too long)={m['skipped_too_long']}")
+    return 0
+
+
+def _eval_settings(cfg):
+    from benchmarks.evaluation import EvalSettings
+
+    e = cfg.eval
+    return EvalSettings(temperature=e.temperature, top_p=e.top_p, top_k=e.top_k, max_new_tokens=e.max_new_tokens, num_samples=e.num_samples,
+                        samples_per_benchmark=e.samples_per_benchmark, max_examples=e.max_examples, max_prompt_length=cfg.data.max_prompt_length, batch_size=e.batch_size, seed=e.seed)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from harness.models import REGISTRY, describe
+
+    if args.models_command == "list":
+        for spec in REGISTRY.values():
+            print(describe(spec))
+        return 0
+    from harness.tiny_model import TinyBuildConfig, build_tiny_model
+
+    bcfg = TinyBuildConfig() if args.seed is None else TinyBuildConfig(seed=args.seed)
+    path = build_tiny_model(bcfg, force=args.force)
+    print(path)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from algorithms import get_algorithm_class
+    from algorithms.base import split_variant
+    from harness.config import HarnessConfig, describe_fields
+
+    cfg = HarnessConfig()
+    for key, default, help_ in describe_fields(cfg, ""):
+        if key.startswith("algorithm"):
+            continue
+        print(f"{key:36s} {str(default):24s} {help_}")
+    cls = get_algorithm_class(split_variant(args.algo)[0])
+    print(f"\n# algorithm '{cls.name}' (set with --set algorithm.<field>=...)")
+    for key, default, help_ in describe_fields(cls.config_cls, "algorithm"):
+        print(f"{key:36s} {str(default):24s} {help_}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models, "config": cmd_config}[args.command](args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""Run configuration: documented dataclasses, YAML loading, CLI overrides and up-front validation.
+
+Every field carries its meaning in ``metadata["help"]``; defaults are the RePO paper's training
+settings (see README, "Defaults"), and a preset (e.g. ``harness/presets/tiny.yaml``) scales them
+down. Unknown keys and inconsistent combinations are rejected before anything runs, with a message
+naming the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("tiny", "Model to train: a registry name (`harness models list`), a hub id or a local path.")
+    dtype: str = _f("float32", "Training dtype: float32, bfloat16 or float16.", choices=("float32", "bfloat16", "float16"))
+    trust_remote_code: bool = _f(False, "Allow custom model code from the hub. Off unless you ask for it.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    attn_implementation: str | None = _f(None, "Attention kernel passed to transformers (e.g. sdpa, flash_attention_2); None = library default.")
+
+
+@dataclass
+class DataConfig:
+    train: str = _f("deepmath", "Training prompt set: `arith`, `deepmath` or a JSONL file with problem/answer.")
+    train_size: int | None = _f(1024, "Number of training prompts (the paper uses 1,024); None = all.")
+    max_prompt_length: int = _f(512, "Prompts longer than this many tokens are left-truncated.")
+    shuffle_seed: int = _f(42, "Seed of the per-epoch prompt order (independent of the training seed).")
+
+
+@dataclass
+class GenerationConfig:
+    engine: str = _f("hf", "Rollout engine: hf (transformers generate).")
+    num_generations: int = _f(8, "G: completions sampled per prompt (the on-policy group).")
+    max_completion_length: int = _f(1024, "Maximum new tokens per completion during training.")
+    temperature: float = _f(1.0, "Sampling temperature for training rollouts; logits are divided by it for log-probs too.")
+    top_k: int = _f(50, "Top-k sampling for training rollouts (0 = off).")
+    top_p: float = _f(1.0, "Nucleus sampling for training rollouts (1.0 = off).")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = _f(42, "Seed for model init, sampling and replay selection.")
+    prompts_per_step: int = _f(4, "Prompts per optimizer step (per process); the paper uses 4 x 8 generations.")
+    epochs: int = _f(3, "Passes over the training prompts (the paper uses 3). Ignored when max_steps > 0.")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1 = derived from epochs).")
+    learning_rate: float = _f(1e-6, "Peak learning rate (AdamW).")
+    lr_scheduler: str = _f("cosine", "LR schedule after warm-up: cosine, linear or constant.", choices=("cosine", "linear", "constant"))
+    warmup_ratio: float = _f(0.1, "Fraction of steps with linear warm-up.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    adam_beta1: float = _f(0.9, "AdamW beta1.")
+    adam_beta2: float = _f(0.999, "AdamW beta2.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")
+    micro_batch_size: int = _f(0, "Rows per forward/backward chunk (0 = whole step batch at once). Loss is exact either way.")
+    format_reward_weight: float = _f(0.0, "Weight of an optional format reward (1 if the completion has a \\boxed{} answer). The paper uses 0.")
+    save_every: int = _f(0, "Save a checkpoint every N steps (0 = only at the end).")
+    keep_checkpoints: int = _f(2, "How many step checkpoints to keep (oldest deleted first).")
+    log_completions_every: int = _f(10, "Write sample completions to the completions JSONL every N steps (0 = off).")
+    output_dir: str = _f("runs/{run_name}", "Where checkpoints and local artifacts go; {run_name} is substituted.")
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: list[str] = _f(["math500", "amc23", "olympiadbench", "minerva", "aime24", "aime25", "gsm8k"], "Benchmarks evaluated before/after training.")
+    max_examples: int | None = _f(None, "Cap on examples per benchmark (None = all).")
+    temperature: float = _f(0.2, "Evaluation sampling temperature (reference protocol: 0.2).")
+    top_p: float = _f(0.95, "Evaluation top-p (reference: 0.95).")
+    top_k: int = _f(50, "Evaluation top-k (reference: 50, an argparse default there).")
+    max_new_tokens: int = _f(2048, "Evaluation generation length (reference: 2048).")
+    num_samples: int = _f(1, "Samples per prompt for benchmarks not listed in samples_per_benchmark.")
+    samples_per_benchmark: dict[str, int] = _f({"aime24": 32, "aime25": 32, "amc23": 32}, "Per-benchmark sample counts (reference: 32 for AIME24/25 and AMC23).")
+    batch_size: int = _f(64, "Prompts per generation batch during evaluation.")
+    before_training: bool = _f(True, "Evaluate the starting model before training.")
+    after_training: bool = _f(True, "Evaluate the trained model after training.")
+    every_steps: int = _f(0, "Also evaluate every N steps (0 = off).")
+    seed: int = _f(1234, "Seed of evaluation sampling (fixed so before/after use the same draws).")
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str | None = _f(None, "MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the working directory.")
+    experiment_name: str = _f("harness", "MLflow experiment name.")
+    run_name: str | None = _f(None, "MLflow run name (default: <algo>-<model>-s<seed>).")
+    enabled: bool = _f(True, "Log to MLflow at all.")
+
+
+@dataclass
+class HarnessConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # The algorithm section is resolved by the algorithm registry: `name` (optionally `name:variant`)
+    # picks the plug-in; the rest are that plug-in's own documented fields.
+    algorithm: dict[str, Any] = field(default_factory=lambda: {"name": "grpo"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = ("model", "data", "generation", "train", "eval", "tracking", "algorithm")
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing and merging
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` (from YAML or a CLI string) to the annotated type ``tp`` or fail naming ``key``."""
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is type(None) or tp is type(None):
+        return None
+    if origin is not None and type(None) in args:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                value = None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        if args:
+            return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+        return dict(value)
+    return value
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse a CLI override value with YAML rules (numbers, booleans, lists)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def update_dataclass(obj: Any, values: dict[str, Any], prefix: str) -> None:
+    """Set fields of ``obj`` from ``values``; unknown keys are rejected with the valid ones listed."""
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}'; valid keys in '{prefix or 'top level'}': {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping of its fields, got {value!r}")
+            update_dataclass(current, value, full)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def merge_into(cfg: HarnessConfig, values: dict[str, Any], source: str = "config") -> HarnessConfig:
+    """Merge a nested mapping (from YAML or overrides) into ``cfg`` in place."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(values).__name__}")
+    for key, value in values.items():
+        if key not in SECTIONS:
+            raise ConfigError(f"{source}: unknown config section '{key}'; valid sections: {', '.join(SECTIONS)}")
+        if key == "algorithm":
+            if isinstance(value, str):
+                value = {"name": value}
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: 'algorithm' must be a mapping with a 'name', got {value!r}")
+            if "name" in value and value["name"] != cfg.algorithm.get("name"):
+                cfg.algorithm = {}  # a different plug-in: its fields start from its own defaults
+            cfg.algorithm.update(value)
+        else:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: section '{key}' must be a mapping, got {value!r}")
+            update_dataclass(getattr(cfg, key), value, key)
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        preset = PRESET_DIR / f"{path}.yaml"
+        if preset.exists():
+            p = preset
+        else:
+            raise ConfigError(f"config file '{path}' not found (and no preset of that name in {PRESET_DIR})")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of config sections at the top level")
+    return data
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``train.learning_rate=1e-5`` -> ``{"train": {"learning_rate": 1e-5}}``."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value (e.g. train.learning_rate=1e-5)")
+    dotted, raw = text.split("=", 1)
+    parts = [p for p in dotted.strip().split(".") if p]
+    if len(parts) < 2:
+        raise ConfigError(f"override '{text}': the key must name a section and a field, e.g. train.seed=1")
+    out: dict[str, Any] = {}
+    cur = out
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = _parse_scalar(raw)
+    return out
+
+
+def build_config(*layers: dict[str, Any] | str | Path | None, overrides: list[str] | None = None) -> HarnessConfig:
+    """Defaults <- each layer (mapping or YAML path/preset name) <- ``section.key=value`` overrides, then validate."""
+    cfg = HarnessConfig()
+    for layer in layers:
+        if layer is None:
+            continue
+        data = layer if isinstance(layer, dict) else load_yaml(layer)
+        merge_into(cfg, data, source=str(layer) if not isinstance(layer, dict) else "config")
+    for ov in overrides or []:
+        merge_into(cfg, parse_override(ov), source=f"override '{ov}'")
+    validate(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg: HarnessConfig) -> None:
+    """Reject impossible or inconsistent values; the algorithm validates its own section."""
+    for section in SECTIONS[:-1]:
+        obj = getattr(cfg, section)
+        for f in fields(obj):
+            choices = f.metadata.get("choices")
+            if choices and getattr(obj, f.name) not in choices:
+                raise ConfigError(f"{section}.{f.name}: expected one of {', '.join(choices)}, got {getattr(obj, f.name)!r}")
+    g, t, d, e = cfg.generation, cfg.train, cfg.data, cfg.eval
+    _check(g.num_generations >= 2, f"generation.num_generations must be >= 2 (group-normalised advantages need a group), got {g.num_generations}")
+    _check(g.max_completion_length >= 1, "generation.max_completion_length must be >= 1")
+    _check(g.temperature > 0, f"generation.temperature must be > 0, got {g.temperature}")
+    _check(g.top_k >= 0, "generation.top_k must be >= 0 (0 = off)")
+    _check(0 < g.top_p <= 1, f"generation.top_p must be in (0, 1], got {g.top_p}")
+    _check(t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1")
+    _check(t.max_steps == -1 or t.max_steps >= 1, f"train.max_steps must be -1 (use epochs) or >= 1, got {t.max_steps}")
+    _check(t.max_steps > 0 or t.epochs >= 1, "train.epochs must be >= 1 when train.max_steps is -1")
+    _check(t.learning_rate >= 0, "train.learning_rate must be >= 0")
+    _check(0 <= t.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+    _check(t.micro_batch_size >= 0, "train.micro_batch_size must be >= 0")
+    _check(t.format_reward_weight >= 0, "train.format_reward_weight must be >= 0")
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
+    _check(d.max_prompt_length >= 1, "data.max_prompt_length must be >= 1")
+    _check(d.train_size is None or d.train_size >= 1, "data.train_size must be >= 1 or None")
+    _check(e.temperature >= 0, "eval.temperature must be >= 0 (0 = greedy)")
+    _check(0 < e.top_p <= 1, "eval.top_p must be in (0, 1]")
+    _check(e.num_samples >= 1, "eval.num_samples must be >= 1")
+    _check(all(v >= 1 for v in e.samples_per_benchmark.values()), "eval.samples_per_benchmark values must be >= 1")
+    _check(e.batch_size >= 1, "eval.batch_size must be >= 1")
+    _check("name" in cfg.algorithm, "algorithm.name is required (e.g. grpo, repo:recent_k)")
+    from algorithms import resolve_algorithm  # late import: algorithms depend on this module
+
+    resolve_algorithm(cfg.algorithm)  # raises ConfigError on unknown names/keys/inconsistencies
+
+
+def describe_fields(obj_or_cls: Any, prefix: str) -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) for every field, for `harness config show` and --help epilogs."""
+    out = []
+    obj = obj_or_cls() if isinstance(obj_or_cls, type) else obj_or_cls
+    for f in fields(obj):
+        val = getattr(obj, f.name)
+        if is_dataclass(val):
+            out.extend(describe_fields(val, f"{prefix}.{f.name}" if prefix else f.name))
+        else:
+            out.append((f"{prefix}.{f.name}" if prefix else f.name, val, f.metadata.get("help", "")))
+    return out
+
+
+def save_config(cfg: HarnessConfig, path: str | Path) -> None:
+    """Write the fully resolved config as YAML, atomically."""
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def config_from_dict(data: dict[str, Any]) -> HarnessConfig:
+    """Rebuild a config saved with :func:`save_config` (used on resume)."""
+    cfg = HarnessConfig()
+    merge_into(cfg, data, source="saved config")
+    validate(cfg)
+    return cfg

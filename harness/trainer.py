@@ -1,0 +1,408 @@
+"""The shared, algorithm-agnostic RL trainer (accelerate).
+
+One step: sample prompts -> rollout engine generates G completions per prompt -> score (math-verify
+accuracy, optional format reward) -> the algorithm builds the training batch -> forward/backward with
+the algorithm's loss (``num_iterations`` times) -> optimizer/scheduler step -> the algorithm's
+``after_step`` -> metrics to MLflow. Nothing here is specific to one algorithm.
+
+The log-probs of the pre-step policy ("old" log-probs) are taken from the first training forward
+pass, detached: before the first optimizer step on a batch they are exactly the behaviour policy's,
+so no separate log-prob pass is needed (it would only repeat the same forward).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from algorithms import create_algorithm
+from algorithms.base import LossInputs, RolloutGroup, TrainBatch, algorithm_config_dict
+from benchmarks.datasets import load_train_set
+from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics
+from harness import checkpoint as ckpt
+from harness.config import HarnessConfig, atomic_write_json, save_config
+from harness.data import PromptSampler
+from harness.models import encode_prompt, get_spec, load_model, load_tokenizer
+from harness.rollout import SamplingParams, create_engine
+from harness.tracking import Tracker
+
+# Metrics summed (not averaged) across processes.
+SUMMED = ("tokens/", "samples/nonzero_adv", "groups/on_policy_nonzero_var", "groups/replay_nonzero_var", "replay/rows")
+BOXED = re.compile(r"\\boxed\{")
+
+
+def selective_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / T)[ids], row by row so a 150k vocabulary never materialises [B,T,V] twice."""
+    out = []
+    for row_logits, row_ids in zip(logits, ids):
+        row = row_logits.float() / temperature
+        out.append(row.gather(-1, row_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(row, dim=-1))
+    return torch.stack(out)
+
+
+@dataclass
+class Collated:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    completion_ids: torch.Tensor  # [B, C]
+    completion_mask: torch.Tensor  # [B, C] float
+
+
+def collate(prompts: list[list[int]], completions: list[np.ndarray], pad_id: int) -> Collated:
+    """[left-padded prompt | right-padded completion]; positions count real tokens only, as in generate."""
+    P = max(len(p) for p in prompts)
+    C = max(max(len(c) for c in completions), 1)
+    B = len(prompts)
+    ids = torch.full((B, P + C), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, P + C), dtype=torch.long)
+    cmask = torch.zeros((B, C), dtype=torch.float32)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids[i, P - len(p):P] = torch.as_tensor(p, dtype=torch.long)
+        mask[i, P - len(p):P] = 1
+        ids[i, P:P + len(c)] = torch.as_tensor(c, dtype=torch.long)
+        mask[i, P:P + len(c)] = 1
+        cmask[i, :len(c)] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return Collated(ids, mask, pos, ids[:, P:], cmask)
+
+
+def pad_rows(rows: list[np.ndarray], width: int) -> torch.Tensor:
+    out = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.as_tensor(r[:width], dtype=torch.float32)
+    return out
+
+
+@dataclass
+class StepRecord:
+    """What a step consumed and produced (for tests, resume checks and sample logging)."""
+
+    step: int
+    prompt_ids: list[str]
+    completion_ids: list[list[list[int]]]
+    rewards: list[list[float]]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(self, cfg: HarnessConfig, *, resume: str | None = None, progress: bool = True, tracker_tags: dict[str, str] | None = None, parent_run_id: str | None = None):
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        self.progress = progress
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        acc = self.accelerator
+        self.is_main = acc.is_main_process
+        self.callbacks: list[Callable[[StepRecord], None]] = []
+        t, g = cfg.train, cfg.generation
+        self.spec = get_spec(cfg.model.name)
+
+        resume_dir = ckpt.find_checkpoint(resume) if resume else None
+        state = ckpt.read_trainer_state(resume_dir) if resume_dir else None
+
+        torch.manual_seed(t.seed)
+        np.random.seed(t.seed)
+        self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+        model_path = str(resume_dir / "model") if resume_dir else None
+        self.model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.attn_implementation, path=model_path)
+        if cfg.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.model.config.use_cache = True
+        self.algorithm = create_algorithm(cfg.algorithm, seed=t.seed, max_completion_length=g.max_completion_length, process_index=acc.process_index, num_processes=acc.num_processes)
+        self.ref_model = None
+        if self.algorithm.needs_reference_model:
+            self.ref_model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.attn_implementation).to(acc.device).eval()
+            self.ref_model.requires_grad_(False)
+
+        self.train_rows = load_train_set(cfg.data.train, cfg.data.train_size, cfg.data.shuffle_seed)
+        self.sampler = PromptSampler(len(self.train_rows), t.prompts_per_step, cfg.data.shuffle_seed, acc.process_index, acc.num_processes)
+        self.total_steps = t.max_steps if t.max_steps > 0 else t.epochs * self.sampler.steps_per_epoch
+
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay)
+        self.scheduler = self._make_scheduler()
+        if resume_dir:
+            ckpt.load_optimizer(self.optimizer, resume_dir)
+            self.scheduler.load_state_dict(json.loads((resume_dir / "scheduler.json").read_text()))
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        self.engine = create_engine(g.engine, model=acc.unwrap_model(self.model), tokenizer=self.tokenizer)
+
+        from benchmarks.scoring import get_default_scorer
+
+        self.scorer = get_default_scorer()
+        self.step = 0
+        self.policy_version = 0
+        self.totals: dict[str, float] = {}
+        self.eval_history: list[dict[str, Any]] = []
+        run_id = None
+        if state:
+            self.step = state["step"]
+            self.policy_version = state["policy_version"]
+            self.totals = state.get("totals", {})
+            self.eval_history = state.get("eval_history", [])
+            run_id = state.get("mlflow_run_id")
+            algo_state, rank_meta = ckpt.load_rank_state(resume_dir, acc.process_index)
+            self.algorithm.load_state_dict(*algo_state)
+            self.sampler.load_state_dict(rank_meta["sampler"])
+            self.engine.sync_weights(acc.unwrap_model(self.model), self.policy_version)
+
+        self.run_name = cfg.tracking.run_name or f"{cfg.algorithm['name'].replace(':', '-')}-{cfg.model.name.split('/')[-1]}-s{t.seed}"
+        self.output_dir = Path(t.output_dir.format(run_name=self.run_name))
+        self.tracker = Tracker(enabled=cfg.tracking.enabled and self.is_main, tracking_uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment_name,
+                               run_name=self.run_name, run_id=run_id, tags=tracker_tags, parent_run_id=parent_run_id)
+        self.resolved = cfg.to_dict()
+        self.resolved["algorithm"] = algorithm_config_dict(cfg.algorithm)
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.output_dir / "config.yaml")
+            if not state:
+                self.tracker.log_params(self.resolved)
+                self.tracker.set_tags({"algorithm": cfg.algorithm["name"], "model": cfg.model.name, "seed": t.seed, "train_set": cfg.data.train, "engine": g.engine,
+                                       "num_processes": acc.num_processes, "torch": torch.__version__})
+                self.tracker.log_artifact(self.output_dir / "config.yaml")
+        self._completions_log = self.output_dir / "completions.jsonl"
+
+    # ------------------------------------------------------------------------------------------
+    def _make_scheduler(self):
+        from transformers import get_scheduler
+
+        t = self.cfg.train
+        name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.lr_scheduler]
+        return get_scheduler(name, self.optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * self.total_steps), num_training_steps=self.total_steps)
+
+    def encode(self, problem: str) -> tuple[list[int], bool]:
+        return encode_prompt(self.tokenizer, problem, self.cfg.data.max_prompt_length, self.spec.chat_template_kwargs)
+
+    def eval_settings(self) -> EvalSettings:
+        e = self.cfg.eval
+        return EvalSettings(temperature=e.temperature, top_p=e.top_p, top_k=e.top_k, max_new_tokens=e.max_new_tokens, num_samples=e.num_samples,
+                            samples_per_benchmark=e.samples_per_benchmark, max_examples=e.max_examples, max_prompt_length=self.cfg.data.max_prompt_length,
+                            batch_size=e.batch_size, seed=e.seed)
+
+    def evaluate(self, tag: str) -> dict[str, Any]:
+        """Evaluate the current policy on the configured benchmarks (main process), log it, keep it."""
+        res = evaluate(self.engine, self.tokenizer, self.cfg.eval.benchmarks, self.eval_settings(), self.scorer,
+                       lambda p: encode_prompt(self.tokenizer, p, self.cfg.data.max_prompt_length, self.spec.chat_template_kwargs), progress=self.progress)
+        summary = {"tag": tag, "step": self.step, "macro_accuracy": res["macro_accuracy"], "benchmarks": res["benchmarks"]}
+        self.eval_history.append(summary)
+        self.tracker.log_metrics(flat_metrics(res), step=self.step)
+        self.tracker.log_text("\n".join(json.dumps(s) for s in res["samples"]) + "\n", f"eval/{tag}-step{self.step}.jsonl")
+        return res
+
+    # ------------------------------------------------------------------------------------------
+    def rollout(self, indices: list[int]) -> tuple[list[RolloutGroup], dict[str, float]]:
+        g, t = self.cfg.generation, self.cfg.train
+        rows = [self.train_rows[i] for i in indices]
+        encoded = [self.encode(r["problem"]) for r in rows]
+        prompts = [e[0] for e in encoded]
+        t0 = time.perf_counter()
+        outs = self.engine.generate(prompts, SamplingParams(n=g.num_generations, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, max_new_tokens=g.max_completion_length))
+        t_gen = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        texts = [self.tokenizer.decode(c.token_ids, skip_special_tokens=True) for o in outs for c in o]
+        golds = [r["answer"] for r in rows for _ in range(g.num_generations)]
+        scored = self.scorer.score_batch(texts, golds)
+        acc = np.array([s.reward for s in scored], dtype=np.float64)
+        fmt = np.array([1.0 if BOXED.search(x) else 0.0 for x in texts])
+        rewards = acc + t.format_reward_weight * fmt
+        t_score = time.perf_counter() - t0
+        G = g.num_generations
+        groups = [RolloutGroup(prompt_id=r["id"], prompt_ids=p, completion_ids=[c.token_ids for c in o], rewards=rewards[i * G:(i + 1) * G], policy_version=self.policy_version)
+                  for i, (r, p, o) in enumerate(zip(rows, prompts, outs))]
+        lengths = np.array([len(c.token_ids) for o in outs for c in o])
+        truncated = np.array([c.finish_reason == "length" for o in outs for c in o])
+        metrics = {
+            "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()), "reward/accuracy": float(acc.mean()), "reward/format": float(fmt.mean()),
+            "completion/mean_length": float(lengths.mean()), "completion/max_length": float(lengths.max()), "completion/min_length": float(lengths.min()),
+            "completion/truncated_frac": float(truncated.mean()), "prompt/truncated_frac": float(np.mean([e[1] for e in encoded])),
+            "tokens/generated": float(lengths.sum()), "tokens/prompt": float(sum(len(p) for p in prompts)),
+            "time/generate_s": t_gen, "time/score_s": t_score,
+        }
+        self._last_texts = texts
+        return groups, metrics
+
+    def train_on(self, batch: TrainBatch) -> tuple[dict[str, float], list[np.ndarray]]:
+        """num_iterations optimizer steps on ``batch``; returns metrics and the pre-step log-probs per row."""
+        acc, t, temp = self.accelerator, self.cfg.train, self.cfg.generation.temperature
+        R = len(batch)
+        mb = t.micro_batch_size or R
+        chunks = [np.arange(s, min(s + mb, R)) for s in range(0, R, mb)]
+        pre_step: list[np.ndarray | None] = [None] * R
+        ref_cache: dict[int, torch.Tensor] = {}
+        sums: dict[str, list[float]] = {}
+        t_train = t_ref = 0.0
+        grad_norm = float("nan")
+        trained_tokens = 0
+        for it in range(self.algorithm.num_iterations):
+            for ci, idx in enumerate(chunks):
+                sub = batch.select(idx)
+                col = collate(sub.prompt_ids, sub.completion_ids, self.tokenizer.pad_token_id)
+                C = col.completion_ids.shape[1]
+                dev = acc.device
+                ref = None
+                if self.ref_model is not None:
+                    if ci not in ref_cache:
+                        t0 = time.perf_counter()
+                        with torch.no_grad():
+                            ref_logits = self.ref_model(input_ids=col.input_ids.to(dev), attention_mask=col.attention_mask.to(dev), position_ids=col.position_ids.to(dev), logits_to_keep=C + 1).logits[:, :-1]
+                            ref_cache[ci] = selective_logprobs(ref_logits, col.completion_ids.to(dev), temp)
+                        t_ref += time.perf_counter() - t0
+                    ref = ref_cache[ci]
+                t0 = time.perf_counter()
+                sync = nullcontext() if ci == len(chunks) - 1 else acc.no_sync(self.model)
+                with sync:
+                    logits = self.model(input_ids=col.input_ids.to(dev), attention_mask=col.attention_mask.to(dev), position_ids=col.position_ids.to(dev), logits_to_keep=C + 1, use_cache=False).logits[:, :-1]
+                    logps = selective_logprobs(logits, col.completion_ids.to(dev), temp)
+                    if it == 0:
+                        for j, row in enumerate(idx):
+                            pre_step[row] = logps[j, :len(sub.completion_ids[j])].detach().float().cpu().numpy()
+                    old = pad_rows([sub.old_logprobs[j] if sub.old_logprobs[j] is not None else pre_step[row] for j, row in enumerate(idx)], C).to(dev)
+                    inputs = LossInputs(logprobs=logps, old_logprobs=old, ref_logprobs=ref, mask=col.completion_mask.to(dev),
+                                        advantages=torch.as_tensor(sub.advantages, dtype=torch.float32, device=dev),
+                                        row_weights=torch.as_tensor(sub.row_weights, dtype=torch.float32, device=dev),
+                                        token_sum=torch.as_tensor(sub.token_sum, device=dev), source=torch.as_tensor(sub.source, device=dev))
+                    loss, metrics = self.algorithm.loss(inputs)
+                    acc.backward(loss)
+                trained_tokens += int(col.attention_mask.sum())
+                for k, (num, den) in metrics.items():
+                    s = sums.setdefault(k, [0.0, 0.0] if not k.endswith(("/max", "/min")) else [float(num), float("nan")])
+                    if k.endswith("/max"):
+                        s[0] = max(s[0], float(num))
+                    elif k.endswith("/min"):
+                        s[0] = min(s[0], float(num))
+                    else:
+                        s[0] += float(num)
+                        s[1] += float(den)
+                t_train += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if t.max_grad_norm > 0:
+                grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.policy_version += 1
+            t_train += time.perf_counter() - t0
+        out: dict[str, float] = {}
+        for k, (num, den) in sums.items():
+            if k.endswith(("/max", "/min")):
+                out[k] = num
+            elif k.startswith("loss/"):
+                out[k] = num / self.algorithm.num_iterations  # losses are already normalised per iteration
+            else:
+                out[k] = num / den if den else 0.0
+        out.update({"train/grad_norm": grad_norm, "train/lr": self.scheduler.get_last_lr()[0], "time/train_s": t_train, "time/ref_s": t_ref, "time/logprob_s": 0.0,
+                    "tokens/trained": float(trained_tokens)})
+        return out, [p if p is not None else np.zeros(0, np.float32) for p in pre_step]
+
+    def train_step(self) -> StepRecord:
+        t_step = time.perf_counter()
+        indices = self.sampler.next_indices()
+        groups, metrics = self.rollout(indices)
+        t0 = time.perf_counter()
+        batch = self.algorithm.build_batch(groups, self.step)
+        metrics["time/build_batch_s"] = time.perf_counter() - t0
+        metrics.update(batch.metrics)
+        train_metrics, pre_step = self.train_on(batch)
+        metrics.update(train_metrics)
+        t0 = time.perf_counter()
+        metrics.update(self.algorithm.after_step(groups, batch, pre_step, self.step))
+        metrics["time/after_step_s"] = time.perf_counter() - t0
+        self.engine.sync_weights(self.accelerator.unwrap_model(self.model), self.policy_version)
+        self.step += 1
+        metrics["time/step_s"] = time.perf_counter() - t_step
+        metrics = self._reduce(metrics)
+        for k in ("tokens/generated", "tokens/trained", "tokens/prompt", "tokens/with_gradient", "effective/step", "time/step_s", "time/generate_s", "time/train_s"):
+            if k in metrics:
+                self.totals[k] = self.totals.get(k, 0.0) + metrics[k]
+        metrics.update({f"{k}_total" if not k.startswith("effective/") else "effective/steps_total": v for k, v in self.totals.items()})
+        metrics["train/epoch"] = self.sampler.epoch + self.sampler.position / max(len(self.sampler.shard), 1)
+        record = StepRecord(self.step, [g.prompt_id for g in groups], [[c.tolist() for c in g.completion_ids] for g in groups], [g.rewards.tolist() for g in groups], metrics)
+        self.tracker.log_metrics(metrics, step=self.step)
+        if self.is_main and self.cfg.train.log_completions_every and self.step % self.cfg.train.log_completions_every == 0:
+            self._log_completions(groups)
+        for cb in self.callbacks:
+            cb(record)
+        return record
+
+    def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return metrics
+        keys = sorted(metrics)
+        vals = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=acc.device)
+        total = acc.reduce(vals.clone(), reduction="sum").cpu().numpy()
+        return {k: float(total[i]) if k.startswith(SUMMED) else float(total[i] / acc.num_processes) for i, k in enumerate(keys)}
+
+    def _log_completions(self, groups: list[RolloutGroup]) -> None:
+        G = self.cfg.generation.num_generations
+        lines = []
+        for gi, g in enumerate(groups):
+            for j in range(len(g.completion_ids)):
+                lines.append(json.dumps({"step": self.step, "prompt_id": g.prompt_id, "completion": self._last_texts[gi * G + j], "reward": float(g.rewards[j])}))
+        with self._completions_log.open("a") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+    # ------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path | None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        staging = self.output_dir / f".tmp-{ckpt.CKPT_PREFIX}{self.step}"
+        if self.is_main:
+            staging = ckpt.staging_dir(self.output_dir, self.step)
+            acc.unwrap_model(self.model).save_pretrained(staging / "model", safe_serialization=True)
+            self.tokenizer.save_pretrained(staging / "model")
+            ckpt.save_optimizer(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer, staging)
+            (staging / "scheduler.json").write_text(json.dumps(self.scheduler.state_dict()))
+            ckpt.write_trainer_state(staging, {"step": self.step, "policy_version": self.policy_version, "mlflow_run_id": self.tracker.run_id, "totals": self.totals,
+                                               "eval_history": self.eval_history, "config": self.resolved, "num_processes": acc.num_processes})
+        acc.wait_for_everyone()
+        ckpt.save_rank_state(staging, acc.process_index, self.algorithm.state_dict(), {"sampler": self.sampler.state_dict()})
+        acc.wait_for_everyone()
+        final = None
+        if self.is_main:
+            final = ckpt.finalize(self.output_dir, staging, self.step, self.cfg.train.keep_checkpoints)
+        acc.wait_for_everyone()
+        return final
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``total_steps`` with evaluation before/after; returns a summary."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        summary: dict[str, Any] = {"run_id": self.tracker.run_id, "run_name": self.run_name, "output_dir": str(self.output_dir)}
+        status = "FAILED"
+        try:
+            if self.step == 0 and cfg.eval.before_training and self.is_main and cfg.eval.benchmarks:
+                self.evaluate("before")
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.run_name}", disable=not (self.progress and self.is_main), dynamic_ncols=True)
+            while self.step < self.total_steps:
+                rec = self.train_step()
+                bar.update(1)
+                bar.set_postfix(reward=f"{rec.metrics['reward/mean']:.3f}", eff=f"{rec.metrics.get('effective/step', 0):.2f}")
+                if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.step < self.total_steps and self.is_main and cfg.eval.benchmarks:
+                    self.evaluate("during")
+                if cfg.train.save_every and self.step % cfg.train.save_every == 0 and self.step < self.total_steps:
+                    self.save_checkpoint()
+            bar.close()
+            if cfg.eval.after_training and self.is_main and cfg.eval.benchmarks:
+                self.evaluate("after")
+            self.save_checkpoint()
+            status = "FINISHED"
+        finally:
+            summary.update({"steps": self.step, "totals": dict(self.totals), "evals": self.eval_history})
+            if self.is_main:
+                atomic_write_json(self.output_dir / "summary.json", summary)
+                self.tracker.log_artifact(self.output_dir / "summary.json")
+                if self._completions_log.exists():
+                    self.tracker.log_artifact(self._completions_log)
+            self.tracker.finish(status)
+        return summary
