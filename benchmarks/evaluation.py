@@ -76,7 +76,7 @@ def evaluate(engine, tokenizer, benchmarks: list[str], settings: EvalSettings, s
         k = 1
         while k <= n and len(kept):
             c = correct.sum(axis=1).astype(int)
-            metrics[f"pass@{k}"] = float(np.mean([pass_at_k(n, int(ci), k) for ci in c]))
+            metrics[f"pass_at_{k}"] = float(np.mean([pass_at_k(n, int(ci), k) for ci in c]))
             k *= 2
         results["benchmarks"][name] = metrics
         for i, r in enumerate(kept):
