@@ -10,3 +10,4 @@ from algorithms.base import (  # noqa: F401
 )
 from algorithms import grpo  # noqa: F401  (registers "grpo")
 from algorithms.replay_strategies import get_strategy, register_strategy, available_strategies  # noqa: F401,E402
+from algorithms import repo  # noqa: F401,E402  (registers "repo")

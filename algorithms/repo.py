@@ -71,10 +71,6 @@ class RePO(GRPO):
             raise ConfigError(f"algorithm.num_replays must be in [1, max_cache_size={c.max_cache_size}], got {c.num_replays}")
         if c.off_policy_loss_coef < 0:
             raise ConfigError(f"algorithm.off_policy_loss_coef must be >= 0, got {c.off_policy_loss_coef}")
-        if c.num_iterations != 1:
-            # The stored behaviour log-probs are the pre-step ones of the first iteration; mu > 1 is fine,
-            # but keep the paper's setting explicit.
-            pass
 
     def __init__(self, config: RePOConfig, **kw: Any):
         super().__init__(config, **kw)
@@ -184,8 +180,7 @@ class RePO(GRPO):
         if self.config.strategy != "none":
             G = len(groups[0].completion_ids) if groups else 0
             for gi, g in enumerate(groups):
-                for j, comp in enumerate(g.completion_ids):
-                    self.buffer.add(g.prompt_id, comp, behaviour_logprobs[gi * G + j], float(g.rewards[j]), g.policy_version)
+                self.buffer.add_many(g.prompt_id, g.completion_ids, behaviour_logprobs[gi * G:(gi + 1) * G], [float(r) for r in g.rewards], g.policy_version)
         return {
             "replay/buffer_prompts": float(len(self.buffer)),
             "replay/buffer_entries": float(self.buffer.num_entries()),
