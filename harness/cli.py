@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--benchmarks", help="Comma-separated evaluation benchmarks (default: the preset's).")
     run.add_argument("--seeds", type=int, default=1, help="Number of seeds per (algorithm, model), starting at train.seed (default: 1).")
     run.add_argument("--steps", type=int, help="Shortcut for --set train.max_steps=N.")
+    run.add_argument("--engine", help="Rollout engine for training and evaluation (default: the config's, hf).")
     run.add_argument("--resume", metavar="PATH", help="Resume one run from a checkpoint folder or its output folder (latest checkpoint).")
     run.add_argument("--dry-run", action="store_true", help="Print the resolved config of each run and exit.")
     _add_common(run)
@@ -83,6 +84,8 @@ def resolve_run_config(model: str, algo: str, seed_offset: int, args: argparse.N
         flags["eval"] = {"benchmarks": [b.strip() for b in args.benchmarks.split(",") if b.strip()]}
     if getattr(args, "steps", None):
         flags.setdefault("train", {})["max_steps"] = args.steps
+    if getattr(args, "engine", None):
+        flags["generation"] = {"engine": args.engine}
     tracking: dict[str, Any] = {}
     if args.tracking_uri:
         tracking["tracking_uri"] = args.tracking_uri
@@ -144,6 +147,32 @@ def print_summary(results: list[tuple[str, str, int, dict]]) -> None:
         fmt = lambda v: f"{100 * v:9.1f}%" if v is not None else f"{'-':>10s}"
         print(f"{m:12s} {a:24s} {seed:4d} {fmt(before)} {fmt(after)} {(f'{delta:+6.1f}' if delta is not None else '-'):>7s} {tot.get('effective/step', 0.0):10.1f} {steps:5d} {sps:7.2f}")
     print("(accuracy = macro average over the evaluation benchmarks; eff. steps = cumulative fraction of prompt groups that carried gradient)")
+    comparison = compare_to_baseline(results)
+    if comparison:
+        print("\nvs the grpo run with the same model and seed:")
+        for line in comparison:
+            print("  " + line)
+
+
+def compare_to_baseline(results: list[tuple[str, str, int, dict]], baseline: str = "grpo") -> list[str]:
+    """Per (model, seed): accuracy delta, wall-clock overhead per step and effective-step gain vs ``baseline``."""
+    base = {(m, seed): s for m, a, seed, s in results if a == baseline}
+    lines = []
+    for m, a, seed, s in results:
+        b = base.get((m, seed))
+        if a == baseline or b is None:
+            continue
+        def per_step(x):
+            return x["totals"].get("time/step_s", 0.0) / max(x.get("steps", 0), 1)
+        def final_acc(x):
+            return {e["tag"]: e["macro_accuracy"] for e in x.get("evals", [])}.get("after")
+        overhead = per_step(s) / per_step(b) - 1 if per_step(b) else float("nan")
+        eff_b, eff_s = b["totals"].get("effective/step", 0.0), s["totals"].get("effective/step", 0.0)
+        gain = eff_s / eff_b - 1 if eff_b else float("nan")
+        acc_a, acc_b = final_acc(s), final_acc(b)
+        acc = f"{100 * (acc_a - acc_b):+.1f} pts" if acc_a is not None and acc_b is not None else "n/a"
+        lines.append(f"{m} seed {seed}: {a}: accuracy {acc}, wall-clock/step {100 * overhead:+.1f}%, effective steps {100 * gain:+.1f}%")
+    return lines
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
