@@ -102,6 +102,18 @@ class Algorithm:
     def build_batch(self, groups: list[RolloutGroup], step: int) -> TrainBatch:
         raise NotImplementedError
 
+    def rows_with_gradient(self, batch: TrainBatch) -> np.ndarray:
+        """Rows whose loss can have a non-zero gradient; the trainer skips forward/backward for the rest.
+
+        A row with zero advantage and no KL term contributes exactly zero to the loss and its gradient
+        (the aggregation weights are fixed before the forward pass), so skipping it changes nothing.
+        """
+        return batch.advantages != 0
+
+    def rows_needing_logprobs(self, batch: TrainBatch) -> np.ndarray:
+        """Rows whose pre-step log-probs ``after_step`` needs even when they carry no gradient."""
+        return np.zeros(len(batch), dtype=bool)
+
     def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """Return the loss to backpropagate and metrics as name -> (numerator, denominator)."""
         raise NotImplementedError

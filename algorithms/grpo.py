@@ -180,6 +180,11 @@ class GRPO(Algorithm):
         batch.metrics = effective_step_metrics(rows["group_has_signal"], np.zeros(len(groups), dtype=bool), batch)
         return batch
 
+    def rows_with_gradient(self, batch: TrainBatch) -> np.ndarray:
+        if self.config.beta > 0:  # the KL term gives every row a gradient
+            return np.ones(len(batch), dtype=bool)
+        return batch.advantages != 0
+
     # -- loss -----------------------------------------------------------------------------------
     def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         cfg = self.config

@@ -150,6 +150,14 @@ class RePO(GRPO):
         })
         return batch
 
+    def rows_with_gradient(self, batch: TrainBatch) -> np.ndarray:
+        on = batch.source == 0
+        return (batch.advantages != 0) | (on & (self.config.beta > 0))  # KL applies to on-policy rows only
+
+    def rows_needing_logprobs(self, batch: TrainBatch) -> np.ndarray:
+        # Fresh completions enter the buffer with their behaviour (pre-step) log-probs.
+        return (batch.source == 0) & (self.config.strategy != "none")
+
     # -- loss -----------------------------------------------------------------------------------
     def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         cfg = self.config

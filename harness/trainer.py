@@ -230,38 +230,65 @@ class Trainer:
         self._last_texts = texts
         return groups, metrics
 
+    def _forward_logprobs(self, model, prompts: list[list[int]], completions: list[np.ndarray]) -> tuple[torch.Tensor, Collated]:
+        col = collate(prompts, completions, self.tokenizer.pad_token_id)
+        dev = self.accelerator.device
+        C = col.completion_ids.shape[1]
+        logits = model(input_ids=col.input_ids.to(dev), attention_mask=col.attention_mask.to(dev), position_ids=col.position_ids.to(dev),
+                       logits_to_keep=C + 1, use_cache=False).logits[:, :-1]
+        return selective_logprobs(logits, col.completion_ids.to(dev), self.cfg.generation.temperature), col
+
     def train_on(self, batch: TrainBatch) -> tuple[dict[str, float], list[np.ndarray]]:
-        """num_iterations optimizer steps on ``batch``; returns metrics and the pre-step log-probs per row."""
-        acc, t, temp = self.accelerator, self.cfg.train, self.cfg.generation.temperature
+        """num_iterations optimizer steps on ``batch``; returns metrics and the pre-step log-probs per row.
+
+        Rows that cannot carry gradient (zero advantage, no KL) are not run at all; rows the algorithm
+        still needs log-probs for (RePO stores them) get a forward pass without autograd.
+        """
+        acc, t = self.accelerator, self.cfg.train
         R = len(batch)
+        grad_mask = np.asarray(self.algorithm.rows_with_gradient(batch), dtype=bool)
+        if not grad_mask.any():
+            # Keep one (zero-gradient) row: every process must run backward for DDP, and the optimizer
+            # must see zero gradients (not None) so its step matches an unskipped run exactly.
+            grad_mask[0] = True
+        grad_rows = np.nonzero(grad_mask)[0]
+        lp_rows = np.nonzero(np.asarray(self.algorithm.rows_needing_logprobs(batch), dtype=bool) & ~grad_mask)[0]
         mb = t.micro_batch_size or R
-        chunks = [np.arange(s, min(s + mb, R)) for s in range(0, R, mb)]
         pre_step: list[np.ndarray | None] = [None] * R
+        t_lp = 0.0
+        if len(lp_rows):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model = acc.unwrap_model(self.model)
+                for s in range(0, len(lp_rows), mb):
+                    idx = lp_rows[s:s + mb]
+                    logps, _ = self._forward_logprobs(model, [batch.prompt_ids[i] for i in idx], [batch.completion_ids[i] for i in idx])
+                    for j, row in enumerate(idx):
+                        pre_step[row] = logps[j, :len(batch.completion_ids[row])].float().cpu().numpy()
+            t_lp = time.perf_counter() - t0
+        chunks = [grad_rows[s:s + mb] for s in range(0, len(grad_rows), mb)]
         ref_cache: dict[int, torch.Tensor] = {}
         sums: dict[str, list[float]] = {}
         t_train = t_ref = 0.0
         grad_norm = float("nan")
         trained_tokens = 0
+        dev = acc.device
         for it in range(self.algorithm.num_iterations):
             for ci, idx in enumerate(chunks):
                 sub = batch.select(idx)
-                col = collate(sub.prompt_ids, sub.completion_ids, self.tokenizer.pad_token_id)
-                C = col.completion_ids.shape[1]
-                dev = acc.device
                 ref = None
                 if self.ref_model is not None:
                     if ci not in ref_cache:
                         t0 = time.perf_counter()
                         with torch.no_grad():
-                            ref_logits = self.ref_model(input_ids=col.input_ids.to(dev), attention_mask=col.attention_mask.to(dev), position_ids=col.position_ids.to(dev), logits_to_keep=C + 1).logits[:, :-1]
-                            ref_cache[ci] = selective_logprobs(ref_logits, col.completion_ids.to(dev), temp)
+                            ref_cache[ci], _ = self._forward_logprobs(self.ref_model, sub.prompt_ids, sub.completion_ids)
                         t_ref += time.perf_counter() - t0
                     ref = ref_cache[ci]
                 t0 = time.perf_counter()
                 sync = nullcontext() if ci == len(chunks) - 1 else acc.no_sync(self.model)
                 with sync:
-                    logits = self.model(input_ids=col.input_ids.to(dev), attention_mask=col.attention_mask.to(dev), position_ids=col.position_ids.to(dev), logits_to_keep=C + 1, use_cache=False).logits[:, :-1]
-                    logps = selective_logprobs(logits, col.completion_ids.to(dev), temp)
+                    logps, col = self._forward_logprobs(self.model, sub.prompt_ids, sub.completion_ids)
+                    C = col.completion_ids.shape[1]
                     if it == 0:
                         for j, row in enumerate(idx):
                             pre_step[row] = logps[j, :len(sub.completion_ids[j])].detach().float().cpu().numpy()
@@ -299,8 +326,8 @@ class Trainer:
                 out[k] = num / self.algorithm.num_iterations  # losses are already normalised per iteration
             else:
                 out[k] = num / den if den else 0.0
-        out.update({"train/grad_norm": grad_norm, "train/lr": self.scheduler.get_last_lr()[0], "time/train_s": t_train, "time/ref_s": t_ref, "time/logprob_s": 0.0,
-                    "tokens/trained": float(trained_tokens)})
+        out.update({"train/grad_norm": grad_norm, "train/lr": self.scheduler.get_last_lr()[0], "time/train_s": t_train, "time/ref_s": t_ref, "time/logprob_s": t_lp,
+                    "tokens/trained": float(trained_tokens), "samples/trained_frac": len(grad_rows) / max(R, 1)})
         return out, [p if p is not None else np.zeros(0, np.float32) for p in pre_step]
 
     def train_step(self) -> StepRecord:

@@ -36,7 +36,7 @@ def make_config(quick_model_dir, tmp_path):
             "algorithm": algorithm if isinstance(algorithm, dict) else {"name": algorithm},
             "train": {"max_steps": 3, "prompts_per_step": 4, "output_dir": str(tmp_path / "runs" / "{run_name}"), "log_completions_every": 1,
                       "format_reward_weight": 0.5},
-            "generation": {"num_generations": 4},
+            "generation": {"num_generations": 4, "temperature": 1.5},  # hotter: varied completions, so groups have reward variance
             "eval": {"before_training": False, "after_training": False, "max_examples": 8},
             "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment_name": "test"},
         }
