@@ -21,7 +21,7 @@ def quick_model_dir(tmp_path_factory):
     from harness.tiny_model import TinyBuildConfig, build_tiny_model
 
     cache = os.environ.get("HARNESS_TEST_CACHE") or str(tmp_path_factory.mktemp("tiny-cache"))
-    cfg = TinyBuildConfig(max_steps=30, eval_every=30, eval_size=16, target_min_acc=0.0)
+    cfg = TinyBuildConfig(max_steps=30, eval_every=30, eval_size=16, target_min_acc=0.0, completion_format="boxed", lr=3e-3, pass_k=0)
     return build_tiny_model(cfg, cache_dir=cache, check_band=False, progress=False)
 
 
@@ -36,7 +36,7 @@ def make_config(quick_model_dir, tmp_path):
             "algorithm": algorithm if isinstance(algorithm, dict) else {"name": algorithm},
             "train": {"max_steps": 3, "prompts_per_step": 4, "output_dir": str(tmp_path / "runs" / "{run_name}"), "log_completions_every": 1,
                       "format_reward_weight": 0.5},
-            "generation": {"num_generations": 4, "temperature": 1.5},  # hotter: varied completions, so groups have reward variance
+            "generation": {"num_generations": 4, "max_completion_length": 16},
             "eval": {"before_training": False, "after_training": False, "max_examples": 8},
             "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment_name": "test"},
         }
