@@ -63,7 +63,8 @@ class TrainConfig:
     seed: int = _f(42, "Seed for model init, sampling and replay selection.")
     prompts_per_step: int = _f(4, "Prompts per optimizer step (per process); the paper uses 4 x 8 generations.")
     epochs: int = _f(3, "Passes over the training prompts (the paper uses 3). Ignored when max_steps > 0.")
-    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1 = derived from epochs).")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1 = derived from epochs; with a budget: no step cap).")
+    budget: str | None = _f(None, "Compute budget UNIT:VALUE; the run stops once it is spent. Units: steps, generated_tokens, trained_tokens, flops, wall_seconds (e.g. flops:2e13). The LR schedule follows the fraction of the budget spent.")
     learning_rate: float = _f(1e-6, "Peak learning rate (AdamW).")
     lr_scheduler: str = _f("cosine", "LR schedule after warm-up: cosine, linear or constant.", choices=("cosine", "linear", "constant"))
     warmup_ratio: float = _f(0.1, "Fraction of steps with linear warm-up.")
@@ -93,6 +94,7 @@ class EvalConfig:
     before_training: bool = _f(True, "Evaluate the starting model before training.")
     after_training: bool = _f(True, "Evaluate the trained model after training.")
     every_steps: int = _f(0, "Also evaluate every N steps (0 = off).")
+    at_budget_fractions: list[float] = _f([], "Also evaluate when these fractions of the budget (or of the steps) are spent, e.g. [0.25, 0.5, 0.75], so curves of compared runs line up.")
     seed: int = _f(1234, "Seed of evaluation sampling (fixed so before/after use the same draws).")
 
 
@@ -307,6 +309,9 @@ def validate(cfg: HarnessConfig) -> None:
     _check(t.learning_rate >= 0, "train.learning_rate must be >= 0")
     _check(0 <= t.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
     _check(t.micro_batch_size >= 0, "train.micro_batch_size must be >= 0")
+    if t.budget is not None:
+        parse_budget(t.budget)
+    _check(all(0 < f < 1 for f in e.at_budget_fractions), f"eval.at_budget_fractions must lie strictly between 0 and 1, got {e.at_budget_fractions}")
     _check(t.format_reward_weight >= 0, "train.format_reward_weight must be >= 0")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
     _check(d.max_prompt_length >= 1, "data.max_prompt_length must be >= 1")
@@ -320,6 +325,26 @@ def validate(cfg: HarnessConfig) -> None:
     from algorithms import resolve_algorithm  # late import: algorithms depend on this module
 
     resolve_algorithm(cfg.algorithm)  # raises ConfigError on unknown names/keys/inconsistencies
+
+
+BUDGET_UNITS = ("steps", "generated_tokens", "trained_tokens", "flops", "wall_seconds")
+
+
+def parse_budget(text: str) -> tuple[str, float]:
+    """``"flops:2e13"`` -> ``("flops", 2e13)``; errors name ``train.budget`` and the valid units."""
+    unit, sep, value = str(text).partition(":")
+    unit = unit.strip()
+    if not sep or unit not in BUDGET_UNITS:
+        raise ConfigError(f"train.budget: expected UNIT:VALUE with UNIT one of {', '.join(BUDGET_UNITS)}, got {text!r}")
+    try:
+        amount = float(value)
+    except ValueError:
+        raise ConfigError(f"train.budget: the value after '{unit}:' must be a number, got {value!r}") from None
+    if not amount > 0:
+        raise ConfigError(f"train.budget: the value must be > 0, got {amount}")
+    if unit == "steps" and not amount.is_integer():
+        raise ConfigError(f"train.budget: a steps budget must be a whole number, got {amount}")
+    return unit, amount
 
 
 def describe_fields(obj_or_cls: Any, prefix: str) -> list[tuple[str, Any, str]]:

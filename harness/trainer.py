@@ -29,14 +29,14 @@ from algorithms.base import LossInputs, RolloutGroup, TrainBatch, algorithm_conf
 from benchmarks.datasets import load_train_set
 from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics, settings_from_config
 from harness import checkpoint as ckpt
-from harness.config import HarnessConfig, atomic_write_json, save_config
+from harness.config import HarnessConfig, atomic_write_json, parse_budget, save_config
 from harness.data import PromptSampler
 from harness.models import encode_prompt, get_spec, load_model, load_tokenizer
 from harness.rollout import SamplingParams, create_engine
 from harness.tracking import Tracker
 
 # Metrics summed (not averaged) across processes.
-SUMMED = ("tokens/", "samples/nonzero_adv", "groups/on_policy_nonzero_var", "groups/replay_nonzero_var", "replay/rows")
+SUMMED = ("tokens/", "flops/", "samples/nonzero_adv", "groups/on_policy_nonzero_var", "groups/replay_nonzero_var", "replay/rows")
 BOXED = re.compile(r"\\boxed\{")
 
 
@@ -126,13 +126,21 @@ class Trainer:
 
         self.train_rows = load_train_set(cfg.data.train, cfg.data.train_size, cfg.data.shuffle_seed)
         self.sampler = PromptSampler(len(self.train_rows), t.prompts_per_step, cfg.data.shuffle_seed, acc.process_index, acc.num_processes)
-        self.total_steps = t.max_steps if t.max_steps > 0 else t.epochs * self.sampler.steps_per_epoch
+        # Budget: a run stops when the budget in its unit is spent (matched-compute comparisons).
+        # Without one, the budget is the step count (max_steps, or epochs x steps per epoch).
+        if t.budget:
+            self.budget_unit, self.budget_value = parse_budget(t.budget)
+        else:
+            self.budget_unit, self.budget_value = "steps", float(t.max_steps if t.max_steps > 0 else t.epochs * self.sampler.steps_per_epoch)
+        self.step_cap = t.max_steps if t.max_steps > 0 else (int(self.budget_value) if self.budget_unit == "steps" else 10**12)
+        self.total_steps = int(self.budget_value) if self.budget_unit == "steps" else self.step_cap
+        # FLOPs estimate: 2N per processed token forward, 6N per trained token (forward + backward),
+        # N = all parameters (Kaplan et al. 2020, "C ~ 6ND"; attention's context term is ignored).
+        self.num_params = sum(p.numel() for p in self.model.parameters())
 
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay)
-        self.scheduler = self._make_scheduler()
         if resume_dir:
             ckpt.load_optimizer(self.optimizer, resume_dir)
-            self.scheduler.load_state_dict(json.loads((resume_dir / "scheduler.json").read_text()))
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         self.engine = create_engine(g.engine, model=acc.unwrap_model(self.model), tokenizer=self.tokenizer)
 
@@ -143,12 +151,15 @@ class Trainer:
         self.policy_version = 0
         self.totals: dict[str, float] = {}
         self.eval_history: list[dict[str, Any]] = []
+        self.eval_callbacks: list[Callable[["Trainer", str, dict[str, Any]], None]] = []
+        self.fractions_done: list[float] = []
         run_id = None
         if state:
             self.step = state["step"]
             self.policy_version = state["policy_version"]
             self.totals = state.get("totals", {})
             self.eval_history = state.get("eval_history", [])
+            self.fractions_done = state.get("fractions_done", [])
             run_id = state.get("mlflow_run_id")
             algo_state, rank_meta = ckpt.load_rank_state(resume_dir, acc.process_index)
             self.algorithm.load_state_dict(*algo_state)
@@ -172,12 +183,27 @@ class Trainer:
         self._completions_log = self.output_dir / "completions.jsonl"
 
     # ------------------------------------------------------------------------------------------
-    def _make_scheduler(self):
-        from transformers import get_scheduler
+    # ------------------------------------------------------------------------------------------
+    def spent(self) -> float:
+        """How much of the budget is used, in the budget's unit."""
+        return {"steps": float(self.step), "generated_tokens": self.totals.get("tokens/generated", 0.0), "trained_tokens": self.totals.get("tokens/trained", 0.0),
+                "flops": self.totals.get("flops/total", 0.0), "wall_seconds": self.totals.get("time/step_s", 0.0)}[self.budget_unit]
 
+    def budget_fraction(self) -> float:
+        return min(self.spent() / self.budget_value, 1.0)
+
+    def budget_done(self) -> bool:
+        return self.spent() >= self.budget_value or self.step >= self.step_cap
+
+    def lr_factor(self, fraction: float) -> float:
+        """LR multiplier as a function of the budget fraction spent: linear warm-up, then cosine/linear/constant."""
         t = self.cfg.train
-        name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.lr_scheduler]
-        return get_scheduler(name, self.optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * self.total_steps), num_training_steps=self.total_steps)
+        w = t.warmup_ratio
+        if w > 0 and fraction < w:
+            return fraction / w
+        q = (fraction - w) / (1 - w) if w < 1 else 1.0
+        q = min(max(q, 0.0), 1.0)
+        return {"cosine": 0.5 * (1 + math.cos(math.pi * q)), "linear": 1 - q, "constant": 1.0}[t.lr_scheduler]
 
     def encode(self, problem: str) -> tuple[list[int], bool]:
         return encode_prompt(self.tokenizer, problem, self.cfg.data.max_prompt_length, self.spec.chat_template_kwargs)
@@ -190,9 +216,13 @@ class Trainer:
         settings = self.eval_settings()
         res = evaluate(self.engine, self.tokenizer, self.cfg.eval.benchmarks, settings, self.scorer,
                        lambda p: encode_prompt(self.tokenizer, p, settings.max_prompt_length, self.spec.chat_template_kwargs), progress=self.progress)
-        summary = {"tag": tag, "step": self.step, "macro_accuracy": res["macro_accuracy"], "benchmarks": res["benchmarks"]}
+        fraction = self.budget_fraction()
+        summary = {"tag": tag, "step": self.step, "budget_fraction": fraction, "spent": self.spent(), "macro_accuracy": res["macro_accuracy"], "benchmarks": res["benchmarks"],
+                   "totals": dict(self.totals)}
         self.eval_history.append(summary)
-        self.tracker.log_metrics(flat_metrics(res), step=self.step)
+        self.tracker.log_metrics({**flat_metrics(res), "eval/budget_fraction": fraction}, step=self.step)
+        for cb in self.eval_callbacks:
+            cb(self, tag, res)
         self.tracker.log_text("\n".join(json.dumps(s) for s in res["samples"]) + "\n", f"eval/{tag}-step{self.step}.jsonl")
         return res
 
@@ -254,13 +284,15 @@ class Trainer:
         mb = t.micro_batch_size or R
         pre_step: list[np.ndarray | None] = [None] * R
         t_lp = 0.0
+        lp_tokens = ref_tokens = 0
         if len(lp_rows):
             t0 = time.perf_counter()
             with torch.no_grad():
                 model = acc.unwrap_model(self.model)
                 for s in range(0, len(lp_rows), mb):
                     idx = lp_rows[s:s + mb]
-                    logps, _ = self._forward_logprobs(model, [batch.prompt_ids[i] for i in idx], [batch.completion_ids[i] for i in idx])
+                    logps, lp_col = self._forward_logprobs(model, [batch.prompt_ids[i] for i in idx], [batch.completion_ids[i] for i in idx])
+                    lp_tokens += int(lp_col.attention_mask.sum())
                     for j, row in enumerate(idx):
                         pre_step[row] = logps[j, :len(batch.completion_ids[row])].float().cpu().numpy()
             t_lp = time.perf_counter() - t0
@@ -279,7 +311,8 @@ class Trainer:
                     if ci not in ref_cache:
                         t0 = time.perf_counter()
                         with torch.no_grad():
-                            ref_cache[ci], _ = self._forward_logprobs(self.ref_model, sub.prompt_ids, sub.completion_ids)
+                            ref_cache[ci], ref_col = self._forward_logprobs(self.ref_model, sub.prompt_ids, sub.completion_ids)
+                            ref_tokens += int(ref_col.attention_mask.sum())
                         t_ref += time.perf_counter() - t0
                     ref = ref_cache[ci]
                 t0 = time.perf_counter()
@@ -311,8 +344,10 @@ class Trainer:
             t0 = time.perf_counter()
             if t.max_grad_norm > 0:
                 grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
+            lr = self.cfg.train.learning_rate * self.lr_factor(self.budget_fraction())
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             self.optimizer.step()
-            self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.policy_version += 1
             t_train += time.perf_counter() - t0
@@ -324,8 +359,9 @@ class Trainer:
                 out[k] = num / self.algorithm.num_iterations  # losses are already normalised per iteration
             else:
                 out[k] = num / den if den else 0.0
-        out.update({"train/grad_norm": grad_norm, "train/lr": self.scheduler.get_last_lr()[0], "time/train_s": t_train, "time/ref_s": t_ref, "time/logprob_s": t_lp,
-                    "tokens/trained": float(trained_tokens), "samples/trained_frac": len(grad_rows) / max(R, 1)})
+        out.update({"train/grad_norm": grad_norm, "train/lr": self.optimizer.param_groups[0]["lr"], "time/train_s": t_train, "time/ref_s": t_ref, "time/logprob_s": t_lp,
+                    "tokens/trained": float(trained_tokens), "tokens/logprob": float(lp_tokens), "tokens/ref": float(ref_tokens),
+                    "samples/trained_frac": len(grad_rows) / max(R, 1)})
         return out, [p if p is not None else np.zeros(0, np.float32) for p in pre_step]
 
     def train_step(self) -> StepRecord:
@@ -344,12 +380,20 @@ class Trainer:
         self.engine.sync_weights(self.accelerator.unwrap_model(self.model), self.policy_version)
         self.step += 1
         metrics["time/step_s"] = time.perf_counter() - t_step
+        G, N = self.cfg.generation.num_generations, self.num_params
+        metrics["flops/generate"] = 2.0 * N * (metrics["tokens/prompt"] * G + metrics["tokens/generated"])  # each of the G rows prefills its prompt
+        metrics["flops/train"] = 6.0 * N * metrics["tokens/trained"]
+        metrics["flops/logprob"] = 2.0 * N * metrics["tokens/logprob"]
+        metrics["flops/ref"] = 2.0 * N * metrics["tokens/ref"]
+        metrics["flops/total"] = metrics["flops/generate"] + metrics["flops/train"] + metrics["flops/logprob"] + metrics["flops/ref"]
         metrics = self._reduce(metrics)
-        for k in ("tokens/generated", "tokens/trained", "tokens/prompt", "tokens/with_gradient", "effective/step", "time/step_s", "time/generate_s", "time/train_s"):
+        for k in ("tokens/generated", "tokens/trained", "tokens/prompt", "tokens/with_gradient", "effective/step", "time/step_s", "time/generate_s", "time/train_s",
+                  "time/score_s", "flops/total", "flops/generate", "flops/train"):
             if k in metrics:
                 self.totals[k] = self.totals.get(k, 0.0) + metrics[k]
         metrics.update({f"{k}_total" if not k.startswith("effective/") else "effective/steps_total": v for k, v in self.totals.items()})
         metrics["train/epoch"] = self.sampler.epoch + self.sampler.position / max(len(self.sampler.shard), 1)
+        metrics["budget/fraction"] = self.budget_fraction()
         record = StepRecord(self.step, [g.prompt_id for g in groups], [[c.tolist() for c in g.completion_ids] for g in groups], [g.rewards.tolist() for g in groups], metrics)
         self.tracker.log_metrics(metrics, step=self.step)
         if self.is_main and self.cfg.train.log_completions_every and self.step % self.cfg.train.log_completions_every == 0:
@@ -386,9 +430,9 @@ class Trainer:
             acc.unwrap_model(self.model).save_pretrained(staging / "model", safe_serialization=True)
             self.tokenizer.save_pretrained(staging / "model")
             ckpt.save_optimizer(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer, staging)
-            (staging / "scheduler.json").write_text(json.dumps(self.scheduler.state_dict()))
             ckpt.write_trainer_state(staging, {"step": self.step, "policy_version": self.policy_version, "mlflow_run_id": self.tracker.run_id, "totals": self.totals,
-                                               "eval_history": self.eval_history, "config": self.resolved, "num_processes": acc.num_processes})
+                                               "eval_history": self.eval_history, "fractions_done": self.fractions_done, "config": self.resolved,
+                                               "num_processes": acc.num_processes, "budget": [self.budget_unit, self.budget_value]})
         acc.wait_for_everyone()
         ckpt.save_rank_state(staging, acc.process_index, self.algorithm.state_dict(), {"sampler": self.sampler.state_dict()})
         acc.wait_for_everyone()
@@ -409,13 +453,19 @@ class Trainer:
             if self.step == 0 and cfg.eval.before_training and self.is_main and cfg.eval.benchmarks:
                 self.evaluate("before")
             bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.run_name}", disable=not (self.progress and self.is_main), dynamic_ncols=True)
-            while self.step < self.total_steps:
+            while not self.budget_done():
                 rec = self.train_step()
                 bar.update(1)
-                bar.set_postfix(reward=f"{rec.metrics['reward/mean']:.3f}", eff=f"{rec.metrics.get('effective/step', 0):.2f}")
-                if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.step < self.total_steps and self.is_main and cfg.eval.benchmarks:
+                bar.set_postfix(reward=f"{rec.metrics['reward/mean']:.3f}", eff=f"{rec.metrics.get('effective/step', 0):.2f}", budget=f"{self.budget_fraction():.0%}")
+                done = self.budget_done()
+                due = [f for f in cfg.eval.at_budget_fractions if f not in self.fractions_done and self.budget_fraction() >= f]
+                if due and not done:
+                    self.fractions_done.extend(due)
+                    if self.is_main and cfg.eval.benchmarks:
+                        self.evaluate(f"budget{due[-1]:.2f}")
+                elif cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and not done and self.is_main and cfg.eval.benchmarks:
                     self.evaluate("during")
-                if cfg.train.save_every and self.step % cfg.train.save_every == 0 and self.step < self.total_steps:
+                if cfg.train.save_every and self.step % cfg.train.save_every == 0 and not done:
                     self.save_checkpoint()
             bar.close()
             if cfg.eval.after_training and self.is_main and cfg.eval.benchmarks:
@@ -423,7 +473,8 @@ class Trainer:
             self.save_checkpoint()
             status = "FINISHED"
         finally:
-            summary.update({"steps": self.step, "totals": dict(self.totals), "evals": self.eval_history})
+            summary.update({"steps": self.step, "totals": dict(self.totals), "evals": self.eval_history, "budget": {"unit": self.budget_unit, "value": self.budget_value, "spent": self.spent()},
+                            "num_params": self.num_params, "status": status})
             if self.is_main:
                 atomic_write_json(self.output_dir / "summary.json", summary)
                 self.tracker.log_artifact(self.output_dir / "summary.json")
