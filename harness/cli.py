@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, help="Shortcut for --set train.max_steps=N.")
     run.add_argument("--engine", help="Rollout engine for training and evaluation (default: the config's, hf).")
     run.add_argument("--resume", metavar="PATH", help="Resume one run from a checkpoint folder or its output folder (latest checkpoint).")
-    run.add_argument("--dry-run", action="store_true", help="Print the resolved config of each run and exit.")
+    run.add_argument("--budget", metavar="UNIT:VALUE", help="Matched compute: every run stops once this is spent. Units: steps, generated_tokens, trained_tokens, flops, wall_seconds.")
+    run.add_argument("--name", help="Experiment (matrix) name; default: a hash of the matrix, so re-running the same command resumes it.")
+    run.add_argument("--dry-run", action="store_true", help="Print the matrix with estimated compute and exit (--verbose: also each resolved config).")
+    run.add_argument("--verbose", action="store_true", help="With --dry-run, print every resolved config.")
     run.add_argument("--data-dir", help="Prepared benchmark/training files (from `harness data prepare`); default $HARNESS_DATA_DIR or the cache.")
     _add_common(run)
 
@@ -96,6 +99,8 @@ def resolve_run_config(model: str, algo: str, seed_offset: int, args: argparse.N
         flags.setdefault("train", {})["max_steps"] = args.steps
     if getattr(args, "engine", None):
         flags["generation"] = {"engine": args.engine}
+    if getattr(args, "budget", None):
+        flags.setdefault("train", {}).update({"budget": args.budget, "max_steps": -1})
     tracking: dict[str, Any] = {}
     if args.tracking_uri:
         tracking["tracking_uri"] = args.tracking_uri
@@ -112,43 +117,49 @@ def resolve_run_config(model: str, algo: str, seed_offset: int, args: argparse.N
 def cmd_run(args: argparse.Namespace) -> int:
     import yaml
 
+    from harness.experiment import Member, matrix_name, print_matrix, run_matrix
+    from harness.models import expand_models
     from harness.trainer import Trainer
 
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-    from harness.models import expand_models
-
     models = expand_models(args.models)
-    if args.resume and (len(algos) > 1 or len(models) > 1 or args.seeds > 1):
-        print("error: --resume continues one run; give a single --algos/--models and --seeds 1", file=sys.stderr)
-        return 2
-    plans = [(m, a, s) for m in models for a in algos for s in range(args.seeds)]
-    configs = [resolve_run_config(m, a, s, args) for m, a, s in plans]  # validate everything before running anything
-    if args.dry_run:
-        for (m, a, s), cfg in zip(plans, configs):
-            print(f"# run: model={m} algorithm={a} seed={cfg.train.seed}")
-            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        return 0
-    results = []
-    for (m, a, s), cfg in zip(plans, configs):
-        if args.resume:
-            from harness import checkpoint as ckpt
-            from harness.config import config_from_dict
+    if args.resume:
+        if len(algos) > 1 or len(models) > 1 or args.seeds > 1:
+            print("error: --resume continues one run; give a single --algos/--models and --seeds 1", file=sys.stderr)
+            return 2
+        from harness import checkpoint as ckpt
+        from harness.config import config_from_dict
 
-            saved = ckpt.read_trainer_state(ckpt.find_checkpoint(args.resume))["config"]
-            cfg = config_from_dict(saved)
+        cfg = config_from_dict(ckpt.read_trainer_state(ckpt.find_checkpoint(args.resume))["config"])
         trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
         summary = trainer.fit()
-        results.append((m, a, cfg.train.seed, summary))
-    if trainer.is_main:
-        print_summary(results)
+        if trainer.is_main:
+            print(format_summary([(cfg.model.name, cfg.algorithm["name"], cfg.train.seed, summary)]))
+        return 0
+    # validate every member's config before running anything
+    members = [Member(m, a, s, cfg) for m in models for a in algos for s in range(args.seeds) for cfg in [resolve_run_config(m, a, s, args)]]
+    for mem in members:
+        mem.seed = mem.config.train.seed
+    name = matrix_name(members, args.name)
+    if args.dry_run:
+        print_matrix(name, members)
+        if args.verbose:
+            for mem in members:
+                print(f"\n# {mem.run_name}")
+                print(yaml.safe_dump(mem.config.to_dict(), sort_keys=False))
+        return 0
+    results = run_matrix(members, name=name, progress=not args.no_progress)
+    print(format_summary(results))
+    for line in ["", "vs the grpo run with the same model and seed:"] + ["  " + x for x in compare_to_baseline(results)] if compare_to_baseline(results) else []:
+        print(line)
+    print(f"\nMLflow experiment '{members[0].config.tracking.experiment_name}', matrix '{name}' (re-run the same command to resume or skip finished runs)")
     return 0
 
 
-def print_summary(results: list[tuple[str, str, int, dict]]) -> None:
+def format_summary(results: list[tuple[str, str, int, dict]]) -> str:
     """A short table: accuracy before/after, effective steps, wall-clock per step."""
     header = f"{'model':12s} {'algorithm':24s} {'seed':>4s} {'acc before':>10s} {'acc after':>10s} {'delta':>7s} {'eff. steps':>10s} {'steps':>5s} {'s/step':>7s}"
-    print("\n" + header)
-    print("-" * len(header))
+    lines = ["", header, "-" * len(header)]
     for m, a, seed, s in results:
         evals = {e["tag"]: e["macro_accuracy"] for e in s.get("evals", [])}
         before, after = evals.get("before"), evals.get("after")
@@ -157,13 +168,9 @@ def print_summary(results: list[tuple[str, str, int, dict]]) -> None:
         tot = s.get("totals", {})
         sps = tot.get("time/step_s", 0.0) / steps if steps else float("nan")
         fmt = lambda v: f"{100 * v:9.1f}%" if v is not None else f"{'-':>10s}"
-        print(f"{m:12s} {a:24s} {seed:4d} {fmt(before)} {fmt(after)} {(f'{delta:+6.1f}' if delta is not None else '-'):>7s} {tot.get('effective/step', 0.0):10.1f} {steps:5d} {sps:7.2f}")
-    print("(accuracy = macro average over the evaluation benchmarks; eff. steps = cumulative fraction of prompt groups that carried gradient)")
-    comparison = compare_to_baseline(results)
-    if comparison:
-        print("\nvs the grpo run with the same model and seed:")
-        for line in comparison:
-            print("  " + line)
+        lines.append(f"{m[:12]:12s} {a:24s} {seed:4d} {fmt(before)} {fmt(after)} {(f'{delta:+6.1f}' if delta is not None else '-'):>7s} {tot.get('effective/step', 0.0):10.1f} {steps:5d} {sps:7.2f}")
+    lines.append("(accuracy = macro average over the evaluation benchmarks; eff. steps = cumulative fraction of prompt groups that carried gradient)")
+    return "\n".join(lines)
 
 
 def compare_to_baseline(results: list[tuple[str, str, int, dict]], baseline: str = "grpo") -> list[str]:

@@ -1,0 +1,155 @@
+"""Experiment matrix: one training run per (algorithm variant, model, seed), all under one budget.
+
+MLflow layout (what reports read): a parent run tagged ``harness.role=experiment`` and
+``harness.experiment=<name>``; one child run per member with ``mlflow.parentRunId``,
+``harness.role=member``, ``harness.member=<algo>|<model>|<seed>``, ``algorithm``, ``model``, ``seed``,
+``harness.budget_unit`` and ``harness.budget_value``.
+
+Restartable: the same command finds the same parent (the name is a hash of the matrix unless
+``--name`` is given), skips members whose run FINISHED, resumes members with a checkpoint in their
+output folder (same MLflow run), and restarts the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.config import HarnessConfig, parse_budget
+
+# Parameter counts for compute estimates of registry models that are not loaded by --dry-run.
+KNOWN_PARAMS = {"qwen2.5-math-1.5b": 1.54e9, "qwen2.5-math-7b": 7.62e9, "qwen3-1.7b": 2.03e9, "qwen3-1.7b-nothink": 2.03e9,
+                "qwen2.5-1.5b-instruct": 1.54e9, "deepseek-r1-distill-qwen-1.5b": 1.78e9, "smollm2-135m-gguf": 1.35e8}
+
+
+@dataclass
+class Member:
+    model: str
+    algorithm: str
+    seed: int
+    config: HarnessConfig
+
+    @property
+    def key(self) -> str:
+        return f"{self.algorithm}|{self.model}|{self.seed}"
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.algorithm.replace(':', '-')}-{self.model.split('/')[-1]}-s{self.seed}"
+
+
+def matrix_name(members: list[Member], explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    blob = json.dumps([[m.key, m.config.to_dict()] for m in members], sort_keys=True, default=str).encode()
+    return "matrix-" + hashlib.sha256(blob).hexdigest()[:10]
+
+
+def param_count(model: str) -> float | None:
+    if model in KNOWN_PARAMS:
+        return KNOWN_PARAMS[model]
+    if model == "tiny":
+        from harness.tiny_model import TinyBuildConfig
+
+        c = TinyBuildConfig()
+        vocab = 102
+        per_layer = 4 * c.hidden * c.heads * c.head_dim + 3 * c.hidden * c.intermediate
+        return float(c.layers * per_layer + vocab * c.hidden)
+    return None
+
+
+def estimate(member: Member) -> dict[str, Any]:
+    """Upper-bound compute per step from the config (max lengths; RePO: every prompt replaying k rows)."""
+    cfg = member.config
+    g, t = cfg.generation, cfg.train
+    rows = t.prompts_per_step * g.num_generations
+    gen_tokens = rows * (cfg.data.max_prompt_length + g.max_completion_length)
+    replay = cfg.algorithm.get("num_replays", 8) if member.algorithm.startswith("repo") and not member.algorithm.endswith(":none") else 0
+    train_tokens = (rows + t.prompts_per_step * replay) * (cfg.data.max_prompt_length + g.max_completion_length)
+    n = param_count(member.model)
+    flops = (2 * gen_tokens + 6 * train_tokens) * n if n else None
+    unit, value = parse_budget(t.budget) if t.budget else ("steps", float(t.max_steps))
+    per_step = {"steps": 1.0, "generated_tokens": float(rows * g.max_completion_length), "trained_tokens": float(train_tokens), "flops": flops, "wall_seconds": None}[unit]
+    return {"flops_per_step_max": flops, "budget": f"{unit}:{value:g}", "min_steps": (value / per_step) if per_step else None, "params": n}
+
+
+def print_matrix(name: str, members: list[Member]) -> None:
+    print(f"experiment matrix '{name}': {len(members)} runs")
+    print(f"{'run':40s} {'budget':22s} {'params':>10s} {'FLOPs/step (max)':>17s} {'steps (min)':>11s}")
+    for m in members:
+        e = estimate(m)
+        fmt = lambda v, f: (f.format(v) if v is not None else "unknown")
+        print(f"{m.run_name:40s} {e['budget']:22s} {fmt(e['params'], '{:10.3g}'):>10s} {fmt(e['flops_per_step_max'], '{:17.3g}'):>17s} {fmt(e['min_steps'], '{:11.1f}'):>11s}")
+    print("(upper bounds from max prompt/completion lengths; FLOPs = 2N per generated/prompt token + 6N per trained token)")
+
+
+class MatrixTracker:
+    """Finds or creates the parent run and each member's run state in MLflow."""
+
+    def __init__(self, tracking_uri: str, experiment: str, name: str, spec: dict[str, Any]):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.name = name
+        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`harness.experiment` = '{name}' and tags.`harness.role` = 'experiment'")
+        if found:
+            self.parent_id = found[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=name, tags={"harness.role": "experiment", "harness.experiment": name})
+            self.parent_id = run.info.run_id
+            self.client.log_text(self.parent_id, json.dumps(spec, indent=2, default=str), "matrix.json")
+
+    def member_run(self, member: Member):
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`harness.experiment` = '{self.name}' and tags.`harness.member` = '{member.key}'",
+                                       order_by=["attributes.start_time DESC"])
+        return runs[0] if runs else None
+
+    def finish(self, status: str, summary_text: str) -> None:
+        self.client.log_text(self.parent_id, summary_text, "summary.txt")
+        self.client.set_terminated(self.parent_id, status=status)
+
+
+def run_matrix(members: list[Member], *, name: str, progress: bool = True) -> list[tuple[str, str, int, dict]]:
+    """Run (or continue) every member; returns (model, algorithm, seed, summary) per member."""
+    from harness import checkpoint as ckpt
+    from harness.tracking import resolve_tracking_uri
+    from harness.trainer import Trainer
+
+    first = members[0].config
+    tracker = MatrixTracker(resolve_tracking_uri(first.tracking.tracking_uri), first.tracking.experiment_name, name,
+                            {"members": [m.key for m in members], "budget": first.train.budget})
+    results = []
+    status = "FAILED"
+    try:
+        for m in members:
+            cfg = m.config
+            cfg.tracking.run_name = m.run_name
+            cfg.train.output_dir = str(Path("runs") / name / m.run_name)
+            out = Path(cfg.train.output_dir)
+            prior = tracker.member_run(m)
+            if prior is not None and prior.info.status == "FINISHED" and (out / "summary.json").exists():
+                print(f"[{name}] {m.run_name}: finished earlier, skipped")
+                results.append((m.model, m.algorithm, m.seed, json.loads((out / "summary.json").read_text())))
+                continue
+            resume = None
+            if prior is not None and (out / "latest.json").exists():
+                resume = str(out)
+                print(f"[{name}] {m.run_name}: resuming from {ckpt.find_checkpoint(out).name}")
+            elif prior is not None:
+                tracker.client.set_terminated(prior.info.run_id, status="FAILED")  # no checkpoint to continue: start over
+            unit, value = parse_budget(cfg.train.budget) if cfg.train.budget else ("steps", float(cfg.train.max_steps))
+            tags = {"harness.role": "member", "harness.experiment": name, "harness.member": m.key, "harness.budget_unit": unit, "harness.budget_value": f"{value:g}"}
+            trainer = Trainer(cfg, resume=resume, progress=progress, tracker_tags=tags, parent_run_id=tracker.parent_id)
+            results.append((m.model, m.algorithm, m.seed, trainer.fit()))
+        status = "FINISHED"
+    finally:
+        from harness.cli import compare_to_baseline, format_summary
+
+        tracker.finish(status, format_summary(results) + "\n" + "\n".join(compare_to_baseline(results)))
+    return results

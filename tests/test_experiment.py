@@ -1,0 +1,55 @@
+"""Experiment matrix: MLflow parent/child layout, matched budgets, restart skips finished and resumes interrupted runs."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from harness.experiment import Member, matrix_name, run_matrix
+
+REPO = {"name": "repo:recent_k", "min_cache_to_replay": 4, "max_cache_size": 8, "num_replays": 2}
+
+
+def _members(make_config):
+    out = []
+    for algo in ("grpo", REPO):
+        cfg = make_config(algo, train={"max_steps": -1, "budget": "trained_tokens:500", "save_every": 1}, data={"train_size": 4})
+        out.append(Member("quick", algo if isinstance(algo, str) else algo["name"], cfg.train.seed, cfg))
+    return out
+
+
+def test_matrix_layout_budget_and_restart(make_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    members = _members(make_config)
+    name = matrix_name(members, None)
+    assert name == matrix_name(_members(make_config), None)  # same command -> same matrix
+    results = run_matrix(members, name=name, progress=False)
+    uri = members[0].config.tracking.tracking_uri
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("test")
+    parents = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'experiment'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    assert sorted(c.data.tags["algorithm"] for c in children) == ["grpo", "repo:recent_k"]
+    assert all(c.data.tags["harness.role"] == "member" and c.data.tags["harness.budget_unit"] == "trained_tokens" for c in children)
+    # matched compute: both spent the same budget (stopping at the first step that crosses it)
+    for _, _, _, s in results:
+        assert s["budget"]["spent"] >= 500 and s["status"] == "FINISHED"
+
+    # Re-running the same matrix skips finished members: no new MLflow runs.
+    again = run_matrix(_members(make_config), name=name, progress=False)
+    assert [s["run_id"] for *_, s in again] == [s["run_id"] for *_, s in results]
+    assert len(client.search_runs([exp.experiment_id], "")) == 3
+
+    # An interrupted member (its run not FINISHED) resumes from its checkpoint into the same MLflow run.
+    repo_run = next(c for c in children if c.data.tags["algorithm"] == "repo:recent_k")
+    client.set_terminated(repo_run.info.run_id, status="FAILED")
+    resumed = run_matrix(_members(make_config), name=name, progress=False)
+    repo_summary = resumed[1][3]
+    assert repo_summary["run_id"] == repo_run.info.run_id and repo_summary["status"] == "FINISHED"
+    assert client.get_run(repo_run.info.run_id).info.status == "FINISHED"
+    assert len(client.search_runs([exp.experiment_id], "")) == 3
+    assert "grpo" in open(client.download_artifacts(parents[0].info.run_id, "summary.txt", str(tmp_path))).read()
+    assert json.loads((tmp_path / "runs" / name / "grpo-quick-s42" / "summary.json").read_text())["steps"] >= 1
