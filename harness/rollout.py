@@ -2,7 +2,9 @@
 
 An engine is anything with ``generate(prompts, params) -> list[list[Completion]]``,
 ``sync_weights(model, version)`` and ``close()``. The ``hf`` engine uses transformers' ``generate``
-on the training model itself, so its weights are always current. Engines are registered by name.
+on the training model itself, so its weights are always current. Engines are registered by name;
+``vllm``, ``vllm-server`` and ``auto`` live in :mod:`harness.engines` (imported on first use).
+Engines may expose ``last_sync_metrics`` (dict of ``engine/*`` metrics of the latest weight sync).
 """
 
 from __future__ import annotations
@@ -53,14 +55,31 @@ def register_engine(name: str) -> Callable:
     return deco
 
 
+def _load_engine_plugins() -> None:
+    import harness.engines  # noqa: F401  (registers vllm, vllm-server, auto; imports no vLLM)
+
+
 def available_engines() -> list[str]:
+    _load_engine_plugins()
     return sorted(_ENGINES)
 
 
-def create_engine(name: str, *, model: torch.nn.Module, tokenizer, batch_size: int = 256) -> RolloutEngine:
+def create_engine(name: str, *, model: torch.nn.Module, tokenizer, batch_size: int = 256, **options) -> RolloutEngine:
+    """Build engine ``name``; ``options`` are engine settings (see :class:`harness.engines.options.EngineOptions`)."""
+    if name not in _ENGINES:
+        _load_engine_plugins()
     if name not in _ENGINES:
         raise ValueError(f"unknown rollout engine '{name}'; available: {', '.join(available_engines())}")
-    return _ENGINES[name](model=model, tokenizer=tokenizer, batch_size=batch_size)
+    factory = _ENGINES[name]
+    if options and not _takes_options(factory):
+        options = {}  # e.g. hf: it samples with the training model itself, engine settings do not apply
+    return factory(model=model, tokenizer=tokenizer, batch_size=batch_size, **options)
+
+
+def _takes_options(factory: Callable) -> bool:
+    import inspect
+
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

