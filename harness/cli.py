@@ -1,4 +1,4 @@
-"""`harness` command line: run, eval, models, config.
+"""`harness` command line: run, eval, sweep, report, serve, data, models, config.
 
 Config is layered: paper defaults <- the model's preset (tiny: harness/presets/tiny.yaml) <- --config
 YAML <- explicit flags <- --set section.key=value overrides. The resolved config is printed with
@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     from benchmarks.prepare import add_data_parser
 
     add_data_parser(sub)
+
+    from harness.engines.server import add_serve_parser
+    from reports.cli import add_report_parser
+    from sweeps.cli import add_sweep_parser
+
+    add_sweep_parser(sub)
+    add_report_parser(sub)
+    add_serve_parser(sub)
 
     models = sub.add_parser("models", help="List registered models or build the tiny one.")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -234,19 +242,36 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "sweep":
+        from sweeps.cli import cmd_sweep
+
+        return cmd_sweep(args)
+    if args.command == "report":
+        from reports.cli import cmd_report
+
+        return cmd_report(args)
+    if args.command == "serve":
+        from harness.engines.server import cmd_serve
+
+        return cmd_serve(args)
+    from benchmarks.prepare import cmd_data
+
+    return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models, "config": cmd_config, "data": cmd_data}[args.command](args)
+
+
 def main(argv: list[str] | None = None) -> int:
     from harness.config import ConfigError
 
     import os
 
     from benchmarks.datasets import DatasetError
-    from benchmarks.prepare import cmd_data
 
     args = build_parser().parse_args(argv)
     if getattr(args, "data_dir", None):
         os.environ["HARNESS_DATA_DIR"] = args.data_dir  # read by every loader (trainer and eval alike)
     try:
-        return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models, "config": cmd_config, "data": cmd_data}[args.command](args)
+        return _dispatch(args)
     except DatasetError as e:
         print(f"data error: {e}", file=sys.stderr)
         return 2
