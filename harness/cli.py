@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 RUN_EPILOG = """examples:
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="Print the matrix with estimated compute and exit (--verbose: also each resolved config).")
     run.add_argument("--verbose", action="store_true", help="With --dry-run, print every resolved config.")
     run.add_argument("--data-dir", help="Prepared benchmark/training files (from `harness data prepare`); default $HARNESS_DATA_DIR or the cache.")
+    run.add_argument("--report-dir", metavar="DIR", help="Where the comparison report is written at the end (default: reports/<matrix>/).")
+    run.add_argument("--no-report", action="store_true", help="Do not write the report at the end (run `harness report` later).")
     _add_common(run)
 
     ev = sub.add_parser("eval", help="Evaluate models on benchmarks with the reference protocol.",
@@ -116,10 +119,40 @@ def resolve_run_config(model: str, algo: str, seed_offset: int, args: argparse.N
         tracking["experiment_name"] = args.experiment
     if tracking:
         flags["tracking"] = tracking
-    cfg = build_config(*_layers_for(model, args), flags, overrides=args.overrides)
+    cfg = build_config(*_layers_for(model, args), flags, overrides=_overrides_for(algo, args))
     if seed_offset:
         cfg.train.seed += seed_offset
     return cfg
+
+
+def _overrides_for(algo: str, args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides for one algorithm of the matrix.
+
+    In a mixed matrix (``--algos grpo,repo``) an ``algorithm.<field>`` that only some of the algorithms
+    have applies to those (``--set algorithm.num_replays=4`` sets RePO's k and leaves GRPO alone); a
+    field that none of them has is still rejected by the config with the valid keys listed.
+    """
+    from dataclasses import fields
+
+    from algorithms import get_algorithm_class
+    from algorithms.base import split_variant
+
+    overrides = list(getattr(args, "overrides", []) or [])
+    algos = [a.strip() for a in (getattr(args, "algos", None) or algo).split(",") if a.strip()]
+    if len(algos) < 2:
+        return overrides
+
+    def field_names(spec: str) -> set[str]:
+        return {f.name for f in fields(get_algorithm_class(split_variant(spec)[0]).config_cls)}
+
+    own, anyone = field_names(algo), set().union(*(field_names(a) for a in algos))
+    kept = []
+    for o in overrides:
+        key = o.split("=", 1)[0].strip()
+        if key.startswith("algorithm.") and key.count(".") == 1 and key[len("algorithm."):] not in own and key[len("algorithm."):] in anyone:
+            continue
+        kept.append(o)
+    return kept
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -156,12 +189,36 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"\n# {mem.run_name}")
                 print(yaml.safe_dump(mem.config.to_dict(), sort_keys=False))
         return 0
-    results = run_matrix(members, name=name, progress=not args.no_progress)
+    parent: dict[str, str] = {}
+    try:
+        results = run_matrix(members, name=name, progress=not args.no_progress,
+                             on_parent=lambda uri, exp, run_id: parent.update(uri=uri, experiment=exp, run_id=run_id))
+    finally:
+        if parent and not args.no_report and _is_main_process():
+            _write_report(parent, args.report_dir or str(Path("reports") / name))
     print(format_summary(results))
-    for line in ["", "vs the grpo run with the same model and seed:"] + ["  " + x for x in compare_to_baseline(results)] if compare_to_baseline(results) else []:
+    comparison = compare_to_baseline(results)
+    for line in ["", "vs the grpo run with the same model and seed:"] + ["  " + x for x in comparison] if comparison else []:
         print(line)
     print(f"\nMLflow experiment '{members[0].config.tracking.experiment_name}', matrix '{name}' (re-run the same command to resume or skip finished runs)")
     return 0
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _write_report(parent: dict[str, str], out_dir: str) -> None:
+    """The comparison report of a finished (or failed) matrix; a report error never hides the run's outcome."""
+    from reports.cli import generate_report
+
+    try:
+        out = generate_report(parent["uri"], experiment=parent["experiment"], out_dir=out_dir, parent_run_id=parent["run_id"], sweep_run_id=None)
+        print(f"report: {out / 'report.html'}")
+    except Exception as exc:  # noqa: BLE001 - the training results are already in MLflow
+        print(f"warning: the report could not be written ({type(exc).__name__}: {exc}); run `harness report --parent {parent['run_id']}`", file=sys.stderr)
 
 
 def format_summary(results: list[tuple[str, str, int, dict]]) -> str:

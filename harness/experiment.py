@@ -115,8 +115,11 @@ class MatrixTracker:
         self.client.set_terminated(self.parent_id, status=status)
 
 
-def run_matrix(members: list[Member], *, name: str, progress: bool = True) -> list[tuple[str, str, int, dict]]:
-    """Run (or continue) every member; returns (model, algorithm, seed, summary) per member."""
+def run_matrix(members: list[Member], *, name: str, progress: bool = True, on_parent=None) -> list[tuple[str, str, int, dict]]:
+    """Run (or continue) every member; returns (model, algorithm, seed, summary) per member.
+
+    ``on_parent(tracking_uri, experiment, parent_run_id)`` is called once the parent run exists (the CLI
+    uses it to write the report at the end, also when a member fails)."""
     from harness import checkpoint as ckpt
     from harness.tracking import resolve_tracking_uri
     from harness.trainer import Trainer
@@ -124,6 +127,8 @@ def run_matrix(members: list[Member], *, name: str, progress: bool = True) -> li
     first = members[0].config
     tracker = MatrixTracker(resolve_tracking_uri(first.tracking.tracking_uri), first.tracking.experiment_name, name,
                             {"members": [m.key for m in members], "budget": first.train.budget})
+    if on_parent is not None:
+        on_parent(tracker.client.tracking_uri, first.tracking.experiment_name, tracker.parent_id)
     results = []
     status = "FAILED"
     try:

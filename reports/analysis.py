@@ -453,6 +453,11 @@ def strategy_of(data: ExperimentData, run_id: str, algorithm: str) -> str:
     return algorithm.split(":", 1)[1] if ":" in algorithm else "-"
 
 
+def _ratio_minus_one(value: float, base: float) -> float:
+    """value / base - 1, NaN (not a warning or inf) when the baseline is 0 or missing."""
+    return float(value) / float(base) - 1 if base and np.isfinite(base) else np.nan
+
+
 def ablation_table(data: ExperimentData, facts: pd.DataFrame, acc: pd.DataFrame, baseline: str = "grpo") -> pd.DataFrame:
     if facts.empty:
         return pd.DataFrame()
@@ -467,9 +472,9 @@ def ablation_table(data: ExperimentData, facts: pd.DataFrame, acc: pd.DataFrame,
                          "n_runs": len(a), "accuracy": m["mean"] if m is not None else np.nan, "ci_low": m["ci_low"] if m is not None else np.nan,
                          "ci_high": m["ci_high"] if m is not None else np.nan, "delta": m["delta"] if m is not None and "delta" in m else np.nan,
                          "effective_per_step": a["effective_per_step"].mean(),
-                         "effective_gain": a["effective_per_step"].mean() / base["effective_per_step"].mean() - 1 if algo != baseline and not base.empty else np.nan,
+                         "effective_gain": _ratio_minus_one(a["effective_per_step"].mean(), base["effective_per_step"].mean()) if algo != baseline and not base.empty else np.nan,
                          "wall_s_per_step": a["wall_seconds_per_step"].mean(),
-                         "wall_overhead": a["wall_seconds_per_step"].mean() / base["wall_seconds_per_step"].mean() - 1 if algo != baseline and not base.empty else np.nan,
+                         "wall_overhead": _ratio_minus_one(a["wall_seconds_per_step"].mean(), base["wall_seconds_per_step"].mean()) if algo != baseline and not base.empty else np.nan,
                          "hit_rate": a["hit_rate"].mean(), "staleness": a["staleness_mean"].mean()})
     return pd.DataFrame(rows)
 

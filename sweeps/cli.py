@@ -63,6 +63,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="Validate the space and print the midpoint trial's resolved config; create nothing.")
     p.add_argument("--data-dir", help="Prepared benchmark/training files (from `harness data prepare`); default $HARNESS_DATA_DIR or the cache. Workers inherit it.")
     p.add_argument("--no-progress", action="store_true", help="Hide per-trial progress bars (only with --workers 0; workers never show them).")
+    p.add_argument("--report-dir", metavar="DIR", help="Where the sweep report (history, importances, best trial) is written at the end (default: reports/sweep-<study>/).")
+    p.add_argument("--no-report", action="store_true", help="Do not write the report at the end (run `harness report --sweep-only` later).")
 
 
 def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -328,6 +330,18 @@ def finalize(study: Any, spec: dict[str, Any], parent: Any, args: argparse.Names
     return written
 
 
+def write_sweep_report(spec: dict[str, Any], parent_run_id: str, out_dir: str) -> None:
+    """`harness report --sweep-only` for this sweep; a report error never hides the sweep's outcome."""
+    from reports.cli import generate_report
+
+    try:
+        out = generate_report(spec["tracking_uri"], experiment=spec["experiment"], out_dir=out_dir, sweep_run_id=parent_run_id, sweep_only=True)
+        print(f"report: {out / 'report.html'}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - the trials are already in Optuna and MLflow
+        print(f"warning: the sweep report could not be written ({type(exc).__name__}: {exc}); run `harness report --sweep {parent_run_id} --sweep-only`",
+              file=sys.stderr)
+
+
 def print_report(study: Any, written: dict[str, Path], parent: Any) -> None:
     from optuna.trial import TrialState
 
@@ -390,6 +404,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             settle_running_trials(study, args.grace_period)
     written = finalize(study, spec, parent, args, status=None if completed else "KILLED")
     print_report(study, written, parent)
+    if parent.enabled and not args.no_report:
+        write_sweep_report(spec, parent.run_id, args.report_dir or str(Path("reports") / f"sweep-{study.study_name}"))
     from optuna.trial import TrialState
 
     if not completed:

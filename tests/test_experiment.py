@@ -53,3 +53,24 @@ def test_matrix_layout_budget_and_restart(make_config, tmp_path, monkeypatch):
     assert len(client.search_runs([exp.experiment_id], "")) == 3
     assert "grpo" in open(client.download_artifacts(parents[0].info.run_id, "summary.txt", str(tmp_path))).read()
     assert json.loads((tmp_path / "runs" / name / "grpo-quick-s42" / "summary.json").read_text())["steps"] >= 1
+
+
+def test_cli_run_writes_the_comparison_report(quick_model_dir, tmp_path, monkeypatch, capsys):
+    """`harness run` expands the matrix, trains under one budget and writes the report at the end."""
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["run", "--algos", "grpo,repo:recent_k", "--models", str(quick_model_dir), "--config", "tiny", "--budget", "steps:2", "--no-progress",
+            "--tracking-uri", uri, "--experiment", "cli", "--name", "clitest", "--report-dir", str(tmp_path / "rep"),
+            "--set", "train.prompts_per_step=2", "--set", "generation.num_generations=4", "--set", "generation.max_completion_length=16",
+            "--set", "data.train_size=8", "--set", "eval.max_examples=4", "--set", "algorithm.min_cache_to_replay=1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "vs the grpo run with the same model and seed" in out and "report:" in out
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "repo:recent_k" in md and "grpo" in md
+    assert (tmp_path / "rep" / "report.html").exists() and list((tmp_path / "rep" / "tables").glob("*.csv"))
+    runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("cli").experiment_id], "tags.`harness.role` = 'member'")
+    assert sorted(r.data.tags["algorithm"] for r in runs) == ["grpo", "repo:recent_k"]
+    assert all(int(r.data.metrics["budget/fraction"]) == 1 for r in runs)

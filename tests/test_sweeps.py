@@ -53,7 +53,7 @@ def _space_file(tmp_path: Path, model_dir, *, params=None, pruner=None, name="sp
 
 def _common(tmp_path: Path) -> list[str]:
     return ["--config", "tiny", "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--experiment", "sweeptest", "--output-dir", str(tmp_path / "runs")]
+            "--experiment", "sweeptest", "--output-dir", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report")]
 
 
 def _runs(tmp_path: Path):
@@ -266,6 +266,10 @@ def test_two_workers_share_sqlite_and_survive_a_killed_worker(tmp_path, quick_mo
     assert {"sweep/best_trial.json", "sweep/trials.csv", "sweep/optimization_history.png"} <= artifacts
     best = json.loads(Path(client.download_artifacts(parent["run_id"], "sweep/best_trial.json", str(tmp_path / "dl"))).read_text())
     assert best["n_trials"] == len(trials) and best["states"]["FAIL"] == 1
+    # `harness sweep` writes its report at the end: the sweep section with history and importances
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "par" in report and (tmp_path / "report" / "report.html").exists()
+    assert (tmp_path / "report" / "tables" / "sweep_trials.csv").exists()
 
 
 def test_heartbeat_fails_the_trial_of_a_lone_killed_worker(tmp_path, quick_model_dir):
