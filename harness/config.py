@@ -48,14 +48,48 @@ class DataConfig:
     shuffle_seed: int = _f(42, "Seed of the per-epoch prompt order (independent of the training seed).")
 
 
+ENGINE_CHOICES = ("hf", "hf-generate", "vllm", "vllm-server", "auto")
+
+
 @dataclass
 class GenerationConfig:
-    engine: str = _f("hf", "Rollout engine: hf (transformers generate).")
+    engine: str = _f("hf", "Rollout engine for training and evaluation: hf (our KV-cache sampler on the training model), hf-generate (transformers generate; "
+                           "reference), vllm (in-process vLLM, weights copied after every step), vllm-server (vLLM in its own process, weights pushed "
+                           "over HTTP; see server_url), auto (vllm when it imports and supports the model, else hf). README: 'Rollout engines'.",
+                     choices=ENGINE_CHOICES)
     num_generations: int = _f(8, "G: completions sampled per prompt (the on-policy group).")
     max_completion_length: int = _f(1024, "Maximum new tokens per completion during training.")
     temperature: float = _f(1.0, "Sampling temperature for training rollouts; logits are divided by it for log-probs too.")
     top_k: int = _f(50, "Top-k sampling for training rollouts (0 = off).")
     top_p: float = _f(1.0, "Nucleus sampling for training rollouts (1.0 = off).")
+    behaviour_logprobs: str = _f("trainer", "Where the behaviour log-probs of rows without gradient come from when an algorithm asks for them "
+                                 "(e.g. to store samples for later): trainer (an extra no-grad forward of the pre-step policy: exact, the default) "
+                                 "or engine (the per-token log-probs the rollout engine returned with the samples: no extra pass; they are those "
+                                 "of the distribution actually sampled from, i.e. after top-k/top-p, and carry the engine-trainer numeric gap).",
+                                 choices=("trainer", "engine"))
+    tis_cap: float | None = _f(None, "Truncated importance sampling for the engine-trainer mismatch: multiply each on-policy token's policy loss "
+                               "by min(pi_trainer / pi_engine, tis_cap) (detached; as TRL/verl offer). None = off (default); when on, > 1 "
+                               "(e.g. 2.0). Needs an engine that returns log-probs (all built-in ones do).")
+    vllm_dtype: str | None = _f(None, "vLLM engines: weight dtype (float32, bfloat16, float16); None = the training model's dtype.")
+    vllm_max_model_len: int | None = _f(None, "vLLM engines: longest prompt + completion accepted; None = data.max_prompt_length + "
+                                        "max(max_completion_length, eval.max_new_tokens), capped at the model's context window.")
+    vllm_gpu_memory_utilization: float | None = _f(None, "vLLM engines: memory fraction for weights + KV cache, in (0, 1]. On CPU it is a fraction "
+                                                   "of host RAM (vLLM-cpu's meaning). None = on CPU a KV cache sized for 256 full-length sequences "
+                                                   "(at most 20% of RAM); on GPU 0.3 colocated, 0.85 server. Ignored when vllm_kv_cache_gb is set.")
+    vllm_kv_cache_gb: float | None = _f(None, "vLLM engines: explicit KV-cache size in GiB (overrides vllm_gpu_memory_utilization).")
+    vllm_enforce_eager: bool | None = _f(None, "vLLM engines: disable torch.compile/CUDA graphs; None = true on CPU (fast start-up), false on GPU.")
+    vllm_sleep: bool = _f(False, "Colocated vllm on GPU only: free the engine's GPU memory (vLLM sleep level 1) while training and wake it for "
+                          "the next rollout. Rejected on CPU (vLLM has no sleep mode there).")
+    sync_check: bool = _f(True, "vLLM engines: after every weight sync compare engine and trainer log-probs on a fixed probe sequence and stop "
+                          "with an error when they differ by more than sync_check_tolerance (stale or wrongly loaded weights).")
+    sync_check_tolerance: float | None = _f(None, "Largest allowed mean |engine - trainer| log-prob on the probe; None = 1e-3 when engine and "
+                                            "trainer are float32, else 0.1 (bf16/fp16 kernels differ by a few 1e-2).")
+    server_url: str | None = _f(None, "vllm-server: attach to a server started with `harness serve` (http://HOST:PORT); None = start one as a "
+                                "child process.")
+    server_startup_timeout_s: float = _f(600.0, "vllm-server: fail if the server is not healthy after this many seconds.")
+    server_request_timeout_s: float = _f(1800.0, "vllm-server: timeout of one generate request, seconds.")
+    server_sync_timeout_s: float = _f(300.0, "vllm-server: timeout of one weight push (health checks use a tenth of it), seconds.")
+    server_log: str | None = _f(None, "vllm-server: log file of a spawned server (kept); None = a temporary file (its tail is shown in errors).")
 
 
 @dataclass
@@ -303,6 +337,7 @@ def validate(cfg: HarnessConfig) -> None:
     _check(g.temperature > 0, f"generation.temperature must be > 0, got {g.temperature}")
     _check(g.top_k >= 0, "generation.top_k must be >= 0 (0 = off)")
     _check(0 < g.top_p <= 1, f"generation.top_p must be in (0, 1], got {g.top_p}")
+    _validate_engine(g)
     _check(t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1")
     _check(t.max_steps == -1 or t.max_steps >= 1, f"train.max_steps must be -1 (use epochs) or >= 1, got {t.max_steps}")
     _check(t.max_steps > 0 or t.epochs >= 1, "train.epochs must be >= 1 when train.max_steps is -1")
@@ -325,6 +360,27 @@ def validate(cfg: HarnessConfig) -> None:
     from algorithms import resolve_algorithm  # late import: algorithms depend on this module
 
     resolve_algorithm(cfg.algorithm)  # raises ConfigError on unknown names/keys/inconsistencies
+
+
+def _validate_engine(g: GenerationConfig) -> None:
+    """Engine settings: ranges, and combinations that cannot work (named by key)."""
+    _check(g.tis_cap is None or g.tis_cap > 1, f"generation.tis_cap must be > 1 (a cap of at most 1 would only shrink every update), or None for off; got {g.tis_cap}")
+    _check(g.vllm_dtype in (None, "float32", "bfloat16", "float16"), f"generation.vllm_dtype: expected one of float32, bfloat16, float16 (or None), got {g.vllm_dtype!r}")
+    _check(g.vllm_max_model_len is None or g.vllm_max_model_len >= 2, f"generation.vllm_max_model_len must be >= 2 or None, got {g.vllm_max_model_len}")
+    _check(g.vllm_gpu_memory_utilization is None or 0 < g.vllm_gpu_memory_utilization <= 1,
+           f"generation.vllm_gpu_memory_utilization must be in (0, 1] (on CPU: a fraction of host RAM), got {g.vllm_gpu_memory_utilization}")
+    _check(g.vllm_kv_cache_gb is None or g.vllm_kv_cache_gb > 0, f"generation.vllm_kv_cache_gb must be > 0 or None, got {g.vllm_kv_cache_gb}")
+    _check(g.sync_check_tolerance is None or g.sync_check_tolerance > 0, f"generation.sync_check_tolerance must be > 0 or None, got {g.sync_check_tolerance}")
+    for key in ("server_startup_timeout_s", "server_request_timeout_s", "server_sync_timeout_s"):
+        _check(getattr(g, key) > 0, f"generation.{key} must be > 0 seconds (timeouts keep a lost server from hanging the run), got {getattr(g, key)}")
+    if g.server_url is not None:
+        _check(g.server_url.startswith(("http://", "https://")), f"generation.server_url must start with http:// or https://, got {g.server_url!r}")
+        _check(g.engine == "vllm-server", f"generation.server_url is set but generation.engine is {g.engine!r}: only the vllm-server engine attaches to a server")
+    if g.vllm_sleep:
+        _check(g.engine in ("vllm", "auto"), f"generation.vllm_sleep applies to the colocated vllm engine only, not generation.engine={g.engine!r}")
+        import torch
+
+        _check(torch.cuda.is_available(), "generation.vllm_sleep needs a GPU: vLLM has no sleep mode on CPU (set it to false)")
 
 
 BUDGET_UNITS = ("steps", "generated_tokens", "trained_tokens", "flops", "wall_seconds")
