@@ -28,6 +28,9 @@ class RolloutGroup:
     completion_ids: list[np.ndarray]  # G arrays of int token ids (eos included when generated)
     rewards: np.ndarray  # [G] float64
     policy_version: int  # optimizer steps taken by the policy that generated them
+    # The rollout engine's per-token log-probs of each completion under the distribution it sampled from
+    # (temperature, top-k, top-p applied); None when the engine returned none.
+    engine_logprobs: list[np.ndarray | None] | None = None
 
 
 @dataclass
@@ -75,6 +78,10 @@ class LossInputs:
     row_weights: torch.Tensor  # [B]
     token_sum: torch.Tensor  # [B] bool
     source: torch.Tensor  # [B] int
+    # Optional per-token importance weights [B, T] (no grad) that multiply the policy-gradient token loss:
+    # the trainer's truncated-IS correction for the rollout engine vs trainer mismatch (generation.tis_cap).
+    # None = off (the loss is then exactly the uncorrected one).
+    is_weights: torch.Tensor | None = None
 
 
 class Algorithm:

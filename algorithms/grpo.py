@@ -90,6 +90,11 @@ def clipped_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advan
     return loss, ratio, clipped_low, clipped_high
 
 
+def apply_is_weights(token_loss: torch.Tensor, is_weights: torch.Tensor | None) -> torch.Tensor:
+    """Token loss times the trainer's (detached) importance weights; unchanged when there are none."""
+    return token_loss if is_weights is None else token_loss * is_weights
+
+
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 (always >= 0)."""
     d = ref_logprobs - logprobs
@@ -189,6 +194,7 @@ class GRPO(Algorithm):
     def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         cfg = self.config
         token_loss, ratio, clip_low, clip_high = clipped_token_loss(inputs.logprobs, inputs.old_logprobs, inputs.advantages, cfg.epsilon_low, cfg.epsilon_high)
+        token_loss = apply_is_weights(token_loss, inputs.is_weights)
         metrics: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         policy_loss = aggregate(token_loss, inputs.mask, inputs.row_weights, inputs.token_sum)
         total = policy_loss

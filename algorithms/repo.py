@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from algorithms.base import LossInputs, RolloutGroup, TrainBatch, register_algorithm
-from algorithms.grpo import GRPO, GRPOConfig, aggregate, clipped_token_loss, effective_step_metrics, group_advantages, kl_k3, masked_mean_parts, ratio_metrics, row_weights_for
+from algorithms.grpo import GRPO, GRPOConfig, aggregate, apply_is_weights, clipped_token_loss, effective_step_metrics, group_advantages, kl_k3, masked_mean_parts, ratio_metrics, row_weights_for
 from algorithms.replay_buffer import ReplayBuffer
 from algorithms.replay_strategies import available_strategies, get_strategy
 from harness.config import ConfigError
@@ -162,6 +162,7 @@ class RePO(GRPO):
     def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         cfg = self.config
         token_loss, ratio, clip_low, clip_high = clipped_token_loss(inputs.logprobs, inputs.old_logprobs, inputs.advantages, cfg.epsilon_low, cfg.epsilon_high)
+        token_loss = apply_is_weights(token_loss, inputs.is_weights)  # the trainer gives replayed rows weight 1
         is_on = inputs.source == 0
         on_loss = aggregate(token_loss, inputs.mask, inputs.row_weights * is_on, inputs.token_sum)
         off_loss = aggregate(token_loss, inputs.mask, inputs.row_weights * ~is_on, inputs.token_sum)  # coef is inside the weights

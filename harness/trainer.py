@@ -8,6 +8,12 @@ the algorithm's loss (``num_iterations`` times) -> optimizer/scheduler step -> t
 The log-probs of the pre-step policy ("old" log-probs) are taken from the first training forward
 pass, detached: before the first optimizer step on a batch they are exactly the behaviour policy's,
 so no separate log-prob pass is needed (it would only repeat the same forward).
+
+Rollout engines (README "Rollout engines"): the engine returns per-token log-probs with its samples when
+that is cheap (or when they are needed); the trainer then logs the engine-trainer gap on the trained rows
+(``engine/logprob_gap_*``), can apply truncated importance sampling (``generation.tis_cap``) and can hand
+the engine's log-probs to the algorithm as behaviour log-probs (``generation.behaviour_logprobs=engine``).
+After every optimizer step the engine receives the new weights (``time/weight_sync_s``, ``engine/*``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics, settings
 from harness import checkpoint as ckpt
 from harness.config import HarnessConfig, atomic_write_json, parse_budget, save_config
 from harness.data import PromptSampler
+from harness.engines import engine_options
+from harness.engines.checks import logprob_gap_metrics, truncated_is_weights
 from harness.models import encode_prompt, get_spec, load_model, load_tokenizer
 from harness.rollout import SamplingParams, create_engine
 from harness.tracking import Tracker
@@ -83,6 +91,33 @@ def pad_rows(rows: list[np.ndarray], width: int) -> torch.Tensor:
     return out
 
 
+def row_engine_logprobs(batch: TrainBatch, groups: list[RolloutGroup]) -> list[np.ndarray | None]:
+    """The engine's log-probs of every batch row sampled in this step (``old_logprobs is None``), else None.
+
+    A row is matched to a completion of its group (``group_index``) by identity, else by equal tokens, so the
+    trainer needs no knowledge of how an algorithm orders its rows.
+    """
+    out: list[np.ndarray | None] = [None] * len(batch)
+    taken: dict[int, set[int]] = {}
+    for r in range(len(batch)):
+        if batch.old_logprobs[r] is not None:
+            continue
+        gi = int(batch.group_index[r])
+        g = groups[gi]
+        if g.engine_logprobs is None:
+            continue
+        used = taken.setdefault(gi, set())
+        row = batch.completion_ids[r]
+        j = next((j for j, c in enumerate(g.completion_ids) if c is row and j not in used), None)
+        if j is None:
+            j = next((j for j, c in enumerate(g.completion_ids) if j not in used and len(c) == len(row) and np.array_equal(c, row)), None)
+        if j is None or g.engine_logprobs[j] is None:
+            continue
+        used.add(j)
+        out[r] = g.engine_logprobs[j]
+    return out
+
+
 @dataclass
 class StepRecord:
     """What a step consumed and produced (for tests, resume checks and sample logging)."""
@@ -95,7 +130,10 @@ class StepRecord:
 
 
 class Trainer:
-    def __init__(self, cfg: HarnessConfig, *, resume: str | None = None, progress: bool = True, tracker_tags: dict[str, str] | None = None, parent_run_id: str | None = None):
+    def __init__(self, cfg: HarnessConfig, *, resume: str | None = None, progress: bool = True, tracker_tags: dict[str, str] | None = None, parent_run_id: str | None = None,
+                 engine=None):
+        """``engine``: an already started rollout engine to use instead of creating ``generation.engine`` (tests,
+        notebooks); it receives the trainer's weights at once and is not closed by the trainer."""
         from accelerate import Accelerator
 
         self.cfg = cfg
@@ -142,7 +180,12 @@ class Trainer:
         if resume_dir:
             ckpt.load_optimizer(self.optimizer, resume_dir)
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
-        self.engine = create_engine(g.engine, model=acc.unwrap_model(self.model), tokenizer=self.tokenizer)
+        self._owns_engine = engine is None
+        self.engine = engine if engine is not None else create_engine(g.engine, model=acc.unwrap_model(self.model), tokenizer=self.tokenizer, **engine_options(cfg))
+        self.engine_name = getattr(self.engine, "name", g.engine)  # auto resolves to hf or vllm
+        # Per-token log-probs with the samples: always when the engine returns them at no real cost (gap metrics),
+        # and whenever TIS or engine behaviour log-probs need them.
+        self.want_engine_logprobs = bool(getattr(self.engine, "cheap_logprobs", False) or g.tis_cap is not None or g.behaviour_logprobs == "engine")
 
         from benchmarks.scoring import get_default_scorer
 
@@ -164,6 +207,7 @@ class Trainer:
             algo_state, rank_meta = ckpt.load_rank_state(resume_dir, acc.process_index)
             self.algorithm.load_state_dict(*algo_state)
             self.sampler.load_state_dict(rank_meta["sampler"])
+        if state or not self._owns_engine:  # a new engine already holds the loaded weights
             self.engine.sync_weights(acc.unwrap_model(self.model), self.policy_version)
 
         self.run_name = cfg.tracking.run_name or f"{cfg.algorithm['name'].replace(':', '-')}-{cfg.model.name.split('/')[-1]}-s{t.seed}"
@@ -177,8 +221,9 @@ class Trainer:
             save_config(cfg, self.output_dir / "config.yaml")
             if not state:
                 self.tracker.log_params(self.resolved)
-                self.tracker.set_tags({"algorithm": cfg.algorithm["name"], "model": cfg.model.name, "seed": t.seed, "train_set": cfg.data.train, "engine": g.engine,
-                                       "num_processes": acc.num_processes, "torch": torch.__version__})
+                self.tracker.log_params({"engine": {"resolved": self.engine_name}})
+                self.tracker.set_tags({"algorithm": cfg.algorithm["name"], "model": cfg.model.name, "seed": t.seed, "train_set": cfg.data.train, "engine": self.engine_name,
+                                       "engine.requested": g.engine, "num_processes": acc.num_processes, "torch": torch.__version__})
                 self.tracker.log_artifact(self.output_dir / "config.yaml")
         self._completions_log = self.output_dir / "completions.jsonl"
 
@@ -233,7 +278,8 @@ class Trainer:
         encoded = [self.encode(r["problem"]) for r in rows]
         prompts = [e[0] for e in encoded]
         t0 = time.perf_counter()
-        outs = self.engine.generate(prompts, SamplingParams(n=g.num_generations, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, max_new_tokens=g.max_completion_length))
+        outs = self.engine.generate(prompts, SamplingParams(n=g.num_generations, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, max_new_tokens=g.max_completion_length,
+                                                            return_logprobs=self.want_engine_logprobs))
         t_gen = time.perf_counter() - t0
         t0 = time.perf_counter()
         texts = [self.tokenizer.decode(c.token_ids, skip_special_tokens=True) for o in outs for c in o]
@@ -244,7 +290,10 @@ class Trainer:
         rewards = acc + t.format_reward_weight * fmt
         t_score = time.perf_counter() - t0
         G = g.num_generations
-        groups = [RolloutGroup(prompt_id=r["id"], prompt_ids=p, completion_ids=[c.token_ids for c in o], rewards=rewards[i * G:(i + 1) * G], policy_version=self.policy_version)
+        # The policy version of a group is the one the engine reports for its samples (the oldest, should they differ).
+        versions = [min(int(c.policy_version) for c in o) for o in outs]
+        groups = [RolloutGroup(prompt_id=r["id"], prompt_ids=p, completion_ids=[c.token_ids for c in o], rewards=rewards[i * G:(i + 1) * G], policy_version=versions[i],
+                               engine_logprobs=[c.logprobs for c in o] if any(c.logprobs is not None for c in o) else None)
                   for i, (r, p, o) in enumerate(zip(rows, prompts, outs))]
         lengths = np.array([len(c.token_ids) for o in outs for c in o])
         truncated = np.array([c.finish_reason == "length" for o in outs for c in o])
@@ -254,6 +303,7 @@ class Trainer:
             "completion/truncated_frac": float(truncated.mean()), "prompt/truncated_frac": float(np.mean([e[1] for e in encoded])),
             "tokens/generated": float(lengths.sum()), "tokens/prompt": float(sum(len(p) for p in prompts)),
             "time/generate_s": t_gen, "time/score_s": t_score,
+            "engine/policy_lag_max": float(self.policy_version - min(versions)),  # 0: every sample came from the current weights
         }
         self._last_texts = texts
         return groups, metrics
@@ -266,13 +316,18 @@ class Trainer:
                        logits_to_keep=C + 1, use_cache=False).logits[:, :-1]
         return selective_logprobs(logits, col.completion_ids.to(dev), self.cfg.generation.temperature), col
 
-    def train_on(self, batch: TrainBatch) -> tuple[dict[str, float], list[np.ndarray]]:
-        """num_iterations optimizer steps on ``batch``; returns metrics and the pre-step log-probs per row.
+    def train_on(self, batch: TrainBatch, engine_lp: list[np.ndarray | None] | None = None) -> tuple[dict[str, float], list[np.ndarray]]:
+        """num_iterations optimizer steps on ``batch``; returns metrics and the behaviour log-probs per row.
 
         Rows that cannot carry gradient (zero advantage, no KL) are not run at all; rows the algorithm
-        still needs log-probs for (RePO stores them) get a forward pass without autograd.
+        still needs log-probs for get a forward pass without autograd - unless
+        ``generation.behaviour_logprobs=engine`` and the engine returned log-probs for them (``engine_lp``,
+        per row, None where absent), which are then used instead. The returned behaviour log-probs are
+        the trainer's pre-step ones, or with ``engine`` the engine's wherever it returned them.
         """
-        acc, t = self.accelerator, self.cfg.train
+        acc, t, g = self.accelerator, self.cfg.train, self.cfg.generation
+        engine_lp = engine_lp if engine_lp is not None else [None] * len(batch)
+        use_engine = g.behaviour_logprobs == "engine"
         R = len(batch)
         grad_mask = np.asarray(self.algorithm.rows_with_gradient(batch), dtype=bool)
         if not grad_mask.any():
@@ -281,6 +336,8 @@ class Trainer:
             grad_mask[0] = True
         grad_rows = np.nonzero(grad_mask)[0]
         lp_rows = np.nonzero(np.asarray(self.algorithm.rows_needing_logprobs(batch), dtype=bool) & ~grad_mask)[0]
+        if use_engine:  # the engine already gave these rows' behaviour log-probs: no extra pass
+            lp_rows = np.asarray([r for r in lp_rows if engine_lp[r] is None], dtype=np.int64)
         mb = t.micro_batch_size or R
         pre_step: list[np.ndarray | None] = [None] * R
         t_lp = 0.0
@@ -298,6 +355,9 @@ class Trainer:
             t_lp = time.perf_counter() - t0
         chunks = [grad_rows[s:s + mb] for s in range(0, len(grad_rows), mb)]
         ref_cache: dict[int, torch.Tensor] = {}
+        tis_cache: dict[int, torch.Tensor | None] = {}
+        tis_sum = tis_count = tis_truncated = 0.0
+        tis_raw_max = 0.0
         sums: dict[str, list[float]] = {}
         t_train = t_ref = 0.0
         grad_norm = float("nan")
@@ -324,10 +384,18 @@ class Trainer:
                         for j, row in enumerate(idx):
                             pre_step[row] = logps[j, :len(sub.completion_ids[j])].detach().float().cpu().numpy()
                     old = pad_rows([sub.old_logprobs[j] if sub.old_logprobs[j] is not None else pre_step[row] for j, row in enumerate(idx)], C).to(dev)
+                    if g.tis_cap is not None and ci not in tis_cache:  # weights from the pre-step log-probs: fixed for all iterations
+                        tis_cache[ci], st = self._tis_weights(old, [engine_lp[row] for row in idx], col.completion_mask.to(dev))
+                        if st:
+                            tis_sum += st["sum"]
+                            tis_count += st["count"]
+                            tis_truncated += st["truncated"]
+                            tis_raw_max = max(tis_raw_max, st["raw_max"])
                     inputs = LossInputs(logprobs=logps, old_logprobs=old, ref_logprobs=ref, mask=col.completion_mask.to(dev),
                                         advantages=torch.as_tensor(sub.advantages, dtype=torch.float32, device=dev),
                                         row_weights=torch.as_tensor(sub.row_weights, dtype=torch.float32, device=dev),
-                                        token_sum=torch.as_tensor(sub.token_sum, device=dev), source=torch.as_tensor(sub.source, device=dev))
+                                        token_sum=torch.as_tensor(sub.token_sum, device=dev), source=torch.as_tensor(sub.source, device=dev),
+                                        is_weights=tis_cache.get(ci))
                     loss, metrics = self.algorithm.loss(inputs)
                     acc.backward(loss)
                 trained_tokens += int(col.attention_mask.sum())
@@ -362,7 +430,34 @@ class Trainer:
         out.update({"train/grad_norm": grad_norm, "train/lr": self.optimizer.param_groups[0]["lr"], "time/train_s": t_train, "time/ref_s": t_ref, "time/logprob_s": t_lp,
                     "tokens/trained": float(trained_tokens), "tokens/logprob": float(lp_tokens), "tokens/ref": float(ref_tokens),
                     "samples/trained_frac": len(grad_rows) / max(R, 1)})
-        return out, [p if p is not None else np.zeros(0, np.float32) for p in pre_step]
+        # Engine-trainer gap on the trained rows: the engine's behaviour log-probs vs the trainer's pre-step ones.
+        gap_rows = [r for r in grad_rows if engine_lp[r] is not None and pre_step[r] is not None]
+        out.update(logprob_gap_metrics([pre_step[r] for r in gap_rows], [engine_lp[r] for r in gap_rows]))
+        if g.tis_cap is not None:
+            out.update({"tis/weight_mean": tis_sum / tis_count if tis_count else 1.0, "tis/truncated_frac": tis_truncated / tis_count if tis_count else 0.0,
+                        "tis/raw_ratio_max": tis_raw_max if tis_count else 1.0, "tis/tokens": float(tis_count)})
+        behaviour = [engine_lp[r] if use_engine and engine_lp[r] is not None else pre_step[r] for r in range(R)]
+        return out, [p if p is not None else np.zeros(0, np.float32) for p in behaviour]
+
+    def _tis_weights(self, old: torch.Tensor, engine_rows: list[np.ndarray | None], mask: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """Truncated-IS weights [B, T] for a micro-batch: min(exp(old - engine), cap) on rows with engine log-probs, 1 elsewhere.
+
+        ``old`` holds the trainer's pre-step log-probs for rows sampled this step (and stored behaviour log-probs
+        for the others, which have no engine log-probs and keep weight 1).
+        """
+        has = torch.as_tensor([e is not None for e in engine_rows], dtype=torch.bool, device=old.device)
+        if not bool(has.any()):
+            return None, {}
+        eng = pad_rows([e if e is not None else np.zeros(0, np.float32) for e in engine_rows], old.shape[1]).to(old.device)
+        tmask = mask * has.unsqueeze(1)
+        w, _ = truncated_is_weights(old, eng, tmask, self.cfg.generation.tis_cap)
+        w = torch.where(has.unsqueeze(1), w, torch.ones_like(w))
+        with torch.no_grad():
+            m = tmask.bool()
+            raw = torch.exp((old - eng).clamp(max=20.0))[m]
+            stats = {"sum": float(w[m].sum()), "count": float(m.sum()), "truncated": float((raw > self.cfg.generation.tis_cap).sum()),
+                     "raw_max": float(raw.max()) if raw.numel() else 1.0}
+        return w, stats
 
     def train_step(self) -> StepRecord:
         t_step = time.perf_counter()
@@ -372,12 +467,15 @@ class Trainer:
         batch = self.algorithm.build_batch(groups, self.step)
         metrics["time/build_batch_s"] = time.perf_counter() - t0
         metrics.update(batch.metrics)
-        train_metrics, pre_step = self.train_on(batch)
+        train_metrics, behaviour = self.train_on(batch, row_engine_logprobs(batch, groups))
         metrics.update(train_metrics)
         t0 = time.perf_counter()
-        metrics.update(self.algorithm.after_step(groups, batch, pre_step, self.step))
+        metrics.update(self.algorithm.after_step(groups, batch, behaviour, self.step))
         metrics["time/after_step_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         self.engine.sync_weights(self.accelerator.unwrap_model(self.model), self.policy_version)
+        metrics["time/weight_sync_s"] = time.perf_counter() - t0  # no FLOPs counted: a copy (+ the probe check's short forward)
+        metrics.update(getattr(self.engine, "last_sync_metrics", None) or {})
         self.step += 1
         metrics["time/step_s"] = time.perf_counter() - t_step
         G, N = self.cfg.generation.num_generations, self.num_params
@@ -388,7 +486,7 @@ class Trainer:
         metrics["flops/total"] = metrics["flops/generate"] + metrics["flops/train"] + metrics["flops/logprob"] + metrics["flops/ref"]
         metrics = self._reduce(metrics)
         for k in ("tokens/generated", "tokens/trained", "tokens/prompt", "tokens/with_gradient", "effective/step", "time/step_s", "time/generate_s", "time/train_s",
-                  "time/score_s", "flops/total", "flops/generate", "flops/train"):
+                  "time/score_s", "time/weight_sync_s", "flops/total", "flops/generate", "flops/train"):
             if k in metrics:
                 self.totals[k] = self.totals.get(k, 0.0) + metrics[k]
         metrics.update({f"{k}_total" if not k.startswith("effective/") else "effective/steps_total": v for k, v in self.totals.items()})
@@ -474,11 +572,18 @@ class Trainer:
             status = "FINISHED"
         finally:
             summary.update({"steps": self.step, "totals": dict(self.totals), "evals": self.eval_history, "budget": {"unit": self.budget_unit, "value": self.budget_value, "spent": self.spent()},
-                            "num_params": self.num_params, "status": status})
+                            "num_params": self.num_params, "engine": self.engine_name, "status": status})
             if self.is_main:
                 atomic_write_json(self.output_dir / "summary.json", summary)
                 self.tracker.log_artifact(self.output_dir / "summary.json")
                 if self._completions_log.exists():
                     self.tracker.log_artifact(self._completions_log)
             self.tracker.finish(status)
+            self.close()
         return summary
+
+    def close(self) -> None:
+        """Shut down the rollout engine if this trainer started it (a vLLM engine holds memory, a server a process)."""
+        if self._owns_engine and self.engine is not None:
+            self.engine.close()
+            self.engine = None
