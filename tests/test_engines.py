@@ -54,20 +54,35 @@ def base(quick_model_dir):
     return model, tok
 
 
+class EnginePool:
+    """One engine per name for the whole session (vLLM start-up is the slow part), created on first use."""
+
+    def __init__(self, model, tok):
+        self.model, self.tok, self.pool = model, tok, {}
+
+    def __call__(self, name: str):
+        if name not in self.pool:
+            opts = {} if name == "hf" else {"kv_cache_gb": KV_GB}
+            self.pool[name] = create_engine(name, model=self.model, tokenizer=self.tok, **opts)
+        return self.pool[name]
+
+    def discard(self, name: str) -> None:
+        """Forget (and close) an engine a test broke on purpose; the next user starts a new one."""
+        eng = self.pool.pop(name, None)
+        if eng is not None:
+            eng.close()
+
+    def close(self) -> None:
+        for eng in self.pool.values():
+            eng.close()
+        self.pool.clear()
+
+
 @pytest.fixture(scope="session")
 def engine_pool(base):
-    model, tok = base
-    pool: dict[str, object] = {}
-
-    def get(name: str):
-        if name not in pool:
-            opts = {} if name == "hf" else {"kv_cache_gb": KV_GB}
-            pool[name] = create_engine(name, model=model, tokenizer=tok, **opts)
-        return pool[name]
-
-    yield get
-    for eng in pool.values():
-        eng.close()
+    pool = EnginePool(*base)
+    yield pool
+    pool.close()
 
 
 @pytest.fixture(params=ENGINES)
@@ -257,27 +272,6 @@ def test_sync_check_catches_stale_weights(engine, base, monkeypatch):
 # vllm-server failure modes (no hang, clear message)
 
 
-def test_server_loss_is_a_clear_error(base, prompts):
-    _need_vllm()
-    from harness.engines.checks import EngineError
-
-    model, tok = base
-    eng = create_engine("vllm-server", model=model, tokenizer=tok, kv_cache_gb=KV_GB, server_request_timeout_s=30, server_sync_timeout_s=30)
-    try:
-        assert eng.health()["status"] == "ready"
-        assert len(eng.generate(prompts[:1], SamplingParams(n=2, max_new_tokens=4))[0]) == 2
-        os.kill(eng.proc.pid, signal.SIGKILL)
-        eng.proc.wait(timeout=30)
-        t0 = time.monotonic()
-        with pytest.raises(EngineError, match=r"unreachable.*exited with code -9"):
-            eng.generate(prompts[:1], SamplingParams(n=2, max_new_tokens=4))
-        with pytest.raises(EngineError, match="unreachable"):
-            eng.sync_weights(model, 1)
-        assert time.monotonic() - t0 < 10
-    finally:
-        eng.close()
-
-
 def test_server_attach_to_nothing_times_out(base):
     from harness.engines.checks import EngineError
 
@@ -386,3 +380,220 @@ def test_gap_and_tis_helpers():
     w, stats = truncated_is_weights(trainer, eng, torch.tensor([[1.0, 1.0, 0.0]]), cap=1.5)
     assert torch.allclose(w, torch.tensor([[1.5, 1.0, 0.0]]))
     assert stats["tis/truncated_frac"] == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# config: the engine fields
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("generation.engine=vllm2", "generation.engine: expected one of hf, hf-generate, vllm, vllm-server, auto"),
+    ("generation.tis_cap=1.0", "generation.tis_cap must be > 1"),
+    ("generation.tis_cap=0.5", "generation.tis_cap must be > 1"),
+    ("generation.behaviour_logprobs=vllm", "generation.behaviour_logprobs: expected one of trainer, engine"),
+    ("generation.vllm_dtype=int8", "generation.vllm_dtype"),
+    ("generation.vllm_gpu_memory_utilization=1.5", "generation.vllm_gpu_memory_utilization must be in (0, 1]"),
+    ("generation.vllm_kv_cache_gb=0", "generation.vllm_kv_cache_gb must be > 0"),
+    ("generation.sync_check_tolerance=-1", "generation.sync_check_tolerance must be > 0"),
+    ("generation.server_request_timeout_s=0", "generation.server_request_timeout_s must be > 0"),
+    ("generation.server_url=127.0.0.1:8765", "generation.server_url must start with http:// or https://"),
+    ("generation.server_url=http://127.0.0.1:8765", "generation.server_url is set but generation.engine is 'hf'"),
+    ("generation.vllm_sleep=true", "generation.vllm_sleep applies to the colocated vllm engine only"),
+])
+def test_config_rejects_bad_engine_settings(override, fragment):
+    from harness.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError) as e:
+        build_config("tiny", overrides=[override])
+    assert fragment in str(e.value)
+
+
+def test_config_engine_fields_map_to_engine_options(capsys):
+    from harness.cli import main
+    from harness.config import build_config
+    from harness.engines import CONFIG_FIELDS, engine_options
+    from harness.engines.options import EngineOptions
+
+    if not torch.cuda.is_available():
+        from harness.config import ConfigError
+
+        with pytest.raises(ConfigError, match="generation.vllm_sleep needs a GPU"):
+            build_config("tiny", overrides=["generation.engine=vllm", "generation.vllm_sleep=true"])
+    cfg = build_config("tiny", overrides=["generation.engine=vllm-server", "generation.server_url=http://127.0.0.1:9", "generation.vllm_kv_cache_gb=0.5"])
+    opts = engine_options(cfg)
+    assert set(CONFIG_FIELDS) <= {f for f in vars(cfg.generation)}, "every engine option has a config field"
+    assert opts["server_url"] == "http://127.0.0.1:9" and opts["kv_cache_gb"] == 0.5 and opts["max_model_len"] == 64 + 32
+    EngineOptions.from_kwargs(**opts)  # all of them are engine options
+    assert main(["config", "show"]) == 0
+    shown = capsys.readouterr().out
+    for key in [*CONFIG_FIELDS, "tis_cap", "behaviour_logprobs", "engine"]:
+        assert f"generation.{key} " in shown, key
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer with engines
+
+
+class Recording:
+    """Wraps an engine and records every generate call with the trainer's policy version at that moment."""
+
+    def __init__(self, engine, logprobs: bool = True):
+        self.engine, self.logprobs, self.calls = engine, logprobs, []
+        self.cheap_logprobs = logprobs and getattr(engine, "cheap_logprobs", False)
+        self.trainer = None
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def generate(self, prompts, params):
+        if not self.logprobs:
+            import dataclasses
+
+            params = dataclasses.replace(params, return_logprobs=False)
+        out = self.engine.generate(prompts, params)
+        self.calls.append((self.trainer.policy_version if self.trainer else None, params, out))
+        return out
+
+
+def _train(cfg, engine):
+    from harness.trainer import Trainer
+
+    tr = Trainer(cfg, progress=False, engine=engine)
+    engine.trainer = tr
+    records = []
+    tr.callbacks.append(records.append)
+    summary = tr.fit()
+    return tr, records, summary
+
+
+@pytest.mark.parametrize("algo", ["grpo", "repo"])
+def test_trainer_with_vllm_engine(algo, engine_pool, make_config):
+    """A few real steps through the colocated vLLM engine: weights synced every step, versions per sample, gap and TIS metrics."""
+    _need_vllm()
+    import mlflow
+
+    if algo == "grpo":
+        cfg = make_config("grpo")
+    else:  # replay from step 2 (4 prompts, all revisited every step), TIS on, behaviour log-probs from the engine
+        cfg = make_config({"name": "repo:recent_k", "min_cache_to_replay": 4, "max_cache_size": 8, "num_replays": 2}, data={"train_size": 4},
+                          generation={"tis_cap": 2.0, "behaviour_logprobs": "engine"})
+    eng = Recording(engine_pool("vllm"))
+    tr, records, summary = _train(cfg, eng)
+    assert summary["status"] == "FINISHED" and summary["engine"] == "vllm" and len(records) == 3
+    assert eng.engine.runner is not None, "an engine the trainer did not start stays open"
+    # every sample carries the version of the weights that produced it: the trainer's current one
+    assert [v for v, _, _ in eng.calls] == [0, 1, 2]
+    for version, params, out in eng.calls:
+        assert params.return_logprobs
+        assert all(c.policy_version == version and c.logprobs is not None for g in out for c in g)
+    for r in records:
+        m = r.metrics
+        assert m["engine/policy_lag_max"] == 0
+        assert m["engine/sync_probe_mean_abs"] < 1e-3 and m["time/weight_sync_s"] > 0 and m["engine/sync_s"] > 0
+        # top_k=50 of a 102-token vocabulary: the engine's log-probs are renormalised over the kept tokens (gap > 0, small)
+        assert 0 < m["engine/logprob_gap_mean_abs"] < 0.05 and m["engine/logprob_gap_mean"] > 0
+    assert records[-1].metrics["time/weight_sync_s_total"] == pytest.approx(sum(r.metrics["time/weight_sync_s"] for r in records))
+    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
+    run = mlflow.search_runs(experiment_names=["test"]).iloc[0]
+    assert run["tags.engine"] == "vllm" and run["params.engine.resolved"] == "vllm"
+    if algo == "repo":
+        for r in records:
+            m = r.metrics
+            assert 0.5 < m["tis/weight_mean"] <= 1.0 and m["tis/tokens"] > 0 and "tis/truncated_frac" in m
+            assert m["tokens/logprob"] == 0, "behaviour log-probs came from the engine: no extra forward"
+        assert records[-1].metrics["replay/rows"] > 0
+        # the buffer holds the engine's log-probs with the version that generated each sample
+        sampled = {}
+        for version, _, out in eng.calls:
+            for g in out:
+                for c in g:
+                    sampled.setdefault((tuple(c.token_ids.tolist()), version), []).append(c.logprobs)  # the same answer may come from several prompts
+        buf = tr.algorithm.buffer
+        versions = set()
+        for pid in buf.prompt_ids():
+            for e in buf.get(pid, range(buf.size(pid))):
+                assert any(np.allclose(e.logprobs, lp, atol=1e-6, rtol=0) for lp in sampled[(tuple(e.completion_ids.tolist()), e.policy_version)])
+                versions.add(e.policy_version)
+        assert versions == {1, 2}  # FIFO of 8 = the last two steps' 4 samples per prompt
+
+
+def test_trainer_logprob_plumbing_changes_nothing_when_tis_is_off(make_config, base):
+    """Engine log-probs (gap metrics) with tis_cap None: completions and parameters bit-identical to a run without them."""
+    runs = []
+    for logprobs in (True, False):
+        cfg = make_config("grpo", tracking={"run_name": f"lp-{logprobs}"})
+        eng = Recording(create_engine("hf", model=base[0], tokenizer=base[1]), logprobs=logprobs)
+        tr, records, _ = _train(cfg, eng)
+        runs.append((records, {k: v.detach().clone() for k, v in tr.accelerator.unwrap_model(tr.model).state_dict().items()}))
+    (rec_a, par_a), (rec_b, par_b) = runs
+    assert "engine/logprob_gap_mean_abs" in rec_a[0].metrics and "engine/logprob_gap_mean_abs" not in rec_b[0].metrics
+    assert [r.completion_ids for r in rec_a] == [r.completion_ids for r in rec_b]
+    assert any(r.metrics["samples/nonzero_adv_frac"] > 0 for r in rec_a)
+    assert all(torch.equal(par_a[k], par_b[k]) for k in par_a)
+    assert not any(k.startswith("tis/") for r in rec_a for k in r.metrics)
+
+
+def test_behaviour_logprobs_from_the_engine_skip_the_extra_pass(make_config, base):
+    """RePO stores behaviour log-probs of rows without gradient: trainer = extra no-grad forward; engine = none."""
+    seen = {}
+    for source in ("trainer", "engine"):
+        cfg = make_config("repo:recent_k", train={"format_reward_weight": 0.0}, generation={"behaviour_logprobs": source},
+                          tracking={"run_name": f"beh-{source}"})
+        eng = Recording(create_engine("hf", model=base[0], tokenizer=base[1]))
+        tr, records, _ = _train(cfg, eng)
+        seen[source] = (sum(r.metrics["tokens/logprob"] for r in records), sum(r.metrics["flops/logprob"] for r in records), tr, eng)
+    assert seen["trainer"][0] > 0 and seen["trainer"][1] > 0, "without gradient rows there is nothing to compare"
+    assert seen["engine"][0] == 0 and seen["engine"][1] == 0
+    _, _, tr, eng = seen["engine"]
+    sampled = {}
+    for v, _, out in eng.calls:
+        for g in out:
+            for c in g:
+                sampled.setdefault((tuple(c.token_ids.tolist()), v), []).append(c.logprobs)
+    buf = tr.algorithm.buffer
+    for pid in buf.prompt_ids():
+        for e in buf.get(pid, range(buf.size(pid))):
+            assert any(np.allclose(e.logprobs, lp, atol=1e-6, rtol=0) for lp in sampled[(tuple(e.completion_ids.tolist()), e.policy_version)])
+
+
+def test_is_weights_in_the_policy_loss():
+    from algorithms import create_algorithm
+    from algorithms.base import LossInputs
+
+    torch.manual_seed(0)
+    B, T = 3, 5
+    lp = torch.randn(B, T) * 0.1 - 1
+    inputs = dict(logprobs=lp.clone().requires_grad_(), old_logprobs=lp - 0.05, ref_logprobs=None, mask=torch.ones(B, T), advantages=torch.tensor([1.0, -0.5, 0.3]),
+                  row_weights=torch.full((B,), 1 / B), token_sum=torch.zeros(B, dtype=torch.bool), source=torch.tensor([0, 0, 1]))
+    for name in ("grpo", "repo:recent_k"):
+        algo = create_algorithm({"name": name}, seed=0, max_completion_length=T)
+        plain, _ = algo.loss(LossInputs(**inputs))
+        ones, _ = algo.loss(LossInputs(**inputs, is_weights=torch.ones(B, T)))
+        half, _ = algo.loss(LossInputs(**inputs, is_weights=torch.full((B, T), 0.5)))
+        assert torch.equal(plain, ones)
+        assert torch.allclose(half, plain / 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# last: kills the session's vllm-server on purpose
+
+
+def test_server_loss_is_a_clear_error(engine_pool, base, prompts):
+    _need_vllm()
+    from harness.engines.checks import EngineError
+
+    model, _ = base
+    eng = engine_pool("vllm-server")
+    try:
+        assert eng.health()["status"] == "ready"
+        assert len(eng.generate(prompts[:1], SamplingParams(n=2, max_new_tokens=4))[0]) == 2
+        os.kill(eng.proc.pid, signal.SIGKILL)
+        eng.proc.wait(timeout=30)
+        t0 = time.monotonic()
+        with pytest.raises(EngineError, match=r"unreachable.*exited with code -9"):
+            eng.generate(prompts[:1], SamplingParams(n=2, max_new_tokens=4))
+        with pytest.raises(EngineError, match="unreachable"):
+            eng.sync_weights(model, 1)
+        assert time.monotonic() - t0 < 10
+    finally:
+        engine_pool.discard("vllm-server")
