@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--benchmarks", help="Comma-separated evaluation benchmarks (default: the preset's).")
     run.add_argument("--seeds", type=int, default=1, help="Number of seeds per (algorithm, model), starting at train.seed (default: 1).")
     run.add_argument("--steps", type=int, help="Shortcut for --set train.max_steps=N.")
-    run.add_argument("--engine", help="Rollout engine for training and evaluation (default: the config's, hf).")
+    run.add_argument("--engine", help="Rollout engine for training and evaluation: hf (the config default), hf-generate, vllm (colocated), "
+                                      "vllm-server (own process; attach with --set generation.server_url=...), auto (vllm when it imports, else hf). "
+                                      "README: 'Rollout engines'.")
     run.add_argument("--resume", metavar="PATH", help="Resume one run from a checkpoint folder or its output folder (latest checkpoint).")
     run.add_argument("--budget", metavar="UNIT:VALUE", help="Matched compute: every run stops once this is spent. Units: steps, generated_tokens, trained_tokens, flops, wall_seconds.")
     run.add_argument("--name", help="Experiment (matrix) name; default: a hash of the matrix, so re-running the same command resumes it.")
