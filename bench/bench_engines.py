@@ -148,6 +148,10 @@ def main() -> None:
     finally:
         for eng in engines.values():
             eng.close()
+        if args.model.startswith("random:"):  # the untrained model was written to a temporary folder
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
 
     print(f"\nmodel {path}  prompts {args.prompts} x G={args.G}  max_new_tokens {args.max_new_tokens}  T={args.temperature} top_k={args.top_k}  "
           f"torch threads {torch.get_num_threads()}  rounds {args.repeats}")
