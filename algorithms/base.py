@@ -121,6 +121,13 @@ class Algorithm:
         """Rows whose pre-step log-probs ``after_step`` needs even when they carry no gradient."""
         return np.zeros(len(batch), dtype=bool)
 
+    def plan_warnings(self, *, num_generations: int, visits_per_prompt: float) -> list[str]:
+        """Warnings about the planned run (printed before training), e.g. a setting that cannot take effect in it.
+
+        ``visits_per_prompt``: how often each training prompt is sampled over the whole run (steps x
+        prompts per step / training prompts)."""
+        return []
+
     def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """Return the loss to backpropagate and metrics as name -> (numerator, denominator)."""
         raise NotImplementedError

@@ -154,6 +154,18 @@ class RePO(GRPO):
         on = batch.source == 0
         return (batch.advantages != 0) | (on & (self.config.beta > 0))  # KL applies to on-policy rows only
 
+    def plan_warnings(self, *, num_generations: int, visits_per_prompt: float) -> list[str]:
+        # A prompt's buffer gains G entries per visit; it replays from the visit after it holds min_cache_to_replay.
+        cfg = self.config
+        if cfg.strategy == "none":
+            return []
+        first = -(-cfg.min_cache_to_replay // num_generations) + 1
+        if visits_per_prompt < first:
+            return [f"RePO replays a prompt from its visit {first} on (min_cache_to_replay {cfg.min_cache_to_replay}, G={num_generations}), but this run "
+                    f"visits each prompt ~{visits_per_prompt:.1f} times: it will train like GRPO. Train on fewer prompts (data.train_size), "
+                    f"for more steps, or lower algorithm.min_cache_to_replay."]
+        return []
+
     def rows_needing_logprobs(self, batch: TrainBatch) -> np.ndarray:
         # Fresh completions enter the buffer with their behaviour (pre-step) log-probs.
         return (batch.source == 0) & (self.config.strategy != "none")

@@ -326,6 +326,7 @@ def run_eval(models: list[str] | str, benchmarks: list[str] | str | None = None,
     """
     from benchmarks.scoring import get_default_scorer
     from harness.models import encode_prompt, expand_models, get_spec, load_model, load_tokenizer, resolve_path
+    from harness.engines import engine_options
     from harness.rollout import create_engine
     from harness.tracking import Tracker
 
@@ -338,7 +339,7 @@ def run_eval(models: list[str] | str, benchmarks: list[str] | str | None = None,
         names = expand_benchmarks(benchmarks if benchmarks is not None else cfg.eval.benchmarks)
         tok = load_tokenizer(model, cfg.model.trust_remote_code)
         mdl = load_model(model, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.attn_implementation)
-        engine = create_engine(cfg.generation.engine, model=mdl, tokenizer=tok)
+        engine = create_engine(cfg.generation.engine, model=mdl, tokenizer=tok, **engine_options(cfg))
         settings = settings_from_config(cfg, model=mdl, spec=spec, data_dir=data_dir)
         if max_examples is not None:
             settings.max_examples = max_examples

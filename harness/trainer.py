@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -172,6 +173,11 @@ class Trainer:
             self.budget_unit, self.budget_value = "steps", float(t.max_steps if t.max_steps > 0 else t.epochs * self.sampler.steps_per_epoch)
         self.step_cap = t.max_steps if t.max_steps > 0 else (int(self.budget_value) if self.budget_unit == "steps" else 10**12)
         self.total_steps = int(self.budget_value) if self.budget_unit == "steps" else self.step_cap
+        if self.is_main and self.budget_unit == "steps":
+            # each prompt belongs to one process, so visits per prompt = steps x prompts per step / prompts per process
+            visits = self.total_steps * t.prompts_per_step / max(len(self.sampler.shard), 1)
+            for warning in self.algorithm.plan_warnings(num_generations=g.num_generations, visits_per_prompt=visits):
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
         # FLOPs estimate: 2N per processed token forward, 6N per trained token (forward + backward),
         # N = all parameters (Kaplan et al. 2020, "C ~ 6ND"; attention's context term is ignored).
         self.num_params = sum(p.numel() for p in self.model.parameters())
@@ -550,11 +556,15 @@ class Trainer:
         try:
             if self.step == 0 and cfg.eval.before_training and self.is_main and cfg.eval.benchmarks:
                 self.evaluate("before")
-            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.run_name}", disable=not (self.progress and self.is_main), dynamic_ncols=True)
+            # Step budgets count steps; other units show the percentage of the budget spent (steps unknown in advance).
+            by_steps = self.budget_unit == "steps"
+            bar = tqdm(total=self.total_steps if by_steps else 100, initial=self.step if by_steps else int(100 * self.budget_fraction()),
+                       desc=f"train {self.run_name}", unit="step" if by_steps else "%", disable=not (self.progress and self.is_main), dynamic_ncols=True,
+                       bar_format=None if by_steps else "{l_bar}{bar}| {n:.0f}/{total:.0f}% of " + f"{self.budget_unit} budget [{{elapsed}}<{{remaining}}{{postfix}}]")
             while not self.budget_done():
                 rec = self.train_step()
-                bar.update(1)
-                bar.set_postfix(reward=f"{rec.metrics['reward/mean']:.3f}", eff=f"{rec.metrics.get('effective/step', 0):.2f}", budget=f"{self.budget_fraction():.0%}")
+                bar.update(1 if by_steps else 100 * self.budget_fraction() - bar.n)
+                bar.set_postfix(reward=f"{rec.metrics['reward/mean']:.3f}", eff=f"{rec.metrics.get('effective/step', 0):.2f}", budget=f"{self.budget_fraction():.0%}", step=self.step)
                 done = self.budget_done()
                 due = [f for f in cfg.eval.at_budget_fractions if f not in self.fractions_done and self.budget_fraction() >= f]
                 if due and not done:

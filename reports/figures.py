@@ -195,8 +195,14 @@ def accuracy_vs_compute(curves: pd.DataFrame, unit: str, label: str, colors: dic
             a = c[c["algorithm"] == algo]
             for _, run in a.groupby("run_id"):  # every seed, thin
                 ax.plot(run[unit], run["acc"], color=colors[algo], alpha=0.35, linewidth=1, marker=".", markersize=4)
-            # mean over seeds at each evaluation point (matched by budget fraction, else by evaluation index)
-            key = a["budget_fraction"].round(2) if "budget_fraction" in a and a["budget_fraction"].notna().all() else a.groupby("run_id").cumcount()
+            # mean over seeds at each evaluation point: matched by evaluation index when every seed evaluated
+            # equally often (an evaluation fires at the first step past its fraction, so seeds land on e.g. 0.50
+            # and 0.51), else by budget fraction to one decimal
+            counts = a.groupby("run_id").size()
+            if counts.nunique() == 1 or "budget_fraction" not in a or a["budget_fraction"].isna().any():
+                key = a.groupby("run_id").cumcount()
+            else:
+                key = a["budget_fraction"].round(1)
             m = a.groupby(key)[[unit, "acc"]].mean().sort_index()
             n = a["run_id"].nunique()
             ax.plot(m[unit], m["acc"], color=colors[algo], linewidth=2.4, marker="o", markersize=6, label=f"{algo} (mean of {n})")

@@ -118,3 +118,17 @@ def test_state_round_trip_keeps_buffer_and_selection_rng():
         b = twin.build_batch([group()], step=step)
         assert [c.tolist() for c in a.completion_ids] == [c.tolist() for c in b.completion_ids]
         np.testing.assert_array_equal(a.advantages, b.advantages)
+
+
+def test_plan_warns_when_the_run_is_too_short_to_replay(make_config, capsys):
+    """A buffer of min 8 with G=4 fills in two visits and replays from a prompt's third; a run with fewer visits is plain GRPO."""
+    from harness.trainer import Trainer
+
+    algo = {"name": "repo:recent_k", "min_cache_to_replay": 8, "max_cache_size": 8}
+    Trainer(make_config(algo, train={"max_steps": 2, "prompts_per_step": 4}, data={"train_size": 8}), progress=False)  # 1 visit < 3
+    err = capsys.readouterr().err
+    assert "visits each prompt ~1.0 times: it will train like GRPO" in err and "from its visit 3 on" in err
+    Trainer(make_config(algo, train={"max_steps": 6, "prompts_per_step": 4}, data={"train_size": 8}), progress=False)  # 3 visits: replays
+    assert "train like GRPO" not in capsys.readouterr().err
+    Trainer(make_config("grpo", train={"max_steps": 2, "prompts_per_step": 4}, data={"train_size": 8}), progress=False)
+    assert "warning" not in capsys.readouterr().err
