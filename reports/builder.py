@@ -441,9 +441,19 @@ def _sweep(doc, out, data, F, level: int = 3) -> None:
     else:
         doc.p("No completed trial with an objective value: no history plot.", css="warning")
     if sw.trial_runs is not None and not sw.trial_runs.empty:
+        # Optuna's own state says why a trial's run ended early: pruning is the pruner's decision, not a failure
+        trial_states = {}
+        if t is not None and {"number", "state"} <= set(t.columns):
+            trial_states = {int(n): str(st) for n, st in zip(t["number"], t["state"]) if pd.notna(n)}
         bad = sw.trial_runs[sw.trial_runs["status"] != "FINISHED"]
-        if not bad.empty:
-            data.issue("sweep", f"{len(bad)} sweep trial run(s) did not finish: " + ", ".join(f"trial {r.trial} `{r.run_id}` ({r.status})" for r in bad.itertuples()))
+        pruned = [r for r in bad.itertuples() if trial_states.get(r.trial) == "PRUNED"]
+        failed = [r for r in bad.itertuples() if trial_states.get(r.trial) != "PRUNED"]
+        if pruned:
+            data.issue("sweep", f"{len(pruned)} trial(s) stopped early by the study's pruner: "
+                       + ", ".join(f"trial {r.trial} `{r.run_id}`" for r in pruned), severity="note")
+        if failed:
+            data.issue("sweep", f"{len(failed)} sweep trial run(s) did not finish: " + ", ".join(
+                f"trial {r.trial} `{r.run_id}` ({trial_states.get(r.trial, r.status)})" for r in failed))
 
 
 def _provenance(doc, out, data, uri) -> None:

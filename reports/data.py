@@ -414,10 +414,15 @@ def final_eval_step(data: ExperimentData, run_id: str) -> int | None:
     return data.final_steps.get(run_id)
 
 
+def _sweep_artifact(client, rid: str, name: str) -> str | None:
+    """A sweep summary file: `harness sweep` logs them under ``sweep/``; older or hand-made runs at the root."""
+    return _download_text(client, rid, f"sweep/{name}") or _download_text(client, rid, name)
+
+
 def _load_sweep(client, run, children: list, data: ExperimentData) -> SweepData:
     rid = run.info.run_id
     sw = SweepData(rid, run.data.tags.get("harness.sweep") or run.info.run_name or rid[:8], run.info.status, dict(run.data.tags))
-    text = _download_text(client, rid, "trials.csv")
+    text = _sweep_artifact(client, rid, "trials.csv")
     if text:
         try:
             df = pd.read_csv(io.StringIO(text))
@@ -427,7 +432,7 @@ def _load_sweep(client, run, children: list, data: ExperimentData) -> SweepData:
             data.issue("sweep", f"Sweep `{rid}`: trials.csv could not be parsed ({e}).", rid)
     else:
         data.issue("sweep", f"Sweep `{rid}` has no trials.csv artifact.", rid)
-    text = _download_text(client, rid, "best_trial.json")
+    text = _sweep_artifact(client, rid, "best_trial.json")
     if text:
         try:
             sw.best = json.loads(text)
@@ -435,7 +440,7 @@ def _load_sweep(client, run, children: list, data: ExperimentData) -> SweepData:
             data.issue("sweep", f"Sweep `{rid}`: best_trial.json is not valid JSON.", rid)
     else:
         data.issue("sweep", f"Sweep `{rid}` has no best_trial.json artifact.", rid)
-    text = _download_text(client, rid, "importances.json")
+    text = _sweep_artifact(client, rid, "importances.json")
     if text:
         try:
             imp = json.loads(text)

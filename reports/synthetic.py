@@ -15,7 +15,7 @@ Layout (the producer contract the report reads):
   ``..._ci_low/high``, ``pass_at_<k>``, ``num_prompts``, ``eval/macro_accuracy``, ``eval/budget_fraction``),
   artifacts ``summary.json``, ``config.yaml`` and ``eval/<tag>-step<N>.jsonl`` (per-sample records);
 * a sweep parent (``harness.role=sweep``, ``harness.sweep``) with trial children (``harness.role=trial``,
-  ``optuna.trial_number``) and artifacts ``trials.csv``, ``best_trial.json``, ``importances.json``.
+  ``optuna.trial_number``) and artifacts ``sweep/trials.csv``, ``sweep/best_trial.json``, ``sweep/importances.json`` (as `harness sweep` logs them).
 
 Every number is drawn from a seeded generator, and logged eval accuracies are computed from the very
 per-sample records that are logged, so tests can check the report against the store exactly.
@@ -231,10 +231,10 @@ def _sweep(client, exp_id: str, rng: np.random.Generator, n_trials: int = 6) -> 
         study.tell(t, value)
         trial_ids.append(rid)
     best = study.best_trial
-    _log_text(client, pid, study.trials_dataframe().to_csv(index=False), "trials.csv")
+    _log_text(client, pid, study.trials_dataframe().to_csv(index=False), "sweep/trials.csv")
     _log_text(client, pid, json.dumps({"number": best.number, "value": best.value, "params": best.params, "run_id": best.user_attrs["run_id"],
-                                       "direction": "maximize", "metric": "eval/macro_accuracy"}, indent=2), "best_trial.json")
-    _log_text(client, pid, json.dumps({"algorithm.num_replays": 0.81, "train.learning_rate": 0.19}), "importances.json")
+                                       "direction": "maximize", "metric": "eval/macro_accuracy"}, indent=2), "sweep/best_trial.json")
+    _log_text(client, pid, json.dumps({"algorithm.num_replays": 0.81, "train.learning_rate": 0.19}), "sweep/importances.json")
     _log_metrics(client, pid, [("best_value", best.value, 0)])
     client.set_terminated(pid)
     return pid, trial_ids

@@ -236,7 +236,7 @@ def test_sweep_section(store, report):
 
     path, _ = report
     client = _client(store)
-    best = json.loads(Path(client.download_artifacts(store.sweep_run_id, "best_trial.json", str(path.parent))).read_text())
+    best = json.loads(Path(client.download_artifacts(store.sweep_run_id, "sweep/best_trial.json", str(path.parent))).read_text())
     trials = pd.read_csv(path / "tables" / "sweep_trials.csv")
     assert len(trials) == len(store.trial_run_ids)
     assert trials.loc[trials["value"].idxmax(), "number"] == best["number"]
