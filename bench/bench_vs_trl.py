@@ -343,6 +343,7 @@ def mean(xs):
 
 
 def main() -> None:
+    global MAX_COMPLETION
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="timed steps per side")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per side before the timed ones")
@@ -351,10 +352,14 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model dir (default: the quick warm-started tiny model, built if missing)")
     ap.add_argument("--cache-dir", default=None, help="tiny-model cache (default $HARNESS_CACHE or ~/.cache/rl-harness)")
     ap.add_argument("--first", choices=("ours", "trl"), default="ours", help="which side runs first (in round 1)")
+    ap.add_argument("--max-completion", type=int, default=MAX_COMPLETION,
+                    help=f"max new tokens per completion (default {MAX_COMPLETION}; the tiny model's worked answers need up to ~28, so use 32 "
+                         "with --model of a `harness models build tiny` model for non-zero rewards, i.e. groups that carry gradient)")
     ap.add_argument("--rounds", type=int, default=1, help="repeat the whole comparison, alternating which side goes first; the table pools all rounds' timed steps")
     args = ap.parse_args()
-    if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
-        ap.error("--steps and --rounds must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.rounds < 1 or args.max_completion < 1:
+        ap.error("--steps, --rounds and --max-completion must be >= 1 and --warmup >= 0")
+    MAX_COMPLETION = args.max_completion  # read by both sides' configs
 
     import torch
 
