@@ -432,11 +432,21 @@ def accuracy_vs_compute(data: ExperimentData) -> pd.DataFrame:
 
 
 def matched_compute(curves: pd.DataFrame) -> pd.DataFrame:
-    """Mean macro accuracy per model x algorithm at each budget fraction (rounded to 0.01)."""
+    """Mean macro accuracy per model x algorithm at each budget fraction.
+
+    An evaluation fires at the first step past its fraction, so runs land on e.g. 0.50, 0.51 and 0.52
+    for the same planned point. When every run of a model evaluated equally often (one schedule, as in
+    a matrix), the i-th evaluations are one point, labelled with the smallest fraction any run reached
+    there; otherwise fractions are rounded to 0.01.
+    """
     if curves.empty or "budget_fraction" not in curves:
         return pd.DataFrame()
-    c = curves.dropna(subset=["budget_fraction"]).copy()
+    c = curves.dropna(subset=["budget_fraction"]).sort_values(["run_id", "step"]).copy()
     c["fraction"] = c["budget_fraction"].round(2)
+    for model, m in c.groupby("model"):
+        if m.groupby("run_id").size().nunique() == 1:
+            index = m.groupby("run_id").cumcount()
+            c.loc[m.index, "fraction"] = m["budget_fraction"].groupby(index).transform("min").round(2)
     out = c.groupby(["model", "fraction", "algorithm"])["macro_accuracy"].agg(["mean", "count"]).reset_index()
     return out
 
