@@ -383,3 +383,18 @@ def test_hierarchical_bootstrap():
     assert abs(np.mean(out["a"]) - mean_a) < 0.02
     assert set(np.unique(out["b"]).round(6)) <= {0.2, 0.4, 0.6}
     assert np.allclose(out["macro"], (out["a"] + out["b"]) / 2)
+
+
+def test_matched_compute_merges_one_schedule_across_runs():
+    """Evaluations fire at the first step past their fraction (0.50 in one run, 0.51 in another): one row, not two."""
+    from reports.analysis import matched_compute
+
+    rows = []
+    for run, algo, fracs in (("a", "grpo", [0.0, 0.26, 0.5, 1.0]), ("b", "grpo", [0.0, 0.25, 0.51, 1.0]), ("c", "repo", [0.0, 0.27, 0.52, 1.0])):
+        rows += [{"run_id": run, "model": "m", "algorithm": algo, "step": i, "budget_fraction": f, "macro_accuracy": 0.1 * i} for i, f in enumerate(fracs)]
+    t = matched_compute(pd.DataFrame(rows))
+    assert sorted(t["fraction"].unique()) == [0.0, 0.25, 0.5, 1.0]
+    assert t[(t["fraction"] == 0.5) & (t["algorithm"] == "grpo")]["count"].item() == 2
+    # runs with different schedules keep their own (rounded) fractions
+    t = matched_compute(pd.DataFrame(rows[:-1]))
+    assert 0.52 in set(t["fraction"]) and 0.51 in set(t["fraction"])
