@@ -241,23 +241,33 @@ def format_summary(results: list[tuple[str, str, int, dict]]) -> str:
 
 
 def compare_to_baseline(results: list[tuple[str, str, int, dict]], baseline: str = "grpo") -> list[str]:
-    """Per (model, seed): accuracy delta, wall-clock overhead per step and effective-step gain vs ``baseline``."""
+    """Per (model, seed): accuracy delta, cost per step in each unit and effective steps vs ``baseline``.
+
+    Effective steps are given per step (what an algorithm buys per update) and in total (what it bought
+    with the run's budget: at matched compute a costlier step means fewer of them)."""
     base = {(m, seed): s for m, a, seed, s in results if a == baseline}
+    units = (("time/step_s", "wall"), ("flops/total", "FLOPs"), ("tokens/trained", "trained tokens"))
+
+    def per_step(x: dict, key: str) -> float:
+        return x["totals"].get(key, 0.0) / max(x.get("steps", 0), 1)
+
+    def ratio(a: float, b: float) -> str:
+        return f"{100 * (a / b - 1):+.1f}%" if b else "n/a"
+
+    def final_acc(x: dict) -> float | None:
+        return {e["tag"]: e["macro_accuracy"] for e in x.get("evals", [])}.get("after")
+
     lines = []
     for m, a, seed, s in results:
         b = base.get((m, seed))
         if a == baseline or b is None:
             continue
-        def per_step(x):
-            return x["totals"].get("time/step_s", 0.0) / max(x.get("steps", 0), 1)
-        def final_acc(x):
-            return {e["tag"]: e["macro_accuracy"] for e in x.get("evals", [])}.get("after")
-        overhead = per_step(s) / per_step(b) - 1 if per_step(b) else float("nan")
-        eff_b, eff_s = b["totals"].get("effective/step", 0.0), s["totals"].get("effective/step", 0.0)
-        gain = eff_s / eff_b - 1 if eff_b else float("nan")
         acc_a, acc_b = final_acc(s), final_acc(b)
         acc = f"{100 * (acc_a - acc_b):+.1f} pts" if acc_a is not None and acc_b is not None else "n/a"
-        lines.append(f"{m} seed {seed}: {a}: accuracy {acc}, wall-clock/step {100 * overhead:+.1f}%, effective steps {100 * gain:+.1f}%")
+        cost = ", ".join(f"{label} {ratio(per_step(s, key), per_step(b, key))}" for key, label in units)
+        eff = (f"effective steps per step {ratio(per_step(s, 'effective/step'), per_step(b, 'effective/step'))}, "
+               f"in total {ratio(s['totals'].get('effective/step', 0.0), b['totals'].get('effective/step', 0.0))} ({s.get('steps', 0)} vs {b.get('steps', 0)} steps)")
+        lines.append(f"{m} seed {seed}: {a}: accuracy {acc}; cost per step: {cost}; {eff}")
     return lines
 
 
