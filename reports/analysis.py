@@ -451,6 +451,64 @@ def matched_compute(curves: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def mean_curves(curves: pd.DataFrame) -> pd.DataFrame:
+    """Seed-mean accuracy-vs-compute curve per model x algorithm: the i-th evaluations of runs that share a
+    schedule are one point (else budget fractions to one decimal), accuracy and every cost column averaged."""
+    if curves.empty:
+        return pd.DataFrame()
+    cost_cols = [c for c in list(UNITS) + ["steps"] if c in curves]
+    out = []
+    for (model, algo), a in curves.sort_values(["run_id", "step"]).groupby(["model", "algorithm"], sort=False):
+        counts = a.groupby("run_id").size()
+        if counts.nunique() == 1 or "budget_fraction" not in a or a["budget_fraction"].isna().any():
+            key = a.groupby("run_id").cumcount()
+        else:
+            key = a["budget_fraction"].round(1)
+        m = a.groupby(key)[["macro_accuracy", *cost_cols]].mean().sort_index().reset_index(drop=True)
+        m.insert(0, "algorithm", algo)
+        m.insert(0, "model", model)
+        m["n_runs"] = a["run_id"].nunique()
+        out.append(m)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def _first_crossing(acc: np.ndarray, cost: np.ndarray, target: float) -> float:
+    """Cost at which a curve first reaches ``target`` (linear between evaluations; NaN if never)."""
+    for i in range(len(acc)):
+        if acc[i] >= target - 1e-12:
+            if i == 0 or not np.isfinite(cost[i - 1]) or acc[i] == acc[i - 1]:
+                return float(cost[i])
+            w = (target - acc[i - 1]) / (acc[i] - acc[i - 1])
+            return float(cost[i - 1] + w * (cost[i] - cost[i - 1]))
+    return float("nan")
+
+
+def cost_to_target(curves: pd.DataFrame, baseline: str = "grpo", target: float | None = None) -> pd.DataFrame:
+    """Cost for each algorithm's seed-mean curve to first reach a target macro accuracy, in every unit, and its ratio to the baseline's.
+
+    Default target per model: the best accuracy that every compared algorithm's mean curve reaches (the lowest of their peaks), so
+    each one has a cost; a user ``target`` (a fraction, e.g. 0.4) may leave some n/a (never reached)."""
+    m = mean_curves(curves)
+    if m.empty:
+        return pd.DataFrame()
+    units = [u for u in list(UNITS) + ["steps"] if u in m]
+    rows = []
+    for model, mm in m.groupby("model", sort=False):
+        peaks = mm.groupby("algorithm")["macro_accuracy"].max()
+        tgt = float(target) if target is not None else float(peaks.min())
+        costs = {}
+        for algo, a in mm.groupby("algorithm", sort=False):
+            for u in units:
+                costs[(algo, u)] = _first_crossing(a["macro_accuracy"].to_numpy(float), a[u].to_numpy(float), tgt)
+        for algo in algorithm_order(mm["algorithm"]):
+            for u in units:
+                c, b = costs[(algo, u)], costs.get((baseline, u), float("nan"))
+                rows.append({"model": model, "algorithm": algo, "unit": u, "target": tgt, "cost": c,
+                             "vs_baseline": (c / b - 1) if algo != baseline and np.isfinite(c) and np.isfinite(b) and b > 0 else np.nan,
+                             "reached": bool(np.isfinite(c)), "n_runs": int(mm[mm["algorithm"] == algo]["n_runs"].iloc[0])})
+    return pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------------------------------------
 # 5. ablation
 

@@ -88,7 +88,7 @@ class _Out:
 def generate_report(tracking_uri: str | None = None, experiment: str = "harness", out_dir: str | Path | None = None, *,
                     parent_run_id: str | None = None, all_runs: bool = False, sweep_run_id: str | None = "auto", baseline: str = "grpo",
                     compute_unit: str | None = None, n_bootstrap: int = 1000, include_unfinished: bool = False, svg: bool = False,
-                    title: str | None = None, load_samples: bool = True, sweep_only: bool = False) -> Path:
+                    title: str | None = None, load_samples: bool = True, sweep_only: bool = False, target_accuracy: float | None = None) -> Path:
     """Write the report of ``experiment`` (at ``tracking_uri``) to ``out_dir`` and return that folder.
 
     ``parent_run_id``: report that experiment parent's children (what `harness run` passes); otherwise the
@@ -120,6 +120,7 @@ def generate_report(tracking_uri: str | None = None, experiment: str = "harness"
     unit = A.choose_unit(data, compute_unit)
     curves = A.accuracy_vs_compute(data)
     matched = A.matched_compute(curves)
+    to_target = A.cost_to_target(curves, baseline, target_accuracy)
     abl = A.ablation_table(data, facts, acc, baseline)
 
     doc = Document(title or f"Experiment report: {experiment}")
@@ -140,6 +141,7 @@ def generate_report(tracking_uri: str | None = None, experiment: str = "harness"
         _compute(doc, out, overhead, phases, facts, baseline, colors, F)
         _effective(doc, out, eff, eff_curves, baseline, colors, F)
         _curves(doc, out, data, curves, matched, unit, colors, F)
+        _cost_to_target(doc, out, to_target, baseline, target_accuracy)
     else:
         doc.h(2, "Results")
         doc.p("No finished member run is available, so sections 1-4 (accuracy, compute, effective steps, accuracy vs compute) are empty"
@@ -313,6 +315,22 @@ def _effective(doc, out, eff, curves, baseline, colors, F) -> None:
     if not curves.empty:
         ccsv = out.csv(curves, "effective_curves")
         doc.p(f"Curve data (per run and step): [`{ccsv}`]({ccsv}).")
+
+
+def _cost_to_target(doc, out, table, baseline, explicit) -> None:
+    """Cost to reach a target accuracy, per unit: the other half of the compute overhead (per step is in section 2)."""
+    if table.empty:
+        return
+    how = ("the target given with `--target-accuracy`" if explicit is not None else
+           "the best macro accuracy that every compared algorithm's seed-mean curve reaches (the lowest of their peaks)")
+    doc.p(f"**Cost to reach a target accuracy.** Target: {how}. Cost: where the seed-mean curve first reaches it (linear between "
+          f"evaluations), in every recorded unit, and its ratio to `{baseline}`'s. Evaluations are sparse, so this is coarse.")
+    csv = out.csv(table, "cost_to_target")
+    t = pd.DataFrame({"model": table["model"], "algorithm": table["algorithm"], "target": [f"{100 * v:.1f}%" for v in table["target"]],
+                      "unit": [A.unit_label(u) for u in table["unit"]],
+                      "cost to target": [num(v, A.unit_label(u)) if r else "not reached" for v, u, r in zip(table["cost"], table["unit"], table["reached"])],
+                      f"vs {baseline}": [rel(v) if _isnum(v) else "—" for v in table["vs_baseline"]], "seeds": table["n_runs"]})
+    doc.table(t, csv=csv, caption="Cost for the seed-mean accuracy curve to first reach the target.")
 
 
 def _common_budget(data, unit) -> float | None:

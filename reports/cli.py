@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import re
+import sys
 from pathlib import Path
 
 REPORT_EPILOG = """examples:
@@ -41,6 +42,8 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--compute-unit", choices=["flops", "wall_seconds", "generated_tokens", "trained_tokens", "steps"],
                    help="x axis of the accuracy-vs-compute curves (default: the runs' budget unit).")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="Bootstrap resamples for the CIs (default: 1000).")
+    p.add_argument("--target-accuracy", type=float, metavar="ACC", help="Macro accuracy (0-1) for the cost-to-target table (default: the best "
+                                                                        "accuracy every compared algorithm reaches).")
     p.add_argument("--include-unfinished", action="store_true", help="Use FAILED/KILLED/RUNNING runs in the aggregates too (default: listed, not used).")
     p.add_argument("--svg", action="store_true", help="Also write every figure as SVG (the HTML embeds the PNGs).")
     p.add_argument("--title", help="Report title.")
@@ -48,13 +51,16 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.target_accuracy is not None and not 0 < args.target_accuracy <= 1:
+        print(f"error: --target-accuracy is a macro accuracy between 0 and 1 (e.g. 0.4), got {args.target_accuracy}", file=sys.stderr)
+        return 2
     from harness.tracking import resolve_tracking_uri
 
     sweep = None if str(args.sweep).lower() in ("none", "no", "off", "") else args.sweep
     out = generate_report(resolve_tracking_uri(args.tracking_uri), experiment=args.experiment or "harness", out_dir=args.out,
                           parent_run_id=args.parent, all_runs=args.all_runs, sweep_run_id=sweep, baseline=args.baseline,
                           compute_unit=args.compute_unit, n_bootstrap=args.bootstrap, include_unfinished=args.include_unfinished,
-                          svg=args.svg, title=args.title, sweep_only=args.sweep_only)
+                          svg=args.svg, title=args.title, sweep_only=args.sweep_only, target_accuracy=args.target_accuracy)
     print(f"report: {out / 'report.html'}\n        {out / 'report.md'}")
     return 0
 

@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
-from reports.analysis import PAPER_COMPUTE_OVERHEAD, PAPER_EFFECTIVE_GAIN  # noqa: E402
+from reports.analysis import PAPER_COMPUTE_OVERHEAD, PAPER_EFFECTIVE_GAIN, mean_curves  # noqa: E402
 from reports.data import algorithm_order  # noqa: E402
 
 PAPER_STYLE = dict(color="0.25", linestyle="--", linewidth=1.2)
@@ -195,15 +195,7 @@ def accuracy_vs_compute(curves: pd.DataFrame, unit: str, label: str, colors: dic
             a = c[c["algorithm"] == algo]
             for _, run in a.groupby("run_id"):  # every seed, thin
                 ax.plot(run[unit], run["acc"], color=colors[algo], alpha=0.35, linewidth=1, marker=".", markersize=4)
-            # mean over seeds at each evaluation point: matched by evaluation index when every seed evaluated
-            # equally often (an evaluation fires at the first step past its fraction, so seeds land on e.g. 0.50
-            # and 0.51), else by budget fraction to one decimal
-            counts = a.groupby("run_id").size()
-            if counts.nunique() == 1 or "budget_fraction" not in a or a["budget_fraction"].isna().any():
-                key = a.groupby("run_id").cumcount()
-            else:
-                key = a["budget_fraction"].round(1)
-            m = a.groupby(key)[[unit, "acc"]].mean().sort_index()
+            m = mean_curves(a).assign(acc=lambda d: 100 * d["macro_accuracy"])  # the seed mean the tables use
             n = a["run_id"].nunique()
             ax.plot(m[unit], m["acc"], color=colors[algo], linewidth=2.4, marker="o", markersize=6, label=f"{algo} (mean of {n})")
         if budget:

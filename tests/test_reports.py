@@ -398,3 +398,19 @@ def test_matched_compute_merges_one_schedule_across_runs():
     # runs with different schedules keep their own (rounded) fractions
     t = matched_compute(pd.DataFrame(rows[:-1]))
     assert 0.52 in set(t["fraction"]) and 0.51 in set(t["fraction"])
+
+
+def test_cost_to_target_interpolates_and_compares_to_the_baseline():
+    from reports.analysis import cost_to_target
+
+    rows = []
+    for run, algo, accs, flops in (("a", "grpo", [0.2, 0.3, 0.5], [0, 100, 200]), ("b", "repo", [0.2, 0.4, 0.45], [0, 100, 200])):
+        rows += [{"run_id": run, "model": "m", "algorithm": algo, "step": i, "budget_fraction": i / 2, "macro_accuracy": a, "flops": f, "steps": i}
+                 for i, (a, f) in enumerate(zip(accs, flops))]
+    t = cost_to_target(pd.DataFrame(rows)).set_index(["algorithm", "unit"])
+    # default target = the lowest peak (repo's 0.45); grpo crosses it 3/4 of the way from 100 to 200 FLOPs, repo at 200
+    assert t.loc[("grpo", "flops"), "target"] == pytest.approx(0.45)
+    assert t.loc[("grpo", "flops"), "cost"] == pytest.approx(175.0) and t.loc[("repo", "flops"), "cost"] == pytest.approx(200.0)
+    assert t.loc[("repo", "flops"), "vs_baseline"] == pytest.approx(200 / 175 - 1)
+    t = cost_to_target(pd.DataFrame(rows), target=0.48).set_index(["algorithm", "unit"])
+    assert not t.loc[("repo", "flops"), "reached"] and t.loc[("grpo", "flops"), "cost"] == pytest.approx(190.0)
