@@ -120,13 +120,7 @@ def compute_phases(phases: pd.DataFrame, overhead: pd.DataFrame, baseline: str, 
                 ax.text(0.5, 0.5, f"no {baseline} baseline", ha="center", transform=ax.transAxes)
                 continue
             sns.barplot(o, x="unit", y="overhead", hue="algorithm", palette=colors, ax=ax, hue_order=algorithm_order(o["algorithm"]), saturation=1)
-            ax.grid(axis="x", visible=False)
-            ax.axhline(PAPER_COMPUTE_OVERHEAD, **PAPER_STYLE, label="paper: +15%")
-            ax.axhline(0, color="black", linewidth=0.8)
-            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-            ax.set_title(f"{model}: cost per step vs {baseline}")
-            ax.set_xlabel("")
-            ax.set_ylabel(f"overhead vs {baseline}")
+            _vs_baseline_axes(ax, PAPER_COMPUTE_OVERHEAD, "paper: +15%", f"{model}: cost per step vs {baseline}", f"overhead vs {baseline}")
             ax.tick_params(axis="x", rotation=20, labelsize=8)
             ax.legend(fontsize=7)
     return fig
@@ -171,15 +165,20 @@ def effective_steps(curves: pd.DataFrame, summary: pd.DataFrame, baseline: str, 
                 continue
             long = pd.concat([s.assign(kind="per step", gain=s["gain_per_step"]), s.assign(kind="total (matched budget)", gain=s["gain_total"])])
             sns.barplot(long, x="kind", y="gain", hue="algorithm", hue_order=algorithm_order(s["algorithm"]), palette=colors, ax=ax, saturation=1)
-            ax.grid(axis="x", visible=False)
-            ax.axhline(PAPER_EFFECTIVE_GAIN, **PAPER_STYLE, label="paper: +48%")
-            ax.axhline(0, color="black", linewidth=0.8)
-            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-            ax.set_title(f"{model}: effective steps vs {baseline}")
-            ax.set_xlabel("")
-            ax.set_ylabel(f"gain vs {baseline}")
+            _vs_baseline_axes(ax, PAPER_EFFECTIVE_GAIN, "paper: +48%", f"{model}: effective steps vs {baseline}", f"gain vs {baseline}")
             ax.legend(fontsize=8)
     return fig
+
+
+def _vs_baseline_axes(ax, paper_value: float, paper_label: str, title: str, ylabel: str) -> None:
+    """Relative-to-baseline bar panel: percent axis, zero line and the paper's figure as a dashed line."""
+    ax.grid(axis="x", visible=False)
+    ax.axhline(paper_value, **PAPER_STYLE, label=paper_label)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_title(title)
+    ax.set_xlabel("")
+    ax.set_ylabel(ylabel)
 
 
 def accuracy_vs_compute(curves: pd.DataFrame, unit: str, label: str, colors: dict, budget: float | None = None) -> plt.Figure | None:
