@@ -17,7 +17,13 @@ RUN_EPILOG = """examples:
   harness run --algos grpo --models tiny --benchmarks arith
   harness run --algos grpo,repo:recent_k --models tiny --benchmarks arith --seeds 2
   harness run --algos repo --models tiny --set algorithm.num_replays=4 --set train.max_steps=20
+  harness run --config tiny-matched --algos grpo,repo --models tiny --seeds 2     # matched FLOPs, report at the end
+  harness run --algos grpo,repo --models tiny --budget flops:1.2e12 --set eval.at_budget_fractions=[0.25,0.5,0.75] --dry-run
+  harness run --config paper-qwen3-1.7b --models qwen3-1.7b --algos grpo,repo:highest_k --seeds 3
   harness run --config my.yaml --resume runs/grpo-tiny-s42
+
+presets (harness/presets, --config NAME): tiny, tiny-matched, paper-qwen2.5-math-1.5b, paper-qwen2.5-math-7b,
+paper-qwen3-1.7b. In a mixed matrix --set algorithm.<field> applies to the algorithms that have the field.
 
 algorithm specs: NAME or NAME:VARIANT, e.g. grpo, repo, repo:recent_k, repo:highest_k,
 repo:max_variance_k (see `harness config show --algo repo` for every field).
