@@ -297,3 +297,27 @@ def test_heartbeat_fails_the_trial_of_a_lone_killed_worker(tmp_path, quick_model
     runs, _ = _runs(tmp_path)
     kid = runs[runs["tags.harness.role"] == "trial"].iloc[0]
     assert kid["status"] == "KILLED" and "heartbeat stale" in kid["tags.harness.fail_reason"]
+
+
+def test_two_workers_share_a_postgresql_study(tmp_path, quick_model_dir):
+    """Any Optuna RDB URL works as the shared storage: two worker processes on one PostgreSQL study (what several machines
+    would do). Needs a server: CI starts one and sets HARNESS_TEST_POSTGRES_URL; elsewhere skipped unless
+    HARNESS_REQUIRE_POSTGRES=1."""
+    url = os.environ.get("HARNESS_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("HARNESS_REQUIRE_POSTGRES") == "1":
+            pytest.fail("HARNESS_REQUIRE_POSTGRES=1 but HARNESS_TEST_POSTGRES_URL is not set")
+        pytest.skip("no PostgreSQL server (set HARNESS_TEST_POSTGRES_URL=postgresql://user:pw@host/db)")
+    study_name = f"pg-{os.getpid()}-{time.time_ns()}"  # a fresh study in a shared database
+    space = _space_file(tmp_path, quick_model_dir, eval={"every_steps": 0, "max_examples": 4})
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    common = ["--config", "tiny", "--storage", url, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "pg",
+              "--output-dir", str(tmp_path / "runs"), "--no-report"]
+    res = subprocess.run([sys.executable, "-m", "sweeps.cli", str(space), "--study-name", study_name, "--trials", "4", "--workers", "2", *common],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    study = optuna.load_study(study_name=study_name, storage=url)
+    assert len(study.trials) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert len({t.user_attrs["worker_pid"] for t in study.trials}) == 2  # both workers took trials from the one study
+    assert "postgresql://" in res.stdout and "harness:harness@" not in res.stdout  # the URL is shown with its password redacted
+    optuna.delete_study(study_name=study_name, storage=url)
