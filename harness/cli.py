@@ -192,6 +192,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     name = matrix_name(members, args.name)
     if args.dry_run:
         print_matrix(name, members)
+        for mem in members:
+            for warning in plan_warnings(mem.config):
+                print(f"warning: {mem.run_name}: {warning}")
         if args.verbose:
             for mem in members:
                 print(f"\n# {mem.run_name}")
@@ -227,6 +230,27 @@ def _write_report(parent: dict[str, str], out_dir: str) -> None:
         print(f"report: {out / 'report.html'}")
     except Exception as exc:  # noqa: BLE001 - the training results are already in MLflow
         print(f"warning: the report could not be written ({type(exc).__name__}: {exc}); run `harness report --parent {parent['run_id']}`", file=sys.stderr)
+
+
+def plan_warnings(cfg) -> list[str]:
+    """The algorithm's warnings about a planned run, when its length in visits per prompt is known before it starts
+    (a step budget, max_steps or epochs, and a known number of training prompts); the trainer repeats the check exactly."""
+    from algorithms import create_algorithm
+    from harness.config import parse_budget
+
+    t = cfg.train
+    unit, value = parse_budget(t.budget) if t.budget else (None, None)
+    if t.max_steps > 0 or unit == "steps":
+        if not cfg.data.train_size:
+            return []
+        steps = min(v for v in (t.max_steps if t.max_steps > 0 else None, value if unit == "steps" else None) if v)
+        visits = steps * t.prompts_per_step / cfg.data.train_size
+    elif unit is None:
+        visits = float(t.epochs)  # every prompt once per epoch
+    else:
+        return []  # FLOPs/tokens/seconds budgets: the step count is only known while training
+    algo = create_algorithm(cfg.algorithm, seed=t.seed, max_completion_length=cfg.generation.max_completion_length)
+    return algo.plan_warnings(num_generations=cfg.generation.num_generations, visits_per_prompt=visits)
 
 
 def format_summary(results: list[tuple[str, str, int, dict]]) -> str:

@@ -71,7 +71,14 @@ def estimate(member: Member) -> dict[str, Any]:
     train_tokens = (rows + t.prompts_per_step * replay) * (cfg.data.max_prompt_length + g.max_completion_length)
     n = param_count(member.model)
     flops = (2 * gen_tokens + 6 * train_tokens) * n if n else None
-    unit, value = parse_budget(t.budget) if t.budget else ("steps", float(t.max_steps))
+    if t.budget:
+        unit, value = parse_budget(t.budget)
+    elif t.max_steps > 0:
+        unit, value = "steps", float(t.max_steps)
+    else:  # epochs over the training prompts (the trainer's steps per epoch; unknown without data.train_size)
+        unit, value = "steps", (float(t.epochs * -(-cfg.data.train_size // t.prompts_per_step)) if cfg.data.train_size else None)
+    if value is None:
+        return {"flops_per_step_max": flops, "budget": f"{t.epochs} epochs", "min_steps": None, "params": n}
     per_step = {"steps": 1.0, "generated_tokens": float(rows * g.max_completion_length), "trained_tokens": float(train_tokens), "flops": flops, "wall_seconds": None}[unit]
     return {"flops_per_step_max": flops, "budget": f"{unit}:{value:g}", "min_steps": (value / per_step) if per_step else None, "params": n}
 

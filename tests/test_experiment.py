@@ -74,3 +74,17 @@ def test_cli_run_writes_the_comparison_report(quick_model_dir, tmp_path, monkeyp
     runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("cli").experiment_id], "tags.`harness.role` = 'member'")
     assert sorted(r.data.tags["algorithm"] for r in runs) == ["grpo", "repo:recent_k"]
     assert all(int(r.data.metrics["budget/fraction"]) == 1 for r in runs)
+
+
+def test_dry_run_estimates_steps_and_warns_about_a_buffer_that_cannot_replay(capsys):
+    from harness.cli import main
+
+    assert main(["run", "--algos", "grpo,repo:recent_k", "--config", "paper-qwen3-1.7b", "--models", "qwen3-1.7b", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("steps:768") == 2 and "warning" not in out  # 1,024 prompts / 4 per step x 3 epochs; replay starts in epoch 3
+    assert main(["run", "--algos", "grpo,repo", "--models", "tiny", "--set", "data.train_size=1024", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: repo-tiny-s42: RePO replays a prompt from its visit 3 on" in out and "~1.6 times" in out
+    assert "warning: grpo" not in out
+    assert main(["run", "--algos", "repo", "--models", "tiny", "--dry-run"]) == 0  # the tiny preset's 256 prompts: ~6 visits
+    assert "warning" not in capsys.readouterr().out
