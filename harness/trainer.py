@@ -49,6 +49,39 @@ SUMMED = ("tokens/", "flops/", "samples/nonzero_adv", "groups/on_policy_nonzero_
 BOXED = re.compile(r"\\boxed\{")
 
 
+def reduce_metrics(metrics: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
+    """One step's metrics combined over all processes (torch.distributed initialised).
+
+    Processes may log different names in a step (RePO's ``ratio/off_*`` only where replayed rows carried
+    gradient, gap metrics only where an engine returned log-probs), so the names are agreed first: a fixed
+    positional all-reduce over different key lists would mix up values or hang. Counts in ``SUMMED`` are
+    summed, ``*/max`` / ``*/min`` take the max / min, everything else is the mean over the processes that
+    logged it.
+    """
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    gathered: list[list[str] | None] = [None] * world
+    dist.all_gather_object(gathered, sorted(metrics))
+    keys = sorted(set().union(*gathered))
+    kinds = ["max" if k.endswith("/max") else "min" if k.endswith("/min") else "sum" if k.startswith(SUMMED) else "mean" for k in keys]
+    fill = {"max": float("-inf"), "min": float("inf"), "sum": 0.0, "mean": 0.0}
+    vals = torch.tensor([float(metrics.get(k, fill[kd])) for k, kd in zip(keys, kinds)], dtype=torch.float64, device=device)
+    present = torch.tensor([1.0 if k in metrics else 0.0 for k in keys], dtype=torch.float64, device=device)
+    both = torch.cat([vals, present])  # values and presence counts in one SUM
+    dist.all_reduce(both, op=dist.ReduceOp.SUM)
+    summed, present = both[:len(keys)], both[len(keys):]
+    maxed, mined = vals.clone(), vals.clone()
+    if "max" in kinds:
+        dist.all_reduce(maxed, op=dist.ReduceOp.MAX)
+    if "min" in kinds:
+        dist.all_reduce(mined, op=dist.ReduceOp.MIN)
+    out = {}
+    for i, (k, kd) in enumerate(zip(keys, kinds)):
+        out[k] = float({"max": maxed[i], "min": mined[i], "sum": summed[i], "mean": summed[i] / max(float(present[i]), 1.0)}[kd])
+    return out
+
+
 def selective_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
     """log softmax(logits / T)[ids], row by row so a 150k vocabulary never materialises [B,T,V] twice."""
     out = []
@@ -507,13 +540,9 @@ class Trainer:
         return record
 
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
-        acc = self.accelerator
-        if acc.num_processes == 1:
+        if self.accelerator.num_processes == 1:
             return metrics
-        keys = sorted(metrics)
-        vals = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=acc.device)
-        total = acc.reduce(vals.clone(), reduction="sum").cpu().numpy()
-        return {k: float(total[i]) if k.startswith(SUMMED) else float(total[i] / acc.num_processes) for i, k in enumerate(keys)}
+        return reduce_metrics(metrics, self.accelerator.device)
 
     def _log_completions(self, groups: list[RolloutGroup]) -> None:
         G = self.cfg.generation.num_generations
