@@ -72,16 +72,7 @@ def create_engine(name: str, *, model: torch.nn.Module, tokenizer, batch_size: i
         _load_engine_plugins()
     if name not in _ENGINES:
         raise ValueError(f"unknown rollout engine '{name}'; available: {', '.join(available_engines())}")
-    factory = _ENGINES[name]
-    if options and not _takes_options(factory):
-        options = {}  # e.g. hf: it samples with the training model itself, engine settings do not apply
-    return factory(model=model, tokenizer=tokenizer, batch_size=batch_size, **options)
-
-
-def _takes_options(factory: Callable) -> bool:
-    import inspect
-
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
+    return _ENGINES[name](model=model, tokenizer=tokenizer, batch_size=batch_size, **options)
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +94,9 @@ class HFEngine:
     name = "hf"
     cheap_logprobs = True  # a log-softmax of logits the sampler computes anyway
 
-    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 256):
+    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 256, **engine_options):
+        # engine_options (vllm_*, server_*, sync_check, ...) configure separate engines; this one samples with
+        # the training model itself, so none of them applies
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size  # prompts per call

@@ -46,7 +46,7 @@ def _make_auto(model, tokenizer, batch_size: int = 256, **options):
     name, why = resolve_auto(model)
     logger.info("engine auto -> %s (%s)", name, why)
     if name == "hf":
-        return HFEngine(model=model, tokenizer=tokenizer, batch_size=batch_size)
+        return HFEngine(model=model, tokenizer=tokenizer, batch_size=batch_size, **options)
     return _make_vllm(model, tokenizer, batch_size, **options)
 
 
