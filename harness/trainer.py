@@ -489,14 +489,10 @@ class Trainer:
             return None, {}
         eng = pad_rows([e if e is not None else np.zeros(0, np.float32) for e in engine_rows], old.shape[1]).to(old.device)
         tmask = mask * has.unsqueeze(1)
-        w, _ = truncated_is_weights(old, eng, tmask, self.cfg.generation.tis_cap)
+        w, st = truncated_is_weights(old, eng, tmask, self.cfg.generation.tis_cap)
         w = torch.where(has.unsqueeze(1), w, torch.ones_like(w))
-        with torch.no_grad():
-            m = tmask.bool()
-            raw = torch.exp((old - eng).clamp(max=20.0))[m]
-            stats = {"sum": float(w[m].sum()), "count": float(m.sum()), "truncated": float((raw > self.cfg.generation.tis_cap).sum()),
-                     "raw_max": float(raw.max()) if raw.numel() else 1.0}
-        return w, stats
+        n = float(tmask.sum())  # the micro-batch's means back to sums, so micro-batches pool by token count
+        return w, {"sum": st["tis/weight_mean"] * n, "count": n, "truncated": st["tis/truncated_frac"] * n, "raw_max": st["tis/raw_ratio_max"]}
 
     def train_step(self) -> StepRecord:
         t_step = time.perf_counter()
