@@ -206,7 +206,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                              on_parent=lambda uri, exp, run_id: parent.update(uri=uri, experiment=exp, run_id=run_id))
     finally:
         if parent and not args.no_report and _is_main_process():
-            _write_report(parent, args.report_dir or str(Path("reports") / name))
+            from reports.cli import report_at_end
+
+            report_at_end(parent["uri"], parent["experiment"], args.report_dir or str(Path("reports") / name), parent_run_id=parent["run_id"],
+                          sweep_run_id=None, retry_hint=f"harness report --experiment {parent['experiment']} --parent {parent['run_id']}")
     print(format_summary(results))
     comparison = compare_to_baseline(results)
     for line in ["", "vs the grpo run with the same model and seed:"] + ["  " + x for x in comparison] if comparison else []:
@@ -219,17 +222,6 @@ def _is_main_process() -> bool:
     import os
 
     return os.environ.get("RANK", "0") == "0"
-
-
-def _write_report(parent: dict[str, str], out_dir: str) -> None:
-    """The comparison report of a finished (or failed) matrix; a report error never hides the run's outcome."""
-    from reports.cli import generate_report
-
-    try:
-        out = generate_report(parent["uri"], experiment=parent["experiment"], out_dir=out_dir, parent_run_id=parent["run_id"], sweep_run_id=None)
-        print(f"report: {out / 'report.html'}")
-    except Exception as exc:  # noqa: BLE001 - the training results are already in MLflow
-        print(f"warning: the report could not be written ({type(exc).__name__}: {exc}); run `harness report --parent {parent['run_id']}`", file=sys.stderr)
 
 
 def plan_warnings(cfg) -> list[str]:

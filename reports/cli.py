@@ -65,6 +65,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_at_end(tracking_uri: str | None, experiment: str, out_dir: str | Path, *, retry_hint: str, **kwargs) -> Path | None:
+    """:func:`generate_report` for `harness run` / `harness sweep` when they finish: prints where the report went, or a
+    warning with ``retry_hint`` (the command that writes it later) - a report error never hides the run's own outcome."""
+    try:
+        out = generate_report(tracking_uri, experiment=experiment, out_dir=out_dir, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the results are already in MLflow (and Optuna)
+        print(f"warning: the report could not be written ({type(exc).__name__}: {exc}); run `{retry_hint}`", file=sys.stderr)
+        return None
+    print(f"report: {out / 'report.html'}", flush=True)
+    return out
+
+
 def default_out_dir(experiment: str) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("reports") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', experiment).strip('-') or 'experiment'}-{stamp}"

@@ -330,18 +330,6 @@ def finalize(study: Any, spec: dict[str, Any], parent: Any, args: argparse.Names
     return written
 
 
-def write_sweep_report(spec: dict[str, Any], parent_run_id: str, out_dir: str) -> None:
-    """`harness report --sweep-only` for this sweep; a report error never hides the sweep's outcome."""
-    from reports.cli import generate_report
-
-    try:
-        out = generate_report(spec["tracking_uri"], experiment=spec["experiment"], out_dir=out_dir, sweep_run_id=parent_run_id, sweep_only=True)
-        print(f"report: {out / 'report.html'}", flush=True)
-    except Exception as exc:  # noqa: BLE001 - the trials are already in Optuna and MLflow
-        print(f"warning: the sweep report could not be written ({type(exc).__name__}: {exc}); run `harness report --sweep {parent_run_id} --sweep-only`",
-              file=sys.stderr)
-
-
 def print_report(study: Any, written: dict[str, Path], parent: Any) -> None:
     from optuna.trial import TrialState
 
@@ -405,7 +393,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     written = finalize(study, spec, parent, args, status=None if completed else "KILLED")
     print_report(study, written, parent)
     if parent.enabled and not args.no_report:
-        write_sweep_report(spec, parent.run_id, args.report_dir or str(Path("reports") / f"sweep-{study.study_name}"))
+        from reports.cli import report_at_end
+
+        report_at_end(spec["tracking_uri"], spec["experiment"], args.report_dir or str(Path("reports") / f"sweep-{study.study_name}"),
+                      sweep_run_id=parent.run_id, sweep_only=True,
+                      retry_hint=f"harness report --experiment {spec['experiment']} --sweep {parent.run_id} --sweep-only")
     from optuna.trial import TrialState
 
     if not completed:
