@@ -422,33 +422,34 @@ def _sweep_artifact(client, rid: str, name: str) -> str | None:
 def _load_sweep(client, run, children: list, data: ExperimentData) -> SweepData:
     rid = run.info.run_id
     sw = SweepData(rid, run.data.tags.get("harness.sweep") or run.info.run_name or rid[:8], run.info.status, dict(run.data.tags))
-    text = _sweep_artifact(client, rid, "trials.csv")
-    if text:
+    def parsed(name: str, parse, problem: str, required: bool = True):
+        """A sweep summary file parsed, or None with the reason recorded in the report's caveats."""
+        text = _sweep_artifact(client, rid, name)
+        if not text:
+            if required:
+                data.issue("sweep", f"Sweep `{rid}` has no {name} artifact.", rid)
+            return None
         try:
-            df = pd.read_csv(io.StringIO(text))
-            df = df.loc[:, ~df.columns.str.startswith("Unnamed")]
-            sw.trials = df
-        except Exception as e:  # noqa: BLE001
-            data.issue("sweep", f"Sweep `{rid}`: trials.csv could not be parsed ({e}).", rid)
-    else:
-        data.issue("sweep", f"Sweep `{rid}` has no trials.csv artifact.", rid)
-    text = _sweep_artifact(client, rid, "best_trial.json")
-    if text:
-        try:
-            sw.best = json.loads(text)
-        except json.JSONDecodeError:
-            data.issue("sweep", f"Sweep `{rid}`: best_trial.json is not valid JSON.", rid)
-    else:
-        data.issue("sweep", f"Sweep `{rid}` has no best_trial.json artifact.", rid)
-    text = _sweep_artifact(client, rid, "importances.json")
-    if text:
-        try:
-            imp = json.loads(text)
-            if isinstance(imp, dict) and isinstance(imp.get("importances"), dict):
-                imp = imp["importances"]
-            sw.importances = {str(k): float(v) for k, v in imp.items() if isinstance(v, (int, float))} if isinstance(imp, dict) else None
-        except (json.JSONDecodeError, TypeError, ValueError):
-            data.issue("sweep", f"Sweep `{rid}`: importances.json is not a name -> importance mapping.", rid)
+            return parse(text)
+        except Exception as e:  # noqa: BLE001 - any malformed file is reported, never raised
+            data.issue("sweep", f"Sweep `{rid}`: {name} {problem} ({e}).", rid)
+            return None
+
+    def read_trials(text: str) -> pd.DataFrame:
+        df = pd.read_csv(io.StringIO(text))
+        return df.loc[:, ~df.columns.str.startswith("Unnamed")]
+
+    def read_importances(text: str) -> dict[str, float]:
+        imp = json.loads(text)
+        if isinstance(imp, dict) and isinstance(imp.get("importances"), dict):
+            imp = imp["importances"]  # `harness sweep` writes {"evaluator": ..., "importances": {...}}
+        if not isinstance(imp, dict):
+            raise ValueError("expected a mapping")
+        return {str(k): float(v) for k, v in imp.items() if isinstance(v, (int, float))}
+
+    sw.trials = parsed("trials.csv", read_trials, "could not be parsed")
+    sw.best = parsed("best_trial.json", json.loads, "is not valid JSON")
+    sw.importances = parsed("importances.json", read_importances, "is not a name -> importance mapping", required=False)
     direction = (sw.best or {}).get("direction") or run.data.tags.get("optuna.direction") or run.data.params.get("direction")
     if isinstance(direction, list):
         direction = direction[0] if direction else None
