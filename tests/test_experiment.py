@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import mlflow
+import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.experiment import Member, matrix_name, run_matrix
@@ -74,6 +75,13 @@ def test_cli_run_writes_the_comparison_report(quick_model_dir, tmp_path, monkeyp
     runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("cli").experiment_id], "tags.`harness.role` = 'member'")
     assert sorted(r.data.tags["algorithm"] for r in runs) == ["grpo", "repo:recent_k"]
     assert all(int(r.data.metrics["budget/fraction"]) == 1 for r in runs)
+    # the report's accuracy table holds the real runs' final macro accuracy (one seed each: the mean is that run's value)
+    import pandas as pd
+
+    acc = pd.read_csv(tmp_path / "rep" / "tables" / "accuracy.csv")
+    for r in runs:
+        row = acc[(acc["algorithm"] == r.data.tags["algorithm"]) & (acc["benchmark"] == "macro")]
+        assert row["mean"].item() == pytest.approx(r.data.metrics["eval/macro_accuracy"])
 
 
 def test_dry_run_estimates_steps_and_warns_about_a_buffer_that_cannot_replay(capsys):

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from optuna.trial import TrialState
@@ -269,7 +270,11 @@ def test_two_workers_share_sqlite_and_survive_a_killed_worker(tmp_path, quick_mo
     # `harness sweep` writes its report at the end: the sweep section with history and importances
     report = (tmp_path / "report" / "report.md").read_text()
     assert "par" in report and (tmp_path / "report" / "report.html").exists()
-    assert (tmp_path / "report" / "tables" / "sweep_trials.csv").exists()
+    table = pd.read_csv(tmp_path / "report" / "tables" / "sweep_trials.csv").set_index("number")
+    for t in trials:  # the report's trial table is the study's own
+        assert table.loc[t.number, "state"] == t.state.name
+        if t.value is not None:
+            assert table.loc[t.number, "value"] == pytest.approx(t.value)
 
 
 def test_heartbeat_fails_the_trial_of_a_lone_killed_worker(tmp_path, quick_model_dir):
