@@ -47,6 +47,9 @@ class TrainBatch:
     group_index: np.ndarray  # [R] index into the step's groups
     policy_version: np.ndarray  # [R] version that generated the row
     metrics: dict[str, float] = field(default_factory=dict)  # batch-construction metrics (advantages, replay)
+    # [R] float64: weight of each row's summed KL tokens when beta > 0 (like row_weights, fixed before the
+    # forward so micro-batches add up to the whole batch's loss); None = the KL is aggregated like the policy loss.
+    kl_weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.completion_ids)
@@ -63,6 +66,7 @@ class TrainBatch:
             source=self.source[idx],
             group_index=self.group_index[idx],
             policy_version=self.policy_version[idx],
+            kl_weights=None if self.kl_weights is None else self.kl_weights[idx],
         )
 
 
@@ -82,6 +86,8 @@ class LossInputs:
     # the trainer's truncated-IS correction for the rollout engine vs trainer mismatch (generation.tis_cap).
     # None = off (the loss is then exactly the uncorrected one).
     is_weights: torch.Tensor | None = None
+    # Optional [B] weights of each row's summed KL tokens (TrainBatch.kl_weights); None = like the policy loss.
+    kl_weights: torch.Tensor | None = None
 
 
 class Algorithm:

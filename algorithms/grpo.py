@@ -109,6 +109,15 @@ def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, row_weights: torch.T
     return (per_row * row_weights).sum()
 
 
+def aggregate_kl(kl: torch.Tensor, inputs: LossInputs, row_weights: torch.Tensor) -> torch.Tensor:
+    """The KL term: each row's KL token sum times ``inputs.kl_weights`` when the batch set them (RePO's
+    reference weighting: one token mean over the fresh tokens), else aggregated like the policy loss
+    with ``row_weights`` (TRL's GRPO: beta x KL is part of each token's loss)."""
+    if inputs.kl_weights is not None:
+        return ((kl * inputs.mask).sum(dim=1) * inputs.kl_weights).sum()
+    return aggregate(kl, inputs.mask, row_weights, inputs.token_sum)
+
+
 def masked_mean_parts(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum, count) of ``values`` over ``mask`` — the trainer sums these over micro-batches."""
     return (values * mask).sum().detach(), mask.sum().detach()
@@ -201,7 +210,7 @@ class GRPO(Algorithm):
         if cfg.beta > 0:
             assert inputs.ref_logprobs is not None, "beta > 0 needs reference log-probs"
             kl = kl_k3(inputs.logprobs, inputs.ref_logprobs)
-            kl_loss = aggregate(kl, inputs.mask, inputs.row_weights, inputs.token_sum)
+            kl_loss = aggregate_kl(kl, inputs, inputs.row_weights)
             total = total + cfg.beta * kl_loss
             metrics["kl/mean"] = masked_mean_parts(kl, inputs.mask)
             metrics["loss/kl"] = (kl_loss.detach(), torch.tensor(1.0))

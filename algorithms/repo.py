@@ -8,8 +8,11 @@ Per step, for each prompt:
    group (``mixed``). Their importance ratio uses the behaviour log-probs stored at generation time,
    with the same clip as on-policy rows.
 3. Loss = on-policy term + ``off_policy_loss_coef`` x off-policy term. ``loss_weighting=reference``
-   averages both over all G+k rows of the batch (the reference code's implicit 1/2 once replay
-   starts); ``paper`` normalises each term over its own rows (the paper's 1/G formula).
+   aggregates as the reference code does: ``grpo`` / ``dr_grpo`` average both terms over all G+k rows
+   of the batch (its implicit 1/2 once replay starts), ``bnpo`` divides each term by its own token
+   count; with ``beta`` > 0 it adds beta x one token mean of the k3 KL over all fresh tokens,
+   whatever the loss type. ``paper`` normalises each term over its own rows (the paper's 1/G
+   formula) and aggregates the KL like the on-policy term, so ``repo:none`` is then exactly ``grpo``.
 4. After the optimizer step, the fresh completions enter the buffer with their pre-step log-probs,
    so a step never replays its own samples.
 
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 
 from algorithms.base import LossInputs, RolloutGroup, TrainBatch, register_algorithm
-from algorithms.grpo import GRPO, GRPOConfig, aggregate, apply_is_weights, clipped_token_loss, effective_step_metrics, group_advantages, kl_k3, masked_mean_parts, ratio_metrics, row_weights_for
+from algorithms.grpo import GRPO, GRPOConfig, aggregate, aggregate_kl, apply_is_weights, clipped_token_loss, effective_step_metrics, group_advantages, kl_k3, masked_mean_parts, ratio_metrics, row_weights_for
 from algorithms.replay_buffer import ReplayBuffer
 from algorithms.replay_strategies import available_strategies, get_strategy
 from harness.config import ConfigError
@@ -41,7 +44,8 @@ class RePOConfig(GRPOConfig):
     max_cache_size: int = field(default=16, metadata={"help": "Per-prompt FIFO capacity (reference: 16)."})
     adv_norm: str = field(default="split", metadata={"help": "split: replayed group normalised on its own (reference); mixed: one group of G+k.", "choices": ("split", "mixed")})
     off_policy_loss_coef: float = field(default=1.0, metadata={"help": "Weight of the off-policy term (paper: 1.0)."})
-    loss_weighting: str = field(default="reference", metadata={"help": "reference: both terms averaged over all G+k rows (the code's implicit 1/2); paper: each term over its own rows.", "choices": ("reference", "paper")})
+    loss_weighting: str = field(default="reference", metadata={"help": "reference: as the reference code (grpo/dr_grpo: both terms over all G+k rows, its implicit 1/2; bnpo: each term over its own tokens; "
+                                                                       "KL: one token mean over the fresh tokens); paper: each term over its own rows, KL like the on-policy term.", "choices": ("reference", "paper")})
 
 
 @register_algorithm
@@ -119,14 +123,18 @@ class RePO(GRPO):
         n_on, n_off = len(on["completion_ids"]), len(off_completion)
         on_len = np.array([len(c) for c in on["completion_ids"]])
         off_len = np.array([len(c) for c in off_completion], dtype=np.int64)
-        if cfg.loss_weighting == "reference":  # one normaliser over all G+k rows of the batch
+        reference = cfg.loss_weighting == "reference"
+        if reference and cfg.loss_type != "bnpo":  # the reference's grpo / dr_grpo: one normaliser over all G+k rows of the batch
             w, ts = row_weights_for(cfg.loss_type, np.concatenate([on_len, off_len]), self.max_completion_length)
             w = w.copy()
             w[n_on:] *= cfg.off_policy_loss_coef
-        else:  # each term over its own rows
+        else:  # each term over its own rows (paper); the reference's bnpo divides each term by its own token count
             w_on, ts_on = row_weights_for(cfg.loss_type, on_len, self.max_completion_length)
             w_off, ts_off = row_weights_for(cfg.loss_type, off_len, self.max_completion_length, scale=cfg.off_policy_loss_coef)
             w, ts = np.concatenate([w_on, w_off]), np.concatenate([ts_on, ts_off])
+        kl_w = None  # paper: the KL is aggregated like the on-policy term (as in grpo)
+        if reference and cfg.beta > 0:  # the reference: one token mean of the KL over every fresh token, whatever the loss type
+            kl_w = np.concatenate([np.full(n_on, 1.0 / max(int(on_len.sum()), 1)), np.zeros(n_off)])
         batch = TrainBatch(
             prompt_ids=on["prompt_ids"] + off_prompt,
             completion_ids=on["completion_ids"] + off_completion,
@@ -137,6 +145,7 @@ class RePO(GRPO):
             source=np.concatenate([np.zeros(n_on, np.int8), np.ones(n_off, np.int8)]),
             group_index=np.concatenate([on["group_index"], np.asarray(off_group, dtype=np.int64)]),
             policy_version=np.concatenate([on["policy_version"], np.asarray(off_version, dtype=np.int64)]),
+            kl_weights=kl_w,
         )
         batch.metrics = effective_step_metrics(on_signal, off_signal, batch)
         replayed = np.zeros(len(groups), dtype=bool)
@@ -182,9 +191,9 @@ class RePO(GRPO):
         metrics: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         on_mask = inputs.mask * is_on.unsqueeze(1)
         off_mask = inputs.mask * (~is_on).unsqueeze(1)
-        if cfg.beta > 0:  # KL on on-policy tokens only, as in the reference
+        if cfg.beta > 0:  # KL on on-policy tokens only, weighted as build_batch set (kl_weights or the on-policy term's weights)
             kl = kl_k3(inputs.logprobs, inputs.ref_logprobs)
-            kl_loss = aggregate(kl, inputs.mask, inputs.row_weights * is_on, inputs.token_sum)
+            kl_loss = aggregate_kl(kl, inputs, inputs.row_weights * is_on)
             total = total + cfg.beta * kl_loss
             metrics["kl/mean"] = masked_mean_parts(kl, on_mask)
             metrics["loss/kl"] = (kl_loss.detach(), torch.tensor(1.0))

@@ -87,7 +87,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds per engine (default 3)")
-    ap.add_argument("--kv-cache-gb", type=float, default=0.25, help="vLLM KV cache (default 0.25 GiB)")
+    ap.add_argument("--kv-cache-gb", type=float, help="vLLM KV cache in GiB (default: the engine's, sized for prompts x G sequences of "
+                    "prompt + max-new-tokens)")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--vllm-cpu-threads", type=int, default=1, help="torch threads while vLLM generates on CPU (engine option cpu_threads; default 1, 0 = same as --threads)")
     ap.add_argument("--json", help="also write the results as JSON here")
@@ -98,29 +99,38 @@ def main() -> None:
 
     from benchmarks.arith import make_arith
     from harness.engines.checks import logprob_gap_metrics
-    from harness.models import encode_prompt, load_model, load_tokenizer
+    from harness.models import REGISTRY, encode_prompt, get_spec, instruction_for, load_model, load_tokenizer
     from harness.rollout import SamplingParams, create_engine
 
     if args.threads:
         torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
-    tok = load_tokenizer(path)
-    model = load_model(path, "float32").eval()
+    name = args.model if args.model in REGISTRY else path  # registry names keep their pad token and instruction
+    tok = load_tokenizer(name)
+    model = load_model(name, "float32").eval()
     model.requires_grad_(False)
-    prompts = [encode_prompt(tok, r["problem"], 64)[0] for r in make_arith("test", args.prompts, seed=0)]
+    system_prompt, suffix = instruction_for(get_spec(name))
+    prompts = [encode_prompt(tok, r["problem"], 256, system_prompt=system_prompt, suffix=suffix)[0] for r in make_arith("test", args.prompts, seed=0)]
+    max_len = max(len(p) for p in prompts) + args.max_new_tokens
+    print(f"model {path}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; prompts up to {max(len(p) for p in prompts)} tokens", flush=True)
     params = SamplingParams(n=args.G, temperature=args.temperature, top_k=args.top_k, max_new_tokens=args.max_new_tokens, return_logprobs=True)
     names = [n.strip() for n in args.engines.split(",") if n.strip()]
 
     engines, startup = {}, {}
     for name in names:
         t0 = time.perf_counter()
-        engines[name] = create_engine(name, model=model, tokenizer=tok, **({} if name == "hf" else {"kv_cache_gb": args.kv_cache_gb, "cpu_threads": args.vllm_cpu_threads or None}))
+        opts = {} if name == "hf" else {"kv_cache_gb": args.kv_cache_gb, "cpu_threads": args.vllm_cpu_threads or None, "max_model_len": max_len,
+                                        "max_num_seqs": args.prompts * args.G}
+        engines[name] = create_engine(name, model=model, tokenizer=tok, **opts)
         startup[name] = time.perf_counter() - t0
+        print(f"{name}: started in {startup[name]:.1f}s", flush=True)
     results: dict[str, dict] = {n: {"startup_s": startup[n], "rounds": []} for n in names}
     try:
         for name in names:  # warm-up
             torch.manual_seed(0)
+            t0 = time.perf_counter()
             engines[name].generate(prompts, params)
+            print(f"warm-up {name}: {time.perf_counter() - t0:.1f}s", flush=True)
         for r in range(args.repeats):
             for name in names:
                 torch.manual_seed(100 + r)
@@ -130,6 +140,7 @@ def main() -> None:
                 ntok = sum(len(c.token_ids) for g in outs for c in g)
                 results[name]["rounds"].append({"s": dt, "completions": len(prompts) * args.G, "tokens": ntok})
                 results[name]["last"] = outs
+                print(f"round {r + 1}/{args.repeats} {name}: {dt:.1f}s, {ntok / dt:.0f} tokens/s", flush=True)
         for name in names:
             eng, res = engines[name], results[name]
             outs = res.pop("last")

@@ -3,8 +3,10 @@
 ``load_benchmark(name)`` returns an evaluation set, ``load_train_set(name, size, seed)`` a training
 set. Three kinds of source:
 
-* **built in, offline**: ``arith`` (synthetic, the CI workhorse) and ``champ`` (270 competition
-  problems shipped inside the ``champ-dataset`` PyPI package);
+* **built in, offline**: ``arith`` (synthetic, the CI workhorse), ``champ`` (270 competition
+  problems shipped inside the ``champ-dataset`` PyPI package; also a training set) and ``dm_*``
+  (DeepMind's mathematics_dataset, generated from a seed into disjoint train/test splits:
+  ``benchmarks/mathematics.py``);
 * **hub benchmarks** (the paper's seven, :data:`BENCHMARKS`) and the **DeepMath training set**
   (:data:`TRAIN_SETS`): each has an explicit :class:`SourceSpec` naming the hub repo, split and the
   field mapping from the source schema to ours. They are read, in order, from
@@ -38,7 +40,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from benchmarks import arith
+from benchmarks import arith, mathematics
 
 logger = logging.getLogger(__name__)
 
@@ -358,7 +360,7 @@ def read_records(path: str | os.PathLike) -> list[dict]:
         return pq.read_table(p).to_pylist()
     if suffix == ".json":
         try:
-            obj = json.loads(p.read_text())
+            obj = json.loads(_read_utf8(p))
         except json.JSONDecodeError:
             return _read_jsonl_records(p)  # JSON Lines saved as .json (common for hub data sets)
         if isinstance(obj, dict):
@@ -372,16 +374,40 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     return _read_jsonl_records(p)
 
 
+def _not_utf8(p: Path, lineno: int, e: UnicodeDecodeError, column: int) -> DatasetError:
+    return DatasetError(f"{p}:{lineno}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at byte {column + 1} of the line); "
+                        f"data files must be UTF-8: re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
+def _read_utf8(p: Path) -> str:
+    """The whole file as UTF-8 (a BOM is dropped); a bad byte fails naming the file and line."""
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        start = data.rfind(b"\n", 0, e.start) + 1
+        raise _not_utf8(p, data.count(b"\n", 0, e.start) + 1, e, e.start - start) from None
+
+
+def _jsonl_lines(p: Path):
+    """(line number, text) of the non-blank lines of a UTF-8 file; a bad byte fails naming the file and line."""
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(p, lineno, e, e.start) from None
+            if line.strip():
+                yield lineno, line
+
+
 def _read_jsonl_records(p: Path) -> list[dict]:
     out = []
-    with p.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, line in _jsonl_lines(p):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
     return out
 
 
@@ -415,14 +441,11 @@ def load_jsonl(path: str | Path, benchmark: str | None = None) -> list[Row]:
     rows: list[Row] = []
     if recs is None:
         recs = []
-        with p.open() as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    recs.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise DatasetError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+        for lineno, line in _jsonl_lines(p):
+            try:
+                recs.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
     else:
         recs = list(enumerate(recs, 1))
     for lineno, obj in recs:
@@ -448,6 +471,75 @@ def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+#: Seconds the hub reachability probe waits (DNS + TCP connect) before calling the hub unreachable.
+HUB_PROBE_TIMEOUT_S = 3.0
+_hub_probe: dict[str, str | None] = {}
+
+
+def _hub_unreachable() -> str | None:
+    """None if a TCP connection to the hub (or the HTTPS proxy) opens within HUB_PROBE_TIMEOUT_S, else why not.
+
+    Cached per process and endpoint. Without it a machine with no network spends ~30-50 s in
+    ``huggingface_hub`` retries before ``datasets`` gives up."""
+    import socket
+    from urllib.parse import urlparse
+
+    proxy = next((os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(v)), None)
+    url = urlparse(proxy if proxy and "://" in proxy else f"http://{proxy}" if proxy else os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    key = f"{host}:{port}"
+    if key not in _hub_probe:
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+            _hub_probe[key] = None
+        except OSError as e:
+            _hub_probe[key] = f"{'proxy ' if proxy else ''}{key}: {type(e).__name__}: {e}"
+    return _hub_probe[key]
+
+
+def _hf_cache_dirs() -> list[Path]:
+    """Where ``datasets`` / ``huggingface_hub`` keep downloaded data sets (from the environment; nothing imported)."""
+    home = Path(os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
+    return [Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets"), Path(os.environ.get("HF_HUB_CACHE") or home / "hub")]
+
+
+def in_hf_cache(hub_id: str) -> bool:
+    """Whether the local HF cache seems to hold ``hub_id`` (a ``datasets`` build or a hub snapshot of it)."""
+    org, _, name = hub_id.partition("/")
+    wanted = {f"{org}___{name}".lower(), f"datasets--{org}--{name}".lower()}
+    for d in _hf_cache_dirs():
+        try:
+            if any(c.name.lower() in wanted for c in d.iterdir() if c.is_dir()):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _hub_precheck(spec: SourceSpec) -> str | None:
+    """Why the hub cannot serve ``spec`` here, decided at once (no ``datasets`` import); None = try it."""
+    if _offline() and not in_hf_cache(spec.hub_id):
+        return "offline mode (HF_HUB_OFFLINE=1) and no copy in the Hugging Face cache"
+    return None
+
+
+class _forced_hf_offline:
+    """Treat the hub as offline inside the block (``datasets``/``huggingface_hub`` read these flags at call time)."""
+
+    def __enter__(self) -> "_forced_hf_offline":
+        import datasets.config as dc
+        import huggingface_hub.constants as hc
+
+        self._saved = [(m, m.HF_HUB_OFFLINE) for m in (dc, hc)]
+        for m, _ in self._saved:
+            m.HF_HUB_OFFLINE = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for m, v in self._saved:
+            m.HF_HUB_OFFLINE = v
+
+
 def fetch_from_hub(spec: SourceSpec, *, shuffle_seed: int | None = None, size: int | None = None, info: dict | None = None) -> list[dict]:
     """Raw rows of ``spec`` from the hub via ``datasets`` (uses and fills the HF cache).
 
@@ -455,11 +547,20 @@ def fetch_from_hub(spec: SourceSpec, *, shuffle_seed: int | None = None, size: i
     does; an ``_index`` column keeps each row's position in the unshuffled split. ``info`` (if given)
     receives the source's column names, row count and ``datasets`` fingerprint, for the record.
     """
+    unreachable = None if _offline() else _hub_unreachable()
     try:
         import datasets
     except ImportError:
         raise DatasetError(f"'{spec.name}' needs the `datasets` package to download from the hub (pip install datasets)") from None
-    ds = datasets.load_dataset(spec.hub_id, spec.config, split=spec.split)
+    if unreachable is None:
+        ds = datasets.load_dataset(spec.hub_id, spec.config, split=spec.split)
+    else:  # no network: only the HF cache can serve it; offline mode fails at once instead of ~50 s of retries
+        try:
+            with _forced_hf_offline():
+                ds = datasets.load_dataset(spec.hub_id, spec.config, split=spec.split)
+        except Exception as e:  # noqa: BLE001
+            raise DatasetError(f"the Hugging Face hub cannot be reached ({unreachable}) and the HF cache has no copy "
+                               f"({type(e).__name__})") from e
     if info is not None:
         info.update(columns=list(ds.column_names), num_rows=len(ds), fingerprint=getattr(ds, "_fingerprint", None), datasets_version=datasets.__version__)
     wanted = set(spec.problem_fields + spec.answer_fields + spec.id_fields + spec.extra_fields)
@@ -488,7 +589,8 @@ def _not_available(spec: SourceSpec, kind: str, data_dir, reason: str) -> Datase
         f"{kind} '{spec.name}' ({spec.hub_id}, split '{spec.split}') is not available: no prepared file in [{dirs}] "
         f"and the Hugging Face hub could not be used ({reason}). Fix: run `harness data prepare {flag} {spec.name}` "
         f"on a machine with internet (it writes {default_data_dir() / (spec.name + '.jsonl')}), copy that folder here and "
-        f"point --data-dir (or $HARNESS_DATA_DIR) at it."
+        f"point --data-dir (or $HARNESS_DATA_DIR) at it; or put the source files (e.g. a hub snapshot of {spec.hub_id}) "
+        f"in <data-dir>/{spec.raw_from or spec.name}/."
     )
 
 
@@ -506,6 +608,8 @@ def load_source(spec: SourceSpec, data_dir: str | os.PathLike | None = None, kin
             raise DatasetError(f"{kind} '{spec.name}' needs the source rows of {spec.hub_id}, but {where} holds prepared '{spec.raw_from}' rows; "
                                f"run `harness data prepare --benchmarks {spec.name}` or put the source files in <data-dir>/{spec.raw_from}/")
         return recs, where
+    if (why := _hub_precheck(spec)) is not None:
+        raise _not_available(spec, kind, data_dir, why)
     try:
         return fetch_from_hub(spec), f"hub:{spec.hub_id}"
     except Exception as e:  # noqa: BLE001 - offline, missing repo, network, no `datasets`: all end in the same advice
@@ -549,11 +653,16 @@ def _champ_rows() -> tuple[tuple[str, str, str, str], ...]:
 def load_champ() -> list[Row]:
     """CHAMP (Mao et al. 2024; MIT): 270 competition problems with free-form final answers.
 
-    Gold = the ``answer`` text with CHAMP's ``@@`` math markers removed. Many golds are prose
-    ("No", "It is not possible", "C(10, 5), or equivalently 252"), which math-verify cannot match
-    reliably: a real, messy offline benchmark for smoke tests, not a paper benchmark.
+    Gold = the ``answer`` text with CHAMP's ``@@`` math markers removed, then normalised by
+    :func:`benchmarks.golds.normalize_gold`: prose golds become the value asked for ("2 inequalities"
+    -> ``2``, "C(10, 5), or equivalently 252" -> ``252``, "The limit exists and is equal to 2/3" ->
+    ``2/3``), sentences that remain are compared as text. ``answer_original`` keeps CHAMP's text.
+    Not a paper benchmark: a real, messy offline one.
     """
-    return [{"id": pid, "problem": text, "answer": ans, "benchmark": "champ"} for pid, text, ans, _ in _champ_rows()]
+    from benchmarks.golds import normalize_gold
+
+    return [{"id": pid, "problem": text, "answer": normalize_gold(ans), "answer_original": ans, "benchmark": "champ"}
+            for pid, text, ans, _ in _champ_rows()]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -599,6 +708,8 @@ def _load_deepmath(size: int | None = None, seed: int = 42, data_dir: str | os.P
                 r.setdefault("_index", int(i))
                 chosen.append(r)
     else:
+        if (why := _hub_precheck(spec)) is not None:
+            raise _not_available(spec, "training set", data_dir, why)
         try:
             chosen, where = fetch_from_hub(spec, shuffle_seed=seed, size=size), f"hub:{spec.hub_id}"
         except Exception as e:  # noqa: BLE001
@@ -622,6 +733,29 @@ def _load_deepmath(size: int | None = None, seed: int = 42, data_dir: str | os.P
     if not rows:
         raise DatasetError(f"{name}: no rows in {where}")
     return _unique_ids(rows)
+
+
+def _champ_train(size: int | None, seed: int) -> list[Row]:
+    """CHAMP as a training set: the benchmark's rows (same golds) in a ``seed`` shuffle; ``size`` > 270 takes all 270."""
+    import random
+
+    rows = load_champ()
+    if size is not None and size > len(rows):
+        logger.warning("champ has %d problems; %d were asked for (data.train_size): training on all %d", len(rows), size, len(rows))
+    random.Random(f"champ-train-{seed}").shuffle(rows)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# DeepMind mathematics_dataset (generated offline: benchmarks/mathematics.py)
+
+
+def _load_dm(name: str, split: str, size: int | None = None, seed: int | None = None) -> list[Row]:
+    """``dm_*`` rows: the held-out ``test`` split (fixed seed) for evaluation, ``train`` (``seed``) for training."""
+    try:
+        return mathematics.make_dm(name, split, size, seed if split == "train" else None)
+    except mathematics.MathGenError as e:
+        raise DatasetError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -652,6 +786,8 @@ def load_benchmark(name: str, max_examples: int | None = None, *, data_dir: str 
     """
     if name in _EVAL_LOADERS:
         rows = _call(_EVAL_LOADERS[name], data_dir)
+    elif mathematics.is_dm_name(name):  # dm_<module>-<level> variants (the base names are registered)
+        rows = _load_dm(name, "test")
     elif _is_path(name):
         rows = load_jsonl(name)
     else:
@@ -663,10 +799,13 @@ def load_benchmark(name: str, max_examples: int | None = None, *, data_dir: str 
 
 
 def load_train_set(name: str, size: int | None = None, seed: int = 42, *, data_dir: str | os.PathLike | None = None) -> list[Row]:
-    """Training prompts: ``arith``, ``deepmath`` (gold = final answer), ``deepmath_r1`` (gold = R1 solution, as the
-    reference) or a local JSONL/JSON/Parquet file with problem/answer."""
+    """Training prompts: ``arith``, ``dm_*`` (generated mathematics_dataset problems, train split), ``champ`` (its 270
+    problems: the benchmark itself, no held-out part), ``deepmath`` (gold = final answer), ``deepmath_r1`` (gold = R1
+    solution, as the reference) or a local JSONL/JSON/Parquet file with problem/answer."""
     if name in _TRAIN_LOADERS:
         rows = _call(_TRAIN_LOADERS[name], data_dir, size=size, seed=seed)
+    elif mathematics.is_dm_name(name):
+        rows = _load_dm(name, "train", size, seed)
     elif _is_path(name):
         rows = load_jsonl(name)
     else:
@@ -691,3 +830,7 @@ for _spec in BENCHMARKS.values():
 register_train_set("arith", lambda size=None, seed=42: arith.make_arith("train", n=size, seed=seed))
 register_train_set("deepmath", lambda size=None, seed=42, data_dir=None: _load_deepmath(size, seed, data_dir, "final_answer"))
 register_train_set("deepmath_r1", lambda size=None, seed=42, data_dir=None: _load_deepmath(size, seed, data_dir, "r1_solution_1"))
+register_train_set("champ", lambda size=None, seed=42: _champ_train(size, seed))
+for _dm in mathematics.base_names():
+    register_benchmark(_dm, lambda _n=_dm: _load_dm(_n, "test"))
+    register_train_set(_dm, lambda size=None, seed=42, _n=_dm: _load_dm(_n, "train", size, seed))

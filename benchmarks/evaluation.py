@@ -30,6 +30,7 @@ import torch
 
 from benchmarks.datasets import REFERENCE_SAMPLES, expand_benchmarks, load_benchmark, rows_fingerprint
 from harness.rollout import SamplingParams
+from harness.sampling import decode_progress
 
 
 @dataclass
@@ -210,11 +211,23 @@ def evaluate(engine, tokenizer, benchmarks: list[str], settings: EvalSettings, s
         if todo:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(settings.seed)
-                bar = tqdm(total=len(todo), desc=f"eval {name}", disable=not progress, leave=False)
+                # Counted in completions, advanced as each one ends where the engine decodes in this process (hf), else per batch:
+                # a batch of 64 prompts x 2,048 tokens takes minutes on a CPU.
+                bar = tqdm(total=len(todo) * n, desc=f"eval {name}", unit="completion", disable=not progress, leave=False)
+                tokens_done = [0]
+
+                def on_step(new_tokens: int, finished: int) -> None:
+                    tokens_done[0] += new_tokens
+                    if finished:
+                        bar.update(finished)
+                    bar.set_postfix(tokens=tokens_done[0], refresh=False)
+
                 try:
                     for s in range(0, len(todo), settings.batch_size):
                         chunk = todo[s:s + settings.batch_size]
-                        outs = engine.generate([prompts[i] for i in chunk], params)
+                        with decode_progress(on_step):
+                            outs = engine.generate([prompts[i] for i in chunk], params)
+                        bar.update(min(s + len(chunk), len(todo)) * n - bar.n)
                         new = []
                         for i, group in zip(chunk, outs):
                             comps[i] = [{"text": tokenizer.decode(c.token_ids, skip_special_tokens=True), "finish_reason": c.finish_reason,
@@ -223,7 +236,6 @@ def evaluate(engine, tokenizer, benchmarks: list[str], settings: EvalSettings, s
                                 new.append((keys[i], kept[i]["id"], comps[i]))
                         if cache is not None:
                             cache.put(name, new)
-                        bar.update(len(chunk))
                 finally:
                     bar.close()
         texts = [c["text"] for group in comps for c in group]
@@ -272,8 +284,17 @@ def evaluate(engine, tokenizer, benchmarks: list[str], settings: EvalSettings, s
     return results
 
 
+def metric_label(benchmark: str) -> str:
+    """A benchmark's name as it appears in metric names: registry names as they are; a file path (``/data/x.jsonl``)
+    by its file stem, since MLflow rejects names such as ``eval//data/x.jsonl/num_rows``."""
+    if "/" in benchmark or "\\" in benchmark or benchmark.endswith((".jsonl", ".json", ".parquet")):
+        benchmark = Path(benchmark).stem or benchmark
+    return re.sub(r"[^A-Za-z0-9_.\- ]+", "_", benchmark) or "benchmark"
+
+
 def flat_metrics(results: dict[str, Any], prefix: str = "eval") -> dict[str, float]:
-    """MLflow metric names: ``eval/<benchmark>/<metric>`` and ``eval/macro_accuracy`` (+ ``_ci_low/high``)."""
+    """MLflow metric names: ``eval/<benchmark>/<metric>`` and ``eval/macro_accuracy`` (+ ``_ci_low/high``);
+    benchmarks named by a path appear by their file stem (:func:`metric_label`)."""
     out = {f"{prefix}/macro_accuracy": results["macro_accuracy"]}
     for k in ("macro_accuracy_ci_low", "macro_accuracy_ci_high", "macro_num_benchmarks"):
         if k in results:
@@ -281,7 +302,7 @@ def flat_metrics(results: dict[str, Any], prefix: str = "eval") -> dict[str, flo
     for name, m in results["benchmarks"].items():
         for k, v in m.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[f"{prefix}/{name}/{k}"] = float(v)
+                out[f"{prefix}/{metric_label(name)}/{k}"] = float(v)
     return out
 
 
@@ -325,7 +346,7 @@ def run_eval(models: list[str] | str, benchmarks: list[str] | str | None = None,
     Returns one summary dict per model (what was appended to ``results.jsonl``).
     """
     from benchmarks.scoring import get_default_scorer
-    from harness.models import encode_prompt, expand_models, get_spec, load_model, load_tokenizer, resolve_path
+    from harness.models import encode_prompt, expand_models, get_spec, instruction_for, load_model, load_tokenizer, resolve_path
     from harness.engines import engine_options
     from harness.rollout import create_engine
     from harness.tracking import Tracker
@@ -343,12 +364,12 @@ def run_eval(models: list[str] | str, benchmarks: list[str] | str | None = None,
         settings = settings_from_config(cfg, model=mdl, spec=spec, data_dir=data_dir)
         if max_examples is not None:
             settings.max_examples = max_examples
-        path = resolve_path(spec)
-        weights = str(Path(path) / spec.gguf_file) if spec.gguf_file else path
-        mkey = model_key(model, weights)
+        system_prompt, suffix = instruction_for(spec, cfg.data.system_prompt, cfg.data.prompt_suffix)
+        mkey = model_key(model, resolve_path(spec))
         cache = CompletionCache(results_dir / "completions", mkey) if reuse else None
-        res = evaluate(engine, tok, names, settings, get_default_scorer(),
-                       lambda p: encode_prompt(tok, p, settings.max_prompt_length, spec.chat_template_kwargs), progress=progress, cache=cache)
+        res = evaluate(engine, tok, names, settings, get_default_scorer(cfg.data.answer_fallback),
+                       lambda p: encode_prompt(tok, p, settings.max_prompt_length, spec.chat_template_kwargs, system_prompt=system_prompt, suffix=suffix),
+                       progress=progress, cache=cache)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         samples_file = results_dir / "samples" / f"{mkey}-{stamp}.jsonl"
         samples_file.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from benchmarks import mathematics
 from benchmarks.datasets import (
     BENCHMARKS,
     PAPER_BENCHMARKS,
@@ -43,6 +44,7 @@ from benchmarks.datasets import (
 )
 
 BUILTIN = {"arith": "synthetic, built in", "champ": "champ-dataset PyPI package (offline)"}
+DM_SOURCE = "mathematics_dataset, generated"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -110,6 +112,8 @@ def prepare_benchmark(name: str, out_dir: str | os.PathLike, *, source_dir: str 
     out = Path(out_dir)
     if name in BUILTIN:
         return {"name": name, "skipped": True, "reason": f"built in ({BUILTIN[name]}); nothing to prepare"}
+    if mathematics.is_dm_name(name):
+        return {"name": name, "skipped": True, "reason": f"built in ({DM_SOURCE} offline from a seed); nothing to prepare"}
     if name not in BENCHMARKS:
         raise DatasetError(f"unknown benchmark '{name}'; preparable: {', '.join(BENCHMARKS)}")
     spec = BENCHMARKS[name]
@@ -128,6 +132,9 @@ def prepare_train_set(name: str, out_dir: str | os.PathLike, *, size: int | None
     """Write the DeepMath subset (``shuffle(seed)``, first ``size``; ``size=None``: the whole split in source order)."""
     out = Path(out_dir)
     name = "deepmath" if name in ("deepmath", "deepmath_r1") else name
+    if name in BUILTIN or mathematics.is_dm_name(name):
+        what = BUILTIN.get(name) or f"{DM_SOURCE} offline from a seed"
+        return {"name": name, "skipped": True, "reason": f"built in ({what}); nothing to prepare"}
     if name not in TRAIN_SETS:
         raise DatasetError(f"unknown training set '{name}'; preparable: {', '.join(TRAIN_SETS)}")
     spec = TRAIN_SETS[name]
@@ -234,7 +241,11 @@ def cmd_data_list(args: argparse.Namespace) -> int:
     data_dir = getattr(args, "data_dir", None)
     print(f"{'name':24s} {'source':36s} {'split':6s} {'verified':8s} {'prepared':8s} mapping")
     for name, what in BUILTIN.items():
-        print(f"{name:24s} {what:36s} {'-':6s} {'-':8s} {'builtin':8s}")
+        print(f"{name:24s} {what:36s} {'-':6s} {'-':8s} {'builtin':8s}" + ("  benchmark and training set (same 270 problems)" if name == "champ" else ""))
+    for name, modules in mathematics.MIXES.items():
+        print(f"{name:24s} {DM_SOURCE:36s} {'tr/te':6s} {'-':8s} {'builtin':8s} mix of {', '.join(modules)}")
+    print(f"{'dm_<module>':24s} {DM_SOURCE:36s} {'tr/te':6s} {'-':8s} {'builtin':8s} one generator module: "
+          f"{len(mathematics.MODULES)} offered (below)")
     for spec in list(BENCHMARKS.values()) + list(TRAIN_SETS.values()):
         files = find_local_source(spec.name, spec.split, data_dir)
         d = spec.describe()
@@ -242,6 +253,12 @@ def cmd_data_list(args: argparse.Namespace) -> int:
               f"{('yes' if files else 'no'):8s} problem<-{d['problem']}; answer<-{d['answer']}")
     print("\nverified = mapping checked against the real hub schema (NO: written from documentation/memory; "
           "`harness data prepare` checks it when online). 'all' = " + ",".join(PAPER_BENCHMARKS))
+    print(f"dm_* = DeepMind mathematics_dataset (Apache-2.0), generated offline: level easy by default, add "
+          f"{', '.join('-' + lv for lv in mathematics.LEVELS if lv != mathematics.DEFAULT_LEVEL)} for the others; train/test "
+          f"disjoint (split by a hash of the problem text); sizes train {mathematics.DEFAULT_SIZES['train']}, test "
+          f"{mathematics.DEFAULT_SIZES['test']} (tr/te: the train split is data.train, the test split eval.benchmarks).\n"
+          f"  offered modules: {', '.join(mathematics.MODULES)}.\n"
+          f"  left out (answers the verifier cannot score right): {', '.join(sorted(mathematics.EXCLUDED))}.")
     return 0
 
 

@@ -12,6 +12,24 @@ versa). Everything goes through :func:`score_one`, which mirrors the RePO refere
 * prediction: LaTeX-only extraction, boxed answers first, no anchorless fallback.
 * ``math_verify.verify(gold_parsed, pred_parsed)`` (gold first: verify is asymmetric).
 
+Where this departs from the reference (README, "Differences from the reference code"):
+
+* math-verify's malformed-operator repair (``\\frac12``, ``3\\sqrt2``, ``2^(n-1)``) is on for the
+  prediction as it already is for the gold (the reference, copying open-r1, switched it off for
+  the prediction only, so ``\\boxed{\\frac12}`` scored 0 against ``\\frac{1}{2}``).
+* :func:`_prepare_text` fixes number formatting in both texts before parsing: ``70\\,000``
+  (thin-space thousands), a trailing period inside the answer (``\\boxed{42.}``, ``$460.$``),
+  ``90°`` / ``\\degree``, and ``\\fbox{}`` read as ``\\boxed{}``.
+* a percent sign on the answer when the gold has none (``12.5\\%`` for ``12.5``) is read as the
+  unit of the gold's number (math-verify already accepts ``50`` for a gold ``50\\%``).
+* a gold written as a factorisation (a product with two or more non-constant sum factors, e.g.
+  ``(x^2+x+1)(x^2-x+1)``, ``(x+1)^2``) is not matched by an answer written as one expanded sum
+  (``x^4+x^2+1``): equal in value, but it is the question's own expression copied back, not a
+  factorisation (:func:`_expanded_answer_to_factored_gold`).
+* ``answer_fallback`` (default ``"none"``, the reference's behaviour): for models that do not
+  box, ``"answer_is"`` reads "the answer is X" / "Answer: X" and ``"last_number"`` the last
+  number of the completion, only when the normal extraction finds no answer (:func:`fallback_answer`).
+
 math-verify's own timeouts use ``signal.alarm`` (whole seconds, main thread only, and a
 timeout is swallowed and reported as a plain ``False``), so they are switched off here.
 Instead:
@@ -55,7 +73,7 @@ PRED_EXTRACTION_CONFIG = (
     LatexExtractionConfig(
         normalization_config=NormalizationConfig(
             nits=False,
-            malformed_operators=False,
+            malformed_operators=True,  # the reference has False: \frac12, 3\sqrt2 then score 0 (the gold side has it on)
             basic_latex=True,
             equations=True,  # deprecated upstream but still shortens "x = 2+3 = 5" to "5"
             boxed="all",
@@ -68,6 +86,89 @@ PRED_EXTRACTION_CONFIG = (
 
 # A gold is "wrapped" if it already carries a \boxed{} or an unescaped $ delimiter.
 _WRAPPED_GOLD_RE = re.compile(r"\\boxed|\\fbox|(?<!\\)\$")
+
+#: ``answer_fallback`` settings: what to read when a completion has no boxed / anchored LaTeX answer.
+ANSWER_FALLBACKS = ("none", "answer_is", "last_number")
+
+# number formatting, fixed in completions and golds before parsing (see _prepare_text)
+# (patterns start with a literal so the regex engine can skip ahead; the look-behinds check the digit before)
+_THOUSANDS_SPACE_RE = re.compile(r"\\(?<=\d\\)(?:[,;: ]|thinspace\s*)(?=\d{3}(?!\d))")
+_TRAILING_PERIOD_RE = re.compile(r"\.(?<=[\d}]\.)\s*(?=\}|\$|\\\])")
+_DEGREE_RE = re.compile(r"\s*(?:°|\\degree\b|\\textdegree\b)")
+_FBOX_RE = re.compile(r"\\fbox\s*\{")
+
+
+def _prepare_text(text: str) -> str:
+    """Number formatting math-verify misreads, fixed before parsing (completions and golds):
+    ``70\\,000`` -> ``70000``; ``\\boxed{42.}`` / ``$460.$`` -> no period; ``90°`` / ``90\\degree``
+    -> ``90^\\circ``; ``\\fbox{..}`` -> ``\\boxed{..}`` (math-verify only anchors on ``\\boxed``)."""
+    if "\\" in text:
+        text = _THOUSANDS_SPACE_RE.sub("", text)
+        if "\\fbox" in text:
+            text = _FBOX_RE.sub(r"\\boxed{", text)
+    if "." in text:
+        text = _TRAILING_PERIOD_RE.sub("", text)
+    if "°" in text or "degree" in text:
+        text = _DEGREE_RE.sub(r"^\\circ", text)
+    return text
+
+
+_ANSWER_IS_RE = re.compile(r"\banswer\W{0,4}(?:is\b|:|=)\s*:?", re.IGNORECASE)
+_NUMBER_RE = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?(?![\w])")
+_MATH_SPAN_RE = re.compile(r"\$\$?(?P<m>[^$]+?)\$\$?|\\\((?P<p>.+?)\\\)")
+
+
+def fallback_answer(text: str, mode: str) -> str | None:
+    """The answer a completion gives without ``\\boxed{}``, under an ``answer_fallback`` mode.
+
+    * ``"none"``: None (the reference: no answer without LaTeX extraction).
+    * ``"answer_is"``: the text after the last "the answer is" / "final answer:" / "Answer:" up to
+      the end of its line or sentence; the first ``$...$`` / ``\\(...\\)`` span in it if it has one.
+    * ``"last_number"``: the last number of the text (``-3``, ``1,000``, ``2.5``, ``3/4``).
+
+    Pure and cheap; the scorer uses it only when the normal extraction finds nothing.
+    """
+    if mode == "none":
+        return None
+    if mode == "answer_is":
+        found = None
+        for found in _ANSWER_IS_RE.finditer(text):
+            pass
+        if found is None:
+            return None
+        ans = text[found.end() :].split("\n", 1)[0]
+        span = _MATH_SPAN_RE.search(ans)
+        if span:
+            ans = span.group("m") or span.group("p") or ""
+        else:
+            ans = re.split(r"\.(?:\s|$)|;|\s+(?:so|because|since|which)\s+", ans, maxsplit=1)[0]
+        ans = ans.strip().strip("*").strip().rstrip(".,;:!").strip()
+        return ans or None
+    if mode == "last_number":
+        found = None
+        for found in _NUMBER_RE.finditer(text):
+            pass
+        return re.sub(r"[\s,]", "", found.group(0)) if found else None
+    raise ValueError(f"answer_fallback must be one of {', '.join(ANSWER_FALLBACKS)}, got {mode!r}")
+
+
+def has_boxed_answer(text: str) -> bool:
+    """True when ``text`` has a closed ``\\boxed{...}`` (or ``\\fbox{...}``) with something inside:
+    what the format reward pays for (an empty ``\\boxed{}`` or one never closed earns nothing)."""
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0 and text[m.end() : i - 1].strip(" \t\n$~"):
+            return True
+    return False
+
+
+def _check_fallback(mode: str) -> str:
+    if mode not in ANSWER_FALLBACKS:
+        raise ValueError(f"answer_fallback must be one of {', '.join(ANSWER_FALLBACKS)}, got {mode!r}")
+    return mode
 
 
 class _DropNoise(logging.Filter):
@@ -106,6 +207,8 @@ class ScoreResult:
     reward: float
     extracted: str | None = None
     reason: str | None = None
+    #: True when the answer came from the ``answer_fallback`` rule, not the normal extraction.
+    fallback: bool = False
 
 
 class ScoreTimeout(BaseException):
@@ -124,7 +227,7 @@ def _can_use_alarm() -> bool:
 @lru_cache(maxsize=4096)
 def _parse_gold(gold: str) -> tuple:
     """Parse a gold answer once: a GRPO group shares one gold across all its samples."""
-    gold = gold.strip()
+    gold = _prepare_text(gold.strip())
     candidates = [gold] if _WRAPPED_GOLD_RE.search(gold) else [f"${gold}$", f"\\boxed{{{gold}}}", gold]
     for cand in candidates:
         parsed = parse(
@@ -138,25 +241,81 @@ def _parse_gold(gold: str) -> tuple:
     return ()
 
 
-def _score_unguarded(completion: str, gold: str) -> ScoreResult:
+def _parse_pred(text: str) -> list:
+    return parse(text, extraction_config=PRED_EXTRACTION_CONFIG, extraction_mode="first_match", parsing_timeout=None)
+
+
+def _sum_factors(expr: Any) -> int:
+    """How many non-constant sums ``expr`` multiplies together: ``(x+1)(x-1)`` -> 2,
+    ``(x+1)^2`` -> 2, ``n(n+1)/2`` -> 1, ``x^4+x^2+1`` -> 1, ``2^n`` -> 0."""
+    import sympy
+
+    if isinstance(expr, sympy.Add):
+        return 1 if expr.free_symbols else 0
+    if isinstance(expr, sympy.Pow):
+        e = expr.exp
+        if isinstance(expr.base, sympy.Add) and expr.base.free_symbols and e.is_Integer and e > 0:
+            return int(min(e, 64))
+        return 0
+    if isinstance(expr, sympy.Mul):
+        return sum(_sum_factors(a) for a in expr.args)
+    return 0
+
+
+def _expanded_answer_to_factored_gold(gold_parsed: Sequence, pred_parsed: Sequence) -> bool:
+    """The factorisation rule: True when the gold is written as a factorisation (two or more
+    non-constant sum factors, ``(x^2+x+1)(x^2-x+1)``) and the answer as one sum (``x^4+x^2+1``,
+    a constant factor aside): equal in value, but not an answer to "factor ...". Any product form
+    (other order, constants moved, partly factored) still counts. Equations compare right sides."""
+    import sympy
+
+    def expr_of(parsed: Sequence) -> Any:
+        e = parsed[0] if parsed else None
+        if isinstance(e, sympy.Eq):
+            e = e.rhs
+        return e if isinstance(e, sympy.Expr) else None
+
+    g, p = expr_of(gold_parsed), expr_of(pred_parsed)
+    if g is None or p is None or _sum_factors(g) < 2:
+        return False
+    factors = [f for f in sympy.Mul.make_args(p) if f.free_symbols]  # constant factors (2, 1/6) set aside
+    return len(factors) == 1 and isinstance(factors[0], sympy.Add)
+
+
+_PERCENT_RE = re.compile(r"\\?%")
+
+
+def _verify(gold: str, gold_parsed: tuple, pred_parsed: list, extracted: str | None) -> bool:
+    if verify(list(gold_parsed), pred_parsed, timeout_seconds=None):
+        return not _expanded_answer_to_factored_gold(gold_parsed, pred_parsed)
+    # "12.5\%" for a plain gold 12.5: the percent sign is the unit of the gold's number
+    if extracted and "%" in extracted and "%" not in gold:
+        bare = _parse_pred("\\boxed{" + _PERCENT_RE.sub("", extracted) + "}")
+        return bool(bare) and verify(list(gold_parsed), bare, timeout_seconds=None)
+    return False
+
+
+def _score_unguarded(completion: str, gold: str, answer_fallback: str = "none") -> ScoreResult:
     gold_parsed = _parse_gold(gold)
     if not gold_parsed:
         return ScoreResult(0.0, None, "gold_unparseable")
-    pred_parsed = parse(
-        completion,
-        extraction_config=PRED_EXTRACTION_CONFIG,
-        extraction_mode="first_match",
-        parsing_timeout=None,
-    )
+    completion = _prepare_text(completion)
+    pred_parsed = _parse_pred(completion)
+    used_fallback = False
+    if not pred_parsed and answer_fallback != "none":
+        alt = fallback_answer(completion, answer_fallback)
+        if alt:
+            pred_parsed = _parse_pred("\\boxed{" + alt + "}")
+            used_fallback = bool(pred_parsed)
     if not pred_parsed:
         return ScoreResult(0.0, None, "no_answer")
     # parse() appends the matched LaTeX string; use it rather than str(sympy_expr),
     # which can itself take forever on pathological expressions.
     extracted = next((p for p in pred_parsed if isinstance(p, str)), None)
+    ok = _verify(gold, gold_parsed, pred_parsed, extracted)
     if extracted is not None and len(extracted) > MAX_EXTRACTED_CHARS:
         extracted = extracted[:MAX_EXTRACTED_CHARS] + "..."
-    ok = verify(list(gold_parsed), pred_parsed, timeout_seconds=None)
-    return ScoreResult(1.0 if ok else 0.0, extracted, None)
+    return ScoreResult(1.0 if ok else 0.0, extracted, None, used_fallback)
 
 
 def score_one(
@@ -165,14 +324,18 @@ def score_one(
     *,
     timeout_s: float | None = None,
     max_chars: int | None = DEFAULT_MAX_CHARS,
+    answer_fallback: str = "none",
 ) -> ScoreResult:
     """Score one completion in this process.
 
     ``timeout_s`` is enforced with SIGALRM, so it only applies on the main thread (it is
     silently ignored elsewhere; use :class:`Scorer` there). Completions longer than
     ``max_chars`` keep only their last ``max_chars`` characters (the answer is at the end).
-    Never raises for bad inputs: problems are reported in ``reason``.
+    ``answer_fallback`` (one of :data:`ANSWER_FALLBACKS`) reads an unboxed answer when the normal
+    extraction finds none (:func:`fallback_answer`). Never raises for bad inputs: problems are
+    reported in ``reason`` (an unknown ``answer_fallback`` is a ValueError).
     """
+    _check_fallback(answer_fallback)
     if max_chars is not None and len(completion) > max_chars:
         completion = completion[-max_chars:]
     use_alarm = timeout_s is not None and timeout_s > 0 and _can_use_alarm()
@@ -182,7 +345,7 @@ def score_one(
             old_handler = signal.signal(signal.SIGALRM, _on_alarm)
             signal.setitimer(signal.ITIMER_REAL, timeout_s)
         try:
-            return _score_unguarded(completion, gold)
+            return _score_unguarded(completion, gold, answer_fallback)
         finally:
             if use_alarm:
                 signal.setitimer(signal.ITIMER_REAL, 0)
@@ -206,7 +369,7 @@ def _log_abnormal(res: ScoreResult, completion: str, gold: str) -> None:
     )
 
 
-def score(completion: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> float:
+def score(completion: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S, answer_fallback: str = "none") -> float:
     """Reward in {0.0, 1.0} for ``completion`` against ``gold``.
 
     On the main thread this runs in-process under a SIGALRM time limit. Off the main
@@ -215,10 +378,10 @@ def score(completion: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> f
     unbounded stall.
     """
     if _can_use_alarm():
-        res = score_one(completion, gold, timeout_s=timeout_s)
+        res = score_one(completion, gold, timeout_s=timeout_s, answer_fallback=answer_fallback)
         _log_abnormal(res, completion, gold)
         return res.reward
-    return get_default_scorer().score_batch([completion], [gold])[0].reward
+    return get_default_scorer().score_batch([completion], [gold], answer_fallback=answer_fallback)[0].reward
 
 
 # --------------------------------------------------------------------------- workers
@@ -246,7 +409,7 @@ def _limit_memory_growth(max_memory_mb: int) -> None:
 
 
 def _worker_main(conn: Connection, soft_timeout_s: float | None, max_memory_mb: int | None) -> None:
-    """Worker loop: receive a chunk ``[(task_id, completion, gold), ...]`` and send one
+    """Worker loop: receive a chunk ``[(task_id, completion, gold, answer_fallback), ...]`` and send one
     ``(task_id, ScoreResult)`` per item as soon as it is done (the parent times each item)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
     if max_memory_mb:
@@ -260,8 +423,8 @@ def _worker_main(conn: Connection, soft_timeout_s: float | None, max_memory_mb: 
             return  # parent went away
         if msg is None:
             return
-        for task_id, completion, gold in msg:
-            res = score_one(completion, gold, timeout_s=soft_timeout_s, max_chars=None)
+        for task_id, completion, gold, fallback in msg:
+            res = score_one(completion, gold, timeout_s=soft_timeout_s, max_chars=None, answer_fallback=fallback)
             try:
                 conn.send((task_id, res))
             except (BrokenPipeError, OSError):
@@ -301,7 +464,7 @@ class Scorer:
     An item whose verification overruns ``timeout_s`` scores 0.0 with reason
     ``"timeout"``; if its worker does not come back on its own within ``kill_grace_s``
     it is killed and replaced while the other items keep being scored. Results of
-    normal verdicts are kept in a small LRU cache keyed on (completion, gold).
+    normal verdicts are kept in a small LRU cache keyed on (completion, gold, answer_fallback).
     """
 
     def __init__(
@@ -317,6 +480,7 @@ class Scorer:
         start_method: str | None = None,
         startup_timeout_s: float = 120.0,
         chunk_size: int = 16,
+        answer_fallback: str = "none",
     ) -> None:
         """
         Args:
@@ -335,6 +499,8 @@ class Scorer:
             chunk_size: most items sent to a worker in one message (fewer round trips;
                 chunks shrink near the end of a batch to keep workers balanced). Each
                 item still gets its own time limit.
+            answer_fallback: default of :meth:`score_batch`'s ``answer_fallback``: how to read a
+                completion without a boxed answer (:data:`ANSWER_FALLBACKS`, :func:`fallback_answer`).
         """
         if num_workers is None:
             num_workers = os.cpu_count() or 1
@@ -346,6 +512,7 @@ class Scorer:
             raise ValueError(f"max_chars must be >= 1, got {max_chars}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.answer_fallback = _check_fallback(answer_fallback)
         self.num_workers = num_workers
         self.timeout_s = float(timeout_s)
         self.max_chars = max_chars
@@ -408,23 +575,36 @@ class Scorer:
 
     # -- scoring --------------------------------------------------------------------
 
-    def _key(self, completion: str, gold: str) -> bytes:
+    def _key(self, completion: str, gold: str, fallback: str = "none") -> bytes:
         h = hashlib.blake2b(digest_size=16)
+        h.update(fallback.encode())
+        h.update(b"\x00")
         h.update(gold.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
         h.update(completion.encode("utf-8", "surrogatepass"))
         return h.digest()
 
-    def score_batch(self, completions: Sequence[str], golds: Sequence[str]) -> list[ScoreResult]:
-        """Score ``completions[i]`` against ``golds[i]``; results in input order."""
+    def score_batch(self, completions: Sequence[str], golds: Sequence[str], *, answer_fallback: str | None = None) -> list[ScoreResult]:
+        """Score ``completions[i]`` against ``golds[i]``; results in input order.
+
+        ``answer_fallback``: None = this scorer's setting (see the constructor)."""
         if len(completions) != len(golds):
             raise ValueError(f"got {len(completions)} completions but {len(golds)} golds")
+        fallback = _check_fallback(self.answer_fallback if answer_fallback is None else answer_fallback)
         with self._lock:
             if self._closed:
                 raise RuntimeError("Scorer is closed")
-            return self._score_batch(list(completions), list(golds))
+            return self._score_batch(list(completions), list(golds), fallback)
 
-    def _score_batch(self, completions: list[str], golds: list[str]) -> list[ScoreResult]:
+    def bound(self, answer_fallback: str) -> "Scorer":
+        """This scorer's worker pool with another default ``answer_fallback`` (a light view: the
+        workers, cache and stats are shared; closing the view closes the pool)."""
+        _check_fallback(answer_fallback)
+        if answer_fallback == self.answer_fallback:
+            return self
+        return _BoundScorer(self, answer_fallback)  # type: ignore[return-value]
+
+    def _score_batch(self, completions: list[str], golds: list[str], fallback: str = "none") -> list[ScoreResult]:
         n = len(completions)
         results: list[ScoreResult | None] = [None] * n
         completions = [c[-self.max_chars:] if len(c) > self.max_chars else c for c in completions]
@@ -432,7 +612,7 @@ class Scorer:
         # Dedupe identical pairs and serve cached ones.
         pending: dict[bytes, list[int]] = {}
         for i, (c, g) in enumerate(zip(completions, golds)):
-            key = self._key(c, g)
+            key = self._key(c, g, fallback)
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
@@ -478,7 +658,7 @@ class Scorer:
                     continue
                 size = min(self.chunk_size, -(-len(queue) // (2 * len(self._workers))))
                 chunk = [queue.popleft() for _ in range(min(size, len(queue)))]
-                msg = [(t, completions[tasks[t][1][0]], golds[tasks[t][1][0]]) for t in chunk]
+                msg = [(t, completions[tasks[t][1][0]], golds[tasks[t][1][0]], fallback) for t in chunk]
                 try:
                     w.conn.send(msg)
                 except (BrokenPipeError, OSError):
@@ -565,30 +745,61 @@ class Scorer:
             self._cache.popitem(last=False)
 
 
+class _BoundScorer:
+    """:meth:`Scorer.bound`: a :class:`Scorer` whose ``score_batch`` defaults to another
+    ``answer_fallback``; everything else is the underlying scorer's."""
+
+    def __init__(self, base: Scorer, answer_fallback: str) -> None:
+        self._base = base
+        self.answer_fallback = answer_fallback
+
+    def score_batch(self, completions: Sequence[str], golds: Sequence[str], *, answer_fallback: str | None = None) -> list[ScoreResult]:
+        return self._base.score_batch(completions, golds, answer_fallback=answer_fallback or self.answer_fallback)
+
+    def bound(self, answer_fallback: str) -> Scorer:
+        return self._base.bound(answer_fallback)
+
+    def __enter__(self) -> "_BoundScorer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._base.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+
 # --------------------------------------------------------------------------- default
 
 _default_scorer: Scorer | None = None
 _default_lock = threading.Lock()
 
 
-def get_default_scorer() -> Scorer:
+def get_default_scorer(answer_fallback: str | None = None) -> Scorer:
     """Process-wide shared :class:`Scorer` (default settings), created on first use and
-    closed at interpreter exit, so training and evaluation reuse one warm pool."""
+    closed at interpreter exit, so training and evaluation reuse one warm pool.
+
+    ``answer_fallback`` (``data.answer_fallback``; None or ``"none"`` = the paper's extraction
+    only) returns that pool bound to the setting (:meth:`Scorer.bound`)."""
     global _default_scorer
     with _default_lock:
         if _default_scorer is None or _default_scorer._closed:
             _default_scorer = Scorer()
             atexit.register(_default_scorer.close)
-        return _default_scorer
+        scorer = _default_scorer
+    return scorer if answer_fallback is None else scorer.bound(answer_fallback)
 
 
 __all__ = [
+    "ANSWER_FALLBACKS",
     "DEFAULT_MAX_CHARS",
     "DEFAULT_TIMEOUT_S",
     "ScoreResult",
     "ScoreTimeout",
     "Scorer",
+    "fallback_answer",
     "get_default_scorer",
+    "has_boxed_answer",
     "score",
     "score_one",
 ]

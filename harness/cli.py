@@ -30,6 +30,17 @@ repo:max_variance_k (see `harness config show --algo repo` for every field).
 """
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of a count (--seeds, --steps): refused at parse time, before anything runs."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (or a preset name from harness/presets) applied over the model's preset.")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -49,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--algos", default="grpo", help="Comma-separated algorithm specs (default: grpo).")
     run.add_argument("--models", default="tiny", help="Comma-separated models: registry names, hub ids or local paths (default: tiny).")
     run.add_argument("--benchmarks", help="Comma-separated evaluation benchmarks (default: the preset's).")
-    run.add_argument("--seeds", type=int, default=1, help="Number of seeds per (algorithm, model), starting at train.seed (default: 1).")
-    run.add_argument("--steps", type=int, help="Shortcut for --set train.max_steps=N.")
+    run.add_argument("--seeds", type=_positive_int, default=1, help="Number of seeds per (algorithm, model), starting at train.seed (default: 1).")
+    run.add_argument("--steps", type=_positive_int, help="Shortcut for --set train.max_steps=N.")
     run.add_argument("--engine", help="Rollout engine for training and evaluation: hf (the config default), hf-generate, vllm (colocated), "
                                       "vllm-server (own process; attach with --set generation.server_url=...), auto (vllm when it imports, else hf). "
                                       "README: 'Rollout engines'.")
@@ -86,13 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     add_serve_parser(sub)
 
-    models = sub.add_parser("models", help="List registered models or build the tiny one.")
+    models = sub.add_parser("models", help="List registered models, build the tiny one, prepare GGUF checkpoints.")
     msub = models.add_subparsers(dest="models_command", required=True)
     msub.add_parser("list", help="Show the model registry.")
     build = msub.add_parser("build", help="Build a built-in model (tiny) into the cache.")
     build.add_argument("name", choices=["tiny"], help="Model to build.")
     build.add_argument("--force", action="store_true", help="Rebuild even if a cached build exists.")
     build.add_argument("--seed", type=int, help="Build seed (default: the build config's).")
+    prep = msub.add_parser("prepare", help="Make models loadable offline ahead of time: dequantise GGUF checkpoints into a cached "
+                                           "Hugging Face folder, build tiny. Runs do this on first use otherwise.",
+                           description="Dequantise GGUF checkpoints (e.g. smollm2-135m-gguf, or a path to a .gguf file) once into a plain "
+                                       "float32 Hugging Face folder under $HARNESS_CACHE/models, which training, checkpoints and every "
+                                       "engine (hf, vllm, vllm-server) load. Prints the folder.")
+    prep.add_argument("names", nargs="+", help="Registry names or .gguf paths (tiny is built).")
+    prep.add_argument("--force", action="store_true", help="Prepare again even if a cached copy exists.")
 
     cfg = sub.add_parser("config", help="Show every config field with its default and meaning.")
     csub = cfg.add_subparsers(dest="config_command", required=True)
@@ -166,12 +184,17 @@ def _overrides_for(algo: str, args: argparse.Namespace) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     import yaml
 
-    from harness.experiment import Member, matrix_name, print_matrix, run_matrix
+    from harness.config import ConfigError
+    from harness.experiment import Member, matrix_name, name_members, print_matrix, run_matrix
+    from harness.preflight import preflight
+    from harness.secrets import mask_secrets
     from harness.models import expand_models
     from harness.trainer import Trainer
 
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     models = expand_models(args.models)
+    if not algos or not models:
+        raise ConfigError(f"--{'algos' if not algos else 'models'}: no {'algorithm' if not algos else 'model'} given")
     if args.resume:
         if len(algos) > 1 or len(models) > 1 or args.seeds > 1:
             print("error: --resume continues one run; give a single --algos/--models and --seeds 1", file=sys.stderr)
@@ -179,18 +202,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         from harness import checkpoint as ckpt
         from harness.config import config_from_dict
 
-        cfg = config_from_dict(ckpt.read_trainer_state(ckpt.find_checkpoint(args.resume))["config"])
+        cfg = config_from_dict(ckpt.saved_config(args.resume))  # the trainer verifies the checkpoint it resumes from
+        if args.tracking_uri:  # the saved URI holds no password (harness.secrets): give the full one again
+            cfg.tracking.tracking_uri = args.tracking_uri
         trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
         summary = trainer.fit()
         if trainer.is_main:
             print(format_summary([(cfg.model.name, cfg.algorithm["name"], cfg.train.seed, summary)]))
         return 0
     # validate every member's config before running anything
-    members = [Member(m, a, s, cfg) for m in models for a in algos for s in range(args.seeds) for cfg in [resolve_run_config(m, a, s, args)]]
+    members = name_members([Member(m, a, s, cfg) for m in models for a in algos for s in range(args.seeds) for cfg in [resolve_run_config(m, a, s, args)]])
     for mem in members:
         mem.seed = mem.config.train.seed
     name = matrix_name(members, args.name)
     if args.dry_run:
+        try:  # a dry run plans for any machine and loads no data: a model this machine cannot load is only noted
+            preflight([m.config for m in members], data=False)
+        except ConfigError as e:
+            print(f"note: a real run on this machine would stop: {e}", file=sys.stderr)
         print_matrix(name, members)
         for mem in members:
             for warning in plan_warnings(mem.config):
@@ -198,8 +227,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.verbose:
             for mem in members:
                 print(f"\n# {mem.run_name}")
-                print(yaml.safe_dump(mem.config.to_dict(), sort_keys=False))
+                print(yaml.safe_dump(mask_secrets(mem.config.to_dict()), sort_keys=False))
         return 0
+    preflight([m.config for m in members])  # models, training sets and benchmarks resolve: before any MLflow run or folder exists
     parent: dict[str, str] = {}
     try:
         results = run_matrix(members, name=name, progress=not args.no_progress,
@@ -294,8 +324,16 @@ def compare_to_baseline(results: list[tuple[str, str, int, dict]], baseline: str
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from benchmarks.datasets import expand_benchmarks, load_benchmark
     from benchmarks.evaluation import run_eval
+    from harness.models import expand_models
+    from harness.preflight import check_model
 
+    for model in expand_models(args.models):  # before any model is loaded or a result written
+        resolve_run_config(model, "grpo", 0, args)
+        check_model(model)
+    for name in expand_benchmarks(args.benchmarks):
+        load_benchmark(name, data_dir=args.data_dir)
     run_eval(args.models, args.benchmarks, lambda m: resolve_run_config(m, "grpo", 0, args), results_dir=args.results_dir,
              reuse=not args.no_reuse, data_dir=args.data_dir, progress=not args.no_progress)
     return 0
@@ -310,6 +348,18 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     from harness.tiny_model import TinyBuildConfig, build_tiny_model
 
+    if args.models_command == "prepare":
+        from harness.models import get_spec, prepare_model, resolve_path
+
+        for name in args.names:
+            spec = get_spec(name)
+            if spec.source == "builtin":
+                print(build_tiny_model(TinyBuildConfig(), force=args.force))
+            elif spec.gguf_file:
+                print(prepare_model(spec, force=args.force))
+            else:
+                print(f"{name}: nothing to prepare ({resolve_path(spec)} loads as it is)")
+        return 0
     bcfg = TinyBuildConfig() if args.seed is None else TinyBuildConfig(seed=args.seed)
     path = build_tiny_model(bcfg, force=args.force)
     print(path)
@@ -357,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from benchmarks.datasets import DatasetError
+    from harness.checkpoint import CheckpointError
+    from harness.secrets import SecretMissingError
 
     args = build_parser().parse_args(argv)
     if getattr(args, "data_dir", None):
@@ -368,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except (CheckpointError, SecretMissingError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
 
 

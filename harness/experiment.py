@@ -7,7 +7,8 @@ MLflow layout (what reports read): a parent run tagged ``harness.role=experiment
 
 Restartable: the same command finds the same parent (the name is a hash of the matrix unless
 ``--name`` is given), skips members whose run FINISHED, resumes members with a checkpoint in their
-output folder (same MLflow run), and restarts the rest.
+output folder (same MLflow run; a new one if the store lost it), and restarts the rest. Checkpoints are found from
+the ``checkpoint-<step>`` folders, so a lost ``latest.json`` or ``mlflow.db`` never restarts a member from step 0.
 """
 
 from __future__ import annotations
@@ -37,14 +38,33 @@ class Member:
         return f"{self.algorithm}|{self.model}|{self.seed}"
 
     @property
-    def run_name(self) -> str:
+    def default_name(self) -> str:
         return f"{self.algorithm.replace(':', '-')}-{self.model.split('/')[-1]}-s{self.seed}"
+
+    @property
+    def run_name(self) -> str:
+        """MLflow run name and output folder: ``tracking.run_name`` when the user set one (a one-member matrix takes it
+        as it is, a larger one as a prefix of each member's ``<algo>-<model>-s<seed>``), else that default."""
+        user = self.config.tracking.run_name
+        if not user or user.endswith(self.default_name):  # the default, or already prefixed (the matrix writes it back)
+            return user or self.default_name
+        return user if getattr(self, "_alone", False) else f"{user}-{self.default_name}"
+
+
+def name_members(members: list[Member]) -> list[Member]:
+    """Tell each member whether it is the matrix's only one (see :attr:`Member.run_name`)."""
+    for m in members:
+        m._alone = len(members) == 1
+    return members
 
 
 def matrix_name(members: list[Member], explicit: str | None) -> str:
     if explicit:
         return explicit
-    blob = json.dumps([[m.key, m.config.to_dict()] for m in members], sort_keys=True, default=str).encode()
+    from harness.secrets import mask_secrets
+
+    # masked: a password in the tracking URI neither reaches the name nor changes it
+    blob = json.dumps([[m.key, mask_secrets(m.config.to_dict())] for m in members], sort_keys=True, default=str).encode()
     return "matrix-" + hashlib.sha256(blob).hexdigest()[:10]
 
 
@@ -71,6 +91,10 @@ def estimate(member: Member) -> dict[str, Any]:
     train_tokens = (rows + t.prompts_per_step * replay) * (cfg.data.max_prompt_length + g.max_completion_length)
     n = param_count(member.model)
     flops = (2 * gen_tokens + 6 * train_tokens) * n if n else None
+    from harness.memory import estimate_for_config, model_arch
+
+    mem = estimate_for_config(cfg, model_arch(member.model), replay_rows=t.prompts_per_step * replay)
+    peak = mem["total"] if mem else None
     if t.budget:
         unit, value = parse_budget(t.budget)
     elif t.max_steps > 0:
@@ -78,19 +102,23 @@ def estimate(member: Member) -> dict[str, Any]:
     else:  # epochs over the training prompts (the trainer's steps per epoch; unknown without data.train_size)
         unit, value = "steps", (float(t.epochs * -(-cfg.data.train_size // t.prompts_per_step)) if cfg.data.train_size else None)
     if value is None:
-        return {"flops_per_step_max": flops, "budget": f"{t.epochs} epochs", "min_steps": None, "params": n}
+        return {"flops_per_step_max": flops, "budget": f"{t.epochs} epochs", "min_steps": None, "params": n, "peak_memory": peak}
     per_step = {"steps": 1.0, "generated_tokens": float(rows * g.max_completion_length), "trained_tokens": float(train_tokens), "flops": flops, "wall_seconds": None}[unit]
-    return {"flops_per_step_max": flops, "budget": f"{unit}:{value:g}", "min_steps": (value / per_step) if per_step else None, "params": n}
+    return {"flops_per_step_max": flops, "budget": f"{unit}:{value:g}", "min_steps": (value / per_step) if per_step else None, "params": n, "peak_memory": peak}
 
 
 def print_matrix(name: str, members: list[Member]) -> None:
     print(f"experiment matrix '{name}': {len(members)} runs")
-    print(f"{'run':40s} {'budget':22s} {'params':>10s} {'FLOPs/step (max)':>17s} {'steps (min)':>11s}")
+    print(f"{'run':40s} {'budget':22s} {'params':>10s} {'FLOPs/step (max)':>17s} {'steps (min)':>11s} {'peak mem (est)':>14s}")
     for m in members:
         e = estimate(m)
         fmt = lambda v, f: (f.format(v) if v is not None else "unknown")
-        print(f"{m.run_name:40s} {e['budget']:22s} {fmt(e['params'], '{:10.3g}'):>10s} {fmt(e['flops_per_step_max'], '{:17.3g}'):>17s} {fmt(e['min_steps'], '{:11.1f}'):>11s}")
+        print(f"{m.run_name:40s} {e['budget']:22s} {fmt(e['params'], '{:10.3g}'):>10s} {fmt(e['flops_per_step_max'], '{:17.3g}'):>17s} {fmt(e['min_steps'], '{:11.1f}'):>11s} "
+              f"{fmt(e.get('peak_memory') and e['peak_memory'] / 1e9, '{:11.1f} GB'):>14s}")
     print("(upper bounds from max prompt/completion lengths; FLOPs = 2N per generated/prompt token + 6N per trained token)")
+    print("(peak mem: training memory per member and process = weights + gradients + AdamW moments + activations of the largest "
+          "micro-batch (train.max_tokens_per_microbatch) + one log-prob chunk of logits (train.logprob_chunk_size) + ~0.5 GB runtime; "
+          "a vLLM engine's own weights and KV cache come on top; harness/memory.py)")
 
 
 class MatrixTracker:
@@ -150,9 +178,10 @@ def run_matrix(members: list[Member], *, name: str, progress: bool = True, on_pa
                 results.append((m.model, m.algorithm, m.seed, json.loads((out / "summary.json").read_text())))
                 continue
             resume = None
-            if prior is not None and (out / "latest.json").exists():
-                resume = str(out)
-                print(f"[{name}] {m.run_name}: resuming from {ckpt.find_checkpoint(out).name}")
+            if ckpt.list_checkpoints(out):  # found from the folders: a lost latest.json or MLflow store never means starting over
+                resume = str(out)  # the trainer takes the newest intact checkpoint (or refuses, naming the bad files)
+                print(f"[{name}] {m.run_name}: resuming from the newest intact checkpoint in {out}"
+                      + ("" if prior is not None else " (no MLflow run of this member in the store: the trainer continues the checkpoint's run or starts a new one)"))
             elif prior is not None:
                 tracker.client.set_terminated(prior.info.run_id, status="FAILED")  # no checkpoint to continue: start over
             unit, value = parse_budget(cfg.train.budget) if cfg.train.budget else ("steps", float(cfg.train.max_steps))

@@ -23,8 +23,15 @@ in the reference code's ``PAD_TOKEN_MAP``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
+import os
+import re
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -50,8 +57,12 @@ class ModelSpec:
     paper: bool = False  # one of the paper's five models (`--models all`)
     max_model_len: int | None = None  # context window (max_position_embeddings); None = read from the model config
     eval_max_new_tokens: int = 2048  # reference evaluation protocol
-    gguf_file: str | None = None  # file name inside `source` for GGUF checkpoints (dequantised by transformers)
+    gguf_file: str | None = None  # file name inside `source` for GGUF checkpoints (prepared once into a plain folder: prepare_model)
     use_chat_template: bool = True
+    # The instruction sent with every problem (training and evaluation) unless the run sets data.system_prompt /
+    # data.prompt_suffix. None/"" = nothing added: the paper models keep the reference's prompt (their template only).
+    system_prompt: str | None = None
+    prompt_suffix: str = ""
 
     @property
     def status(self) -> str:
@@ -121,7 +132,8 @@ def get_spec(name: str) -> ModelSpec:
     return ModelSpec(name=name, source=name, confirmed=True, notes="not in the registry: loaded as given")
 
 
-def resolve_path(spec: ModelSpec) -> str:
+def source_path(spec: ModelSpec) -> str:
+    """Where the model's files are as named (a hub id, a folder, a package's folder); no conversion, no download."""
     if spec.source == "builtin":
         from harness.tiny_model import tiny_model_path
 
@@ -136,12 +148,97 @@ def resolve_path(spec: ModelSpec) -> str:
     return spec.source
 
 
-def _gguf_kwargs(spec: ModelSpec, path: str | None = None) -> dict:
-    if not spec.gguf_file or path is not None:
-        return {}
+def resolve_path(spec: ModelSpec) -> str:
+    """A folder (or hub id) every consumer loads as a plain Hugging Face model: GGUF checkpoints are prepared first.
+
+    The trainer, checkpoints, resume and the ``hf``, ``vllm`` and ``vllm-server`` engines all read this one
+    path, so a GGUF model trains and saves like any other (see :func:`prepare_model`)."""
+    if spec.gguf_file:
+        return str(prepare_model(spec))
+    return source_path(spec)
+
+
+# --------------------------------------------------------------------------------------------
+# GGUF checkpoints: dequantised once into a plain Hugging Face folder (cached, like the tiny model)
+
+_PREPARED_MARKER = "harness_prepared.json"
+_PREPARE_FORMAT = 1  # bump when the prepared folder's layout changes
+
+
+def cache_root() -> Path:
+    """``$HARNESS_CACHE`` (default ``~/.cache/rl-harness``): built and prepared models live under ``models/``."""
+    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "rl-harness")
+
+
+def _gguf_fingerprint(path: Path) -> str:
+    """Identity of a GGUF file without reading all of it: name, size and the sha256 of its first and last MiB."""
+    h = hashlib.sha256(f"{path.name}|{path.stat().st_size}|{_PREPARE_FORMAT}".encode())
+    with path.open("rb") as fh:
+        h.update(fh.read(1 << 20))
+        fh.seek(max(path.stat().st_size - (1 << 20), 0))
+        h.update(fh.read(1 << 20))
+    return h.hexdigest()[:12]
+
+
+def prepared_dir(spec: ModelSpec) -> Path:
+    """Cache folder of a GGUF model's dequantised Hugging Face copy (may not exist yet)."""
+    gguf = Path(source_path(spec)) / spec.gguf_file
+    if not gguf.is_file():
+        raise FileNotFoundError(f"model '{spec.name}': GGUF file not found: {gguf}")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(spec.gguf_file).stem).strip("-")
+    return cache_root() / "models" / f"{slug}-{_gguf_fingerprint(gguf)}"
+
+
+def is_prepared(spec: ModelSpec) -> bool:
+    return not spec.gguf_file or (prepared_dir(spec) / _PREPARED_MARKER).is_file()
+
+
+def prepare_model(spec: ModelSpec | str, force: bool = False) -> Path:
+    """Dequantise a GGUF checkpoint once into a plain float32 Hugging Face folder and return it (cached).
+
+    transformers can read GGUF, but the model it returns stays marked as quantised: it cannot be saved
+    (``save_pretrained`` raises), and vLLM is handed the GGUF quantisation. The prepared folder holds
+    ``config.json`` (architecture named, no quantisation config), ``model.safetensors`` and the fast
+    tokenizer with its chat template, so ``AutoModelForCausalLM.from_pretrained`` and vLLM load it like any
+    other. Written to a temporary folder and renamed, so an interrupted preparation leaves nothing behind.
+    ``harness models prepare NAME`` runs it ahead of time.
+    """
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    if not spec.gguf_file:
+        raise ValueError(f"model '{spec.name}' is not a GGUF checkpoint: nothing to prepare")
+    out = prepared_dir(spec)
+    if (out / _PREPARED_MARKER).is_file() and not force:
+        return out
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"model '{spec.name}' is a GGUF checkpoint; transformers needs the `gguf` package to read it (pip install gguf)")
-    return {"gguf_file": spec.gguf_file}
+        raise ImportError(f"model '{spec.name}' is a GGUF checkpoint; reading it needs the `gguf` package (pip install gguf)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = source_path(spec)
+    logger.warning("preparing %s: dequantising %s into %s (once; later runs reuse it)", spec.name, spec.gguf_file, out)
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.gguf_file, dtype=torch.float32)
+    # The weights are already dequantised in memory; drop the marks that make transformers refuse to save them.
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.architectures = [type(model).__name__]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / _PREPARED_MARKER).write_text(json.dumps({"model": spec.name, "gguf_file": spec.gguf_file, "source": src, "dtype": "float32",
+                                                        "format": _PREPARE_FORMAT, "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False, path: str | None = None):
@@ -149,7 +246,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, path: str | None 
     from transformers import AutoTokenizer
 
     spec = get_spec(name)
-    tok = AutoTokenizer.from_pretrained(path or resolve_path(spec), trust_remote_code=trust_remote_code, **_gguf_kwargs(spec, path))
+    tok = AutoTokenizer.from_pretrained(path or resolve_path(spec), trust_remote_code=trust_remote_code)
     fix_pad_token(tok, spec)
     tok.padding_side = "left"
     return tok
@@ -182,15 +279,30 @@ def fix_pad_token(tok, spec: ModelSpec) -> None:
                      f"(tried {candidates}); add one with ModelSpec(pad_token=...)")
 
 
+_warned_dtype: set[str] = set()
+
+
+def warn_slow_cpu_dtype(dtype: str) -> bool:
+    """Warn (once per dtype) when a half-precision model will run on a CPU: generation in bfloat16 measured 11x
+    slower than float32 on a 2-core CPU (SmolLM2-135M), since CPUs without native bf16 units emulate it."""
+    if dtype in ("float32", "float64") or torch.cuda.is_available() or dtype in _warned_dtype:
+        return False
+    _warned_dtype.add(dtype)
+    logger.warning("model dtype %s on a CPU: generation runs several times slower than in float32 (11x measured for bfloat16 on "
+                   "SmolLM2-135M, 2 cores); use --set model.dtype=float32 unless you need %s", dtype, dtype)
+    return True
+
+
 def load_model(name: str, dtype: str | None = "float32", trust_remote_code: bool = False, attn_implementation: str | None = None, path: str | None = None):
     """Causal LM for ``name`` (``path`` overrides where the weights come from, e.g. a checkpoint).
 
-    ``dtype=None`` uses the registry's dtype. GGUF checkpoints are dequantised by transformers.
+    ``dtype=None`` uses the registry's dtype. GGUF checkpoints load from their prepared folder (:func:`prepare_model`).
     """
     from transformers import AutoModelForCausalLM
 
     spec = get_spec(name)
-    kwargs = {"dtype": getattr(torch, dtype or spec.dtype), "trust_remote_code": trust_remote_code, **_gguf_kwargs(spec, path)}
+    warn_slow_cpu_dtype(dtype or spec.dtype)
+    kwargs = {"dtype": getattr(torch, dtype or spec.dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     return AutoModelForCausalLM.from_pretrained(path or resolve_path(spec), **kwargs)
@@ -211,26 +323,63 @@ def context_length(model=None, spec: ModelSpec | None = None) -> int | None:
 _warned_no_template: set[int] = set()
 
 
-def encode_prompt(tokenizer, problem: str, max_prompt_length: int, chat_template_kwargs: dict | None = None) -> tuple[list[int], bool]:
-    """Chat-templated prompt ids (one user message, no system prompt of ours, as in the reference),
-    left-truncated to ``max_prompt_length``. Returns (ids, was_truncated).
+# encode_prompt tokenizes only the end of a long problem: its last _CHARS_PER_TOKEN x (max_prompt_length +
+# _CUT_SLACK) characters, doubled until that tail alone gives max_prompt_length + _CUT_SLACK tokens (or holds the
+# whole problem). The slack keeps the tokens next to the cut, which may tokenize differently, out of the window.
+_CHARS_PER_TOKEN = 8
+_CUT_SLACK = 32
 
-    A tokenizer without a chat template gets the raw problem text (logged once), never an error.
-    """
+
+def prompt_messages(problem: str, system_prompt: str | None = None, suffix: str = "") -> list[dict[str, str]]:
+    """The chat sent for one problem: an optional system message, then the problem (+ ``suffix``) as the user turn."""
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": problem + (suffix or "")}]
+
+
+def _templated_ids(tokenizer, text: str, chat_template_kwargs: dict | None, system_prompt: str | None = None, suffix: str = "") -> list[int]:
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": problem}], add_generation_prompt=True, tokenize=True,
+        ids = tokenizer.apply_chat_template(prompt_messages(text, system_prompt, suffix), add_generation_prompt=True, tokenize=True,
                                             return_dict=False, **(chat_template_kwargs or {}))
     else:
         if id(tokenizer) not in _warned_no_template:
             _warned_no_template.add(id(tokenizer))
             logger.warning("tokenizer %s has no chat template: prompts are the raw problem text", getattr(tokenizer, "name_or_path", "?"))
-        ids = tokenizer(problem, add_special_tokens=True)["input_ids"]
+        ids = tokenizer((f"{system_prompt}\n\n" if system_prompt else "") + text + (suffix or ""), add_special_tokens=True)["input_ids"]
     if hasattr(ids, "keys") and "input_ids" in ids:
         ids = ids["input_ids"]
-    ids = [int(i) for i in ids]
+    return [int(i) for i in ids]
+
+
+def encode_prompt(tokenizer, problem: str, max_prompt_length: int, chat_template_kwargs: dict | None = None, *,
+                  system_prompt: str | None = None, suffix: str = "") -> tuple[list[int], bool]:
+    """Chat-templated prompt ids, left-truncated to ``max_prompt_length``. Returns (ids, was_truncated).
+
+    By default one user message holding the problem and nothing of ours, as in the reference (the model's
+    template may add its own default system prompt). ``system_prompt`` adds a system message and ``suffix``
+    is appended to the problem in the user turn (the instruction, see :func:`instruction_for`).
+
+    The work is bounded by ``max_prompt_length``, not by the problem's size: left-truncation keeps the
+    template's suffix and the problem's last tokens, so only the problem's end is put through the
+    template (see ``_CHARS_PER_TOKEN``); a 50 MB prompt costs what a prompt of a few pages does.
+
+    A tokenizer without a chat template gets the raw problem text (logged once), never an error.
+    """
+    budget = _CHARS_PER_TOKEN * (max_prompt_length + _CUT_SLACK)
+    while True:
+        cut = len(problem) > budget
+        ids = _templated_ids(tokenizer, problem[-budget:] if cut else problem, chat_template_kwargs, system_prompt, suffix)
+        if not cut or len(ids) - len(_templated_ids(tokenizer, "", chat_template_kwargs, system_prompt, suffix)) >= max_prompt_length + _CUT_SLACK:
+            break
+        budget *= 2  # tokens longer than _CHARS_PER_TOKEN characters on average: take more of the end
     if len(ids) > max_prompt_length:
         return ids[-max_prompt_length:], True
     return ids, False
+
+
+def instruction_for(spec: ModelSpec, system_prompt: str | None = None, prompt_suffix: str | None = None) -> tuple[str | None, str]:
+    """(system prompt, user suffix) of a run: the config's where set (``""`` = none), else the model registry's."""
+    system = spec.system_prompt if system_prompt is None else system_prompt
+    suffix = spec.prompt_suffix if prompt_suffix is None else prompt_suffix
+    return (system or None), (suffix or "")
 
 
 def describe(spec: ModelSpec) -> str:

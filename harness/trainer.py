@@ -36,17 +36,17 @@ from algorithms.base import LossInputs, RolloutGroup, TrainBatch, algorithm_conf
 from benchmarks.datasets import load_train_set
 from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics, settings_from_config
 from harness import checkpoint as ckpt
-from harness.config import HarnessConfig, atomic_write_json, parse_budget, save_config
+from harness.config import HarnessConfig, atomic_write_json, atomic_write_text, parse_budget, save_config
 from harness.data import PromptSampler
 from harness.engines import engine_options
 from harness.engines.checks import logprob_gap_metrics, truncated_is_weights
-from harness.models import encode_prompt, get_spec, load_model, load_tokenizer
+from harness.models import encode_prompt, get_spec, instruction_for, load_model, load_tokenizer
 from harness.rollout import SamplingParams, create_engine
+from harness.secrets import mask_secrets
 from harness.tracking import Tracker
 
 # Metrics summed (not averaged) across processes.
 SUMMED = ("tokens/", "flops/", "samples/nonzero_adv", "groups/on_policy_nonzero_var", "groups/replay_nonzero_var", "replay/rows")
-BOXED = re.compile(r"\\boxed\{")
 
 
 def reduce_metrics(metrics: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
@@ -83,12 +83,11 @@ def reduce_metrics(metrics: dict[str, float], device: torch.device | str = "cpu"
 
 
 def selective_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(logits / T)[ids], row by row so a 150k vocabulary never materialises [B,T,V] twice."""
-    out = []
-    for row_logits, row_ids in zip(logits, ids):
-        row = row_logits.float() / temperature
-        out.append(row.gather(-1, row_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(row, dim=-1))
-    return torch.stack(out)
+    """log softmax(logits / T)[ids] from full logits (the ``train.logprob_chunk_size=0`` path; it lives in
+    :mod:`harness.logprobs`, which the trainer uses to avoid full logits altogether)."""
+    from harness.logprobs import selective_logprobs as from_logits
+
+    return from_logits(logits, ids, temperature)
 
 
 @dataclass
@@ -167,7 +166,88 @@ class Trainer:
     def __init__(self, cfg: HarnessConfig, *, resume: str | None = None, progress: bool = True, tracker_tags: dict[str, str] | None = None, parent_run_id: str | None = None,
                  engine=None):
         """``engine``: an already started rollout engine to use instead of creating ``generation.engine`` (tests,
-        notebooks); it receives the trainer's weights at once and is not closed by the trainer."""
+        notebooks); it receives the trainer's weights at once and is not closed by the trainer.
+
+        ``resume``: a checkpoint folder, or an output folder (its newest intact checkpoint; see
+        :func:`harness.checkpoint.find_checkpoint`). Without it, an output folder that already holds checkpoints is
+        refused: a new run never overwrites them. A failure anywhere in set-up closes what was started and leaves no
+        MLflow run RUNNING (the resumed run, or the one just created, is set to FAILED)."""
+        self.engine = None
+        self._owns_engine = False
+        self.tracker: Tracker | None = None
+        self._resume_run_id: str | None = None
+        try:
+            self._setup(cfg, resume=resume, progress=progress, tracker_tags=tracker_tags, parent_run_id=parent_run_id, engine=engine)
+        except BaseException:
+            self._abort_setup(cfg)
+            raise
+
+    def _abort_setup(self, cfg: HarnessConfig) -> None:
+        from contextlib import suppress
+
+        from harness.tracking import mark_run_failed
+
+        if self._owns_engine and self.engine is not None:
+            with suppress(Exception):
+                self.engine.close()
+            self.engine = None
+        if getattr(self, "is_main", False) and cfg.tracking.enabled:
+            if self.tracker is not None and self.tracker.enabled:
+                with suppress(Exception):
+                    self.tracker.finish("FAILED")
+            else:
+                mark_run_failed(cfg.tracking.tracking_uri, self._resume_run_id)
+
+    def _find_resume_dir(self, resume: str | None) -> Path | None:
+        """The checkpoint to resume from (chosen on the main process, agreed by all); damaged newer ones are set aside."""
+        if not resume:
+            existing = ckpt.list_checkpoints(self.output_dir)
+            if existing:
+                raise ckpt.CheckpointError(f"output folder '{self.output_dir}' already holds checkpoints ({', '.join(c.name for c in existing[:3])}): "
+                                           f"continue it with `harness run --resume {self.output_dir}`, or set another train.output_dir (or remove them); "
+                                           "a new run never overwrites them")
+            return None
+        found, err = None, None
+        if self.is_main:
+            try:
+                found = ckpt.find_checkpoint(resume, set_aside_damaged=True)
+            except ckpt.CheckpointError as e:
+                err = str(e)
+                self._resume_run_id = ckpt.recorded_run_id(resume)
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [str(found) if found else None, err]
+            broadcast_object_list(box)
+            found, err = (Path(box[0]) if box[0] else None), box[1]
+        if err:
+            raise ckpt.CheckpointError(err)
+        return found
+
+    def _trim_after_resume(self, resume_dir: Path) -> None:
+        """What the interrupted process logged after the checkpoint (its steps are trained again) goes: metric points in
+        MLflow and lines of completions.jsonl; if the checkpoint's MLflow run is gone, the run continues in a new one."""
+        tr = self.tracker
+        if tr.enabled and tr.missing_run_id:
+            print(f"warning: MLflow run {tr.missing_run_id} recorded in {resume_dir} is not in {tr.display_uri} (was the store lost or the run "
+                  f"deleted?): continuing from step {self.step} in a new run {tr.run_id}, tagged harness.continues_run={tr.missing_run_id}",
+                  file=sys.stderr, flush=True)
+        elif tr.enabled:
+            tr.truncate_history(self.step)
+        tr.set_tags({"harness.resumed_from": f"{resume_dir.name} (step {self.step})"})
+        log = self.output_dir / "completions.jsonl"
+        if log.exists():
+            kept = []
+            for line in log.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) > self.step:
+                        continue
+                except ValueError:
+                    continue  # a line cut short by the interruption
+                kept.append(line)
+            atomic_write_text(log, "".join(x + "\n" for x in kept))
+
+    def _setup(self, cfg: HarnessConfig, *, resume: str | None, progress: bool, tracker_tags: dict[str, str] | None, parent_run_id: str | None, engine) -> None:
         from accelerate import Accelerator
 
         self.cfg = cfg
@@ -178,9 +258,13 @@ class Trainer:
         self.callbacks: list[Callable[[StepRecord], None]] = []
         t, g = cfg.train, cfg.generation
         self.spec = get_spec(cfg.model.name)
+        self.system_prompt, self.prompt_suffix = instruction_for(self.spec, cfg.data.system_prompt, cfg.data.prompt_suffix)
 
-        resume_dir = ckpt.find_checkpoint(resume) if resume else None
+        self.run_name = cfg.tracking.run_name or f"{cfg.algorithm['name'].replace(':', '-')}-{cfg.model.name.split('/')[-1]}-s{t.seed}"
+        self.output_dir = Path(t.output_dir.format(run_name=self.run_name))
+        resume_dir = self._find_resume_dir(resume)
         state = ckpt.read_trainer_state(resume_dir) if resume_dir else None
+        self._resume_run_id = state.get("mlflow_run_id") if state else None
 
         torch.manual_seed(t.seed)
         np.random.seed(t.seed)
@@ -228,8 +312,9 @@ class Trainer:
 
         from benchmarks.scoring import get_default_scorer
 
-        self.scorer = get_default_scorer()
+        self.scorer = get_default_scorer(cfg.data.answer_fallback)  # the pool shared with evaluation, bound to this run's fallback
         self.step = 0
+        self._flat_steps = 0  # steps in a row with no reward variance in any group (see _check_flat_rewards)
         self.policy_version = 0
         self.totals: dict[str, float] = {}
         self.eval_history: list[dict[str, Any]] = []
@@ -249,18 +334,19 @@ class Trainer:
         if state or not self._owns_engine:  # a new engine already holds the loaded weights
             self.engine.sync_weights(acc.unwrap_model(self.model), self.policy_version)
 
-        self.run_name = cfg.tracking.run_name or f"{cfg.algorithm['name'].replace(':', '-')}-{cfg.model.name.split('/')[-1]}-s{t.seed}"
-        self.output_dir = Path(t.output_dir.format(run_name=self.run_name))
         self.tracker = Tracker(enabled=cfg.tracking.enabled and self.is_main, tracking_uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment_name,
                                run_name=self.run_name, run_id=run_id, tags=tracker_tags, parent_run_id=parent_run_id)
         self.resolved = cfg.to_dict()
         self.resolved["algorithm"] = algorithm_config_dict(cfg.algorithm)
+        self.resolved = mask_secrets(self.resolved)  # params and trainer_state.json never hold a password (harness.secrets)
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.output_dir / "config.yaml")
-            if not state:
+            if state:
+                self._trim_after_resume(resume_dir)
+            if self.tracker.new_run:
                 self.tracker.log_params(self.resolved)
-                self.tracker.log_params({"engine": {"resolved": self.engine_name}})
+                self.tracker.log_params({"engine": {"resolved": self.engine_name, **({"auto_reason": self.engine.auto_reason} if getattr(self.engine, "auto_reason", None) else {})}})
                 self.tracker.set_tags({"algorithm": cfg.algorithm["name"], "model": cfg.model.name, "seed": t.seed, "train_set": cfg.data.train, "engine": self.engine_name,
                                        "engine.requested": g.engine, "num_processes": acc.num_processes, "torch": torch.__version__})
                 self.tracker.log_artifact(self.output_dir / "config.yaml")
@@ -290,7 +376,8 @@ class Trainer:
         return {"cosine": 0.5 * (1 + math.cos(math.pi * q)), "linear": 1 - q, "constant": 1.0}[t.lr_scheduler]
 
     def encode(self, problem: str) -> tuple[list[int], bool]:
-        return encode_prompt(self.tokenizer, problem, self.cfg.data.max_prompt_length, self.spec.chat_template_kwargs)
+        return encode_prompt(self.tokenizer, problem, self.cfg.data.max_prompt_length, self.spec.chat_template_kwargs,
+                             system_prompt=self.system_prompt, suffix=self.prompt_suffix)
 
     def eval_settings(self) -> EvalSettings:
         return settings_from_config(self.cfg, model=self.accelerator.unwrap_model(self.model), spec=self.spec)
@@ -299,7 +386,8 @@ class Trainer:
         """Evaluate the current policy on the configured benchmarks (main process), log it, keep it."""
         settings = self.eval_settings()
         res = evaluate(self.engine, self.tokenizer, self.cfg.eval.benchmarks, settings, self.scorer,
-                       lambda p: encode_prompt(self.tokenizer, p, settings.max_prompt_length, self.spec.chat_template_kwargs), progress=self.progress)
+                       lambda p: encode_prompt(self.tokenizer, p, settings.max_prompt_length, self.spec.chat_template_kwargs,
+                                                 system_prompt=self.system_prompt, suffix=self.prompt_suffix), progress=self.progress)
         fraction = self.budget_fraction()
         summary = {"tag": tag, "step": self.step, "budget_fraction": fraction, "spent": self.spent(), "macro_accuracy": res["macro_accuracy"], "benchmarks": res["benchmarks"],
                    "totals": dict(self.totals)}
@@ -325,7 +413,9 @@ class Trainer:
         golds = [r["answer"] for r in rows for _ in range(g.num_generations)]
         scored = self.scorer.score_batch(texts, golds)
         acc = np.array([s.reward for s in scored], dtype=np.float64)
-        fmt = np.array([1.0 if BOXED.search(x) else 0.0 for x in texts])
+        from benchmarks.scoring import has_boxed_answer  # the format reward pays for a non-empty \boxed{} only
+
+        fmt = np.array([1.0 if has_boxed_answer(x) else 0.0 for x in texts])
         rewards = acc + t.format_reward_weight * fmt
         t_score = time.perf_counter() - t0
         G = g.num_generations
@@ -348,12 +438,16 @@ class Trainer:
         return groups, metrics
 
     def _forward_logprobs(self, model, prompts: list[list[int]], completions: list[np.ndarray]) -> tuple[torch.Tensor, Collated]:
+        """[B, C] log-probs of the completions (0 at padding) and the collated batch. ``model`` may be the DDP-wrapped
+        policy (gradient sync intact) or an unwrapped model; chunked over tokens unless ``train.logprob_chunk_size=0``
+        (or the architecture is not supported: :mod:`harness.logprobs`), so no [B, C, V] logits are held."""
+        from harness.logprobs import completion_logprobs
+
         col = collate(prompts, completions, self.tokenizer.pad_token_id)
         dev = self.accelerator.device
-        C = col.completion_ids.shape[1]
-        logits = model(input_ids=col.input_ids.to(dev), attention_mask=col.attention_mask.to(dev), position_ids=col.position_ids.to(dev),
-                       logits_to_keep=C + 1, use_cache=False).logits[:, :-1]
-        return selective_logprobs(logits, col.completion_ids.to(dev), self.cfg.generation.temperature), col
+        logps = completion_logprobs(model, col.input_ids.to(dev), col.attention_mask.to(dev), col.position_ids.to(dev), col.completion_ids.to(dev),
+                                    col.completion_mask.to(dev), self.cfg.generation.temperature, self.cfg.train.logprob_chunk_size)
+        return logps, col
 
     def train_on(self, batch: TrainBatch, engine_lp: list[np.ndarray | None] | None = None) -> tuple[dict[str, float], list[np.ndarray]]:
         """num_iterations optimizer steps on ``batch``; returns metrics and the behaviour log-probs per row.
@@ -377,7 +471,12 @@ class Trainer:
         lp_rows = np.nonzero(np.asarray(self.algorithm.rows_needing_logprobs(batch), dtype=bool) & ~grad_mask)[0]
         if use_engine:  # the engine already gave these rows' behaviour log-probs: no extra pass
             lp_rows = np.asarray([r for r in lp_rows if engine_lp[r] is None], dtype=np.int64)
-        mb = t.micro_batch_size or R
+        from harness.memory import plan_microbatches
+
+        # Micro-batches: at most train.micro_batch_size rows and train.max_tokens_per_microbatch padded tokens each.
+        # The loss is a fixed weighted sum over rows (row_weights / token_sum), so the grouping changes only rounding.
+        p_len, c_len = [len(p) for p in batch.prompt_ids], [len(c) for c in batch.completion_ids]
+        plan = lambda rows: plan_microbatches(rows, p_len, c_len, t.micro_batch_size, t.max_tokens_per_microbatch)  # noqa: E731
         pre_step: list[np.ndarray | None] = [None] * R
         t_lp = 0.0
         lp_tokens = ref_tokens = 0
@@ -385,14 +484,13 @@ class Trainer:
             t0 = time.perf_counter()
             with torch.no_grad():
                 model = acc.unwrap_model(self.model)
-                for s in range(0, len(lp_rows), mb):
-                    idx = lp_rows[s:s + mb]
+                for idx in plan(lp_rows):
                     logps, lp_col = self._forward_logprobs(model, [batch.prompt_ids[i] for i in idx], [batch.completion_ids[i] for i in idx])
                     lp_tokens += int(lp_col.attention_mask.sum())
                     for j, row in enumerate(idx):
                         pre_step[row] = logps[j, :len(batch.completion_ids[row])].float().cpu().numpy()
             t_lp = time.perf_counter() - t0
-        chunks = [grad_rows[s:s + mb] for s in range(0, len(grad_rows), mb)]
+        chunks = plan(grad_rows)
         ref_cache: dict[int, torch.Tensor] = {}
         tis_cache: dict[int, torch.Tensor | None] = {}
         tis_sum = tis_count = tis_truncated = 0.0
@@ -434,7 +532,8 @@ class Trainer:
                                         advantages=torch.as_tensor(sub.advantages, dtype=torch.float32, device=dev),
                                         row_weights=torch.as_tensor(sub.row_weights, dtype=torch.float32, device=dev),
                                         token_sum=torch.as_tensor(sub.token_sum, device=dev), source=torch.as_tensor(sub.source, device=dev),
-                                        is_weights=tis_cache.get(ci))
+                                        is_weights=tis_cache.get(ci),
+                                        kl_weights=None if sub.kl_weights is None else torch.as_tensor(sub.kl_weights, dtype=torch.float32, device=dev))
                     loss, metrics = self.algorithm.loss(inputs)
                     acc.backward(loss)
                 trained_tokens += int(col.attention_mask.sum())
@@ -498,6 +597,7 @@ class Trainer:
         t_step = time.perf_counter()
         indices = self.sampler.next_indices()
         groups, metrics = self.rollout(indices)
+        self._check_flat_rewards(groups, metrics)
         t0 = time.perf_counter()
         batch = self.algorithm.build_batch(groups, self.step)
         metrics["time/build_batch_s"] = time.perf_counter() - t0
@@ -534,6 +634,23 @@ class Trainer:
         for cb in self.callbacks:
             cb(record)
         return record
+
+    def _check_flat_rewards(self, groups: list[RolloutGroup], metrics: dict[str, float]) -> None:
+        """Count steps in a row whose sampled groups all had equal rewards (GRPO-style advantages then give no gradient)
+        and warn once when ``train.warn_flat_rewards_steps`` is reached, with what usually causes it."""
+        flat = all(float(np.ptp(g.rewards)) == 0.0 for g in groups) if groups else False
+        metrics["groups/flat_reward_frac"] = float(np.mean([float(np.ptp(g.rewards)) == 0.0 for g in groups])) if groups else 0.0
+        self._flat_steps = self._flat_steps + 1 if flat else 0
+        n = self.cfg.train.warn_flat_rewards_steps
+        if n and self._flat_steps == n and self.is_main:
+            texts = getattr(self, "_last_texts", [])
+            print(f"warning: {self.run_name}: every group's rewards were equal for {n} steps in a row (reward/mean {metrics['reward/mean']:.3f}, "
+                  f"completions truncated {metrics['completion/truncated_frac']:.0%}): no policy gradient. Likely causes: "
+                  + ("the model never produces an answer the scorer can read (look at completions.jsonl; ask for \\boxed{} with "
+                     "data.system_prompt / data.prompt_suffix, or set data.answer_fallback for models that do not box), completions cut "
+                     "off before the answer (raise generation.max_completion_length), or a task too hard for the model"
+                     if metrics["reward/mean"] <= 0 else "a task the model already solves every time (use harder prompts)")
+                  + (f". Last completion: {texts[-1][:160]!r}" if texts else ""), file=sys.stderr, flush=True)
 
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
         if self.accelerator.num_processes == 1:
@@ -608,13 +725,17 @@ class Trainer:
         finally:
             summary.update({"steps": self.step, "totals": dict(self.totals), "evals": self.eval_history, "budget": {"unit": self.budget_unit, "value": self.budget_value, "spent": self.spent()},
                             "num_params": self.num_params, "engine": self.engine_name, "status": status})
-            if self.is_main:
-                atomic_write_json(self.output_dir / "summary.json", summary)
-                self.tracker.log_artifact(self.output_dir / "summary.json")
-                if self._completions_log.exists():
-                    self.tracker.log_artifact(self._completions_log)
-            self.tracker.finish(status)
-            self.close()
+            try:
+                if self.is_main:
+                    atomic_write_json(self.output_dir / "summary.json", summary)
+                    self.tracker.log_artifact(self.output_dir / "summary.json")
+                    if self._completions_log.exists():
+                        self.tracker.log_artifact(self._completions_log)
+            finally:  # whatever failed above, the run is not left RUNNING and the engine not left open
+                try:
+                    self.tracker.finish(status)
+                finally:
+                    self.close()
         return summary
 
     def close(self) -> None:

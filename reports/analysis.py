@@ -608,8 +608,11 @@ def config_diff(data: ExperimentData) -> pd.DataFrame:
 
 
 def mlflow_link(tracking_uri: str, experiment_id: str | None, run_id: str) -> str | None:
+    """A link to the run in the MLflow UI (servers only); never with the URI's credentials."""
+    from harness.secrets import without_credentials
+
     if tracking_uri.startswith(("http://", "https://")) and experiment_id:
-        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{without_credentials(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return None
 
 

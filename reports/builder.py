@@ -96,6 +96,7 @@ def generate_report(tracking_uri: str | None = None, experiment: str = "harness"
     run id (what `harness sweep` passes), ``"auto"`` (the newest sweep of the experiment) or None.
     ``sweep_only``: leave out the experiment-matrix sections (for `harness sweep`). The folder holds report.md, report.html (figures inlined), figures/ and tables/.
     """
+    from harness.secrets import mask_uri
     from harness.tracking import resolve_tracking_uri
     from reports import figures as F
     from reports.data import load_experiment
@@ -125,7 +126,7 @@ def generate_report(tracking_uri: str | None = None, experiment: str = "harness"
 
     doc = Document(title or f"Experiment report: {experiment}")
     n_all, n_used = len(data.runs), int(data.runs["include"].sum()) if not data.runs.empty else 0
-    doc.p(f"MLflow `{uri}`, experiment **{experiment}**" + (f" (id {data.experiment_id})" if data.experiment_id else "")
+    doc.p(f"MLflow `{mask_uri(uri)}`, experiment **{experiment}**" + (f" (id {data.experiment_id})" if data.experiment_id else "")
           + f"; runs: {data.selection}. {n_all} member run(s), {n_used} used in the aggregates. Baseline for deltas: `{baseline}`.")
     n_models = data.finished["model"].nunique() if not data.finished.empty else 0
 
@@ -475,6 +476,9 @@ def _sweep(doc, out, data, F, level: int = 3) -> None:
 
 
 def _provenance(doc, out, data, uri) -> None:
+    from harness.secrets import mask_secrets, mask_uri
+
+    shown = mask_uri(uri)  # the real URI only builds links (without credentials); the text shows it masked
     doc.h(2, "6. Provenance", anchor="provenance")
     runs = A.provenance_runs(data)
     if data.parent:
@@ -490,7 +494,7 @@ def _provenance(doc, out, data, uri) -> None:
         if not (sw is not None and data.selection.startswith("none")):
             doc.p("No member runs.", css="warning")
         if not uri.startswith(("http://", "https://")):
-            doc.p(f"Open the runs in the MLflow UI: `mlflow ui --backend-store-uri {uri}`.")
+            doc.p(f"Open the runs in the MLflow UI: `mlflow ui --backend-store-uri {shown}`.")
         return
     csv = out.csv(runs, "runs")
     show = runs.copy()
@@ -502,13 +506,14 @@ def _provenance(doc, out, data, uri) -> None:
     show["final_eval_step"] = [str(int(v)) if _isnum(v) else "none" for v in show["final_eval_step"]]
     doc.table(show.fillna(""), csv=csv, caption="Member runs (MLflow run ids).")
     if not uri.startswith(("http://", "https://")):
-        doc.p(f"Open them in the MLflow UI: `mlflow ui --backend-store-uri {uri}` (experiment id {data.experiment_id}).")
+        doc.p(f"Open them in the MLflow UI: `mlflow ui --backend-store-uri {shown}` (experiment id {data.experiment_id}).")
     env = A.environment(data)
     if not env.empty:
         ecsv = out.csv(env, "environment")
         doc.table(env[["kind", "key", "values", "runs_without"]].rename(columns={"runs_without": "runs without it"}), csv=ecsv,
                   caption="Versions, hardware, engine (run tags) and determinism settings (seed params/tags); values across runs.")
     diff = A.config_diff(data)
+    diff = diff.map(mask_secrets)  # runs logged before params were masked may hold a password in a URI param
     if diff.empty:
         doc.p("Config: every member run has identical params.")
     else:

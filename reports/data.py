@@ -179,6 +179,8 @@ def _quiet_downloads():
 
 
 def _load(tracking_uri, experiment, parent_run_id, all_runs, sweep_run_id, include_unfinished, load_samples, max_workers, fast_sql, want_members) -> ExperimentData:
+    from harness.secrets import mask_uri
+
     client = _client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None and parent_run_id:
@@ -189,7 +191,7 @@ def _load(tracking_uri, experiment, parent_run_id, all_runs, sweep_run_id, inclu
     data = ExperimentData(tracking_uri, experiment, exp.experiment_id if exp else None, selection="")
     if exp is None:
         data.selection = "nothing (experiment not found)"
-        data.issue("general", f"MLflow experiment '{experiment}' was not found at {tracking_uri}.")
+        data.issue("general", f"MLflow experiment '{experiment}' was not found at {mask_uri(tracking_uri)}.")
         return data
 
     everything = _search_all(client, [exp.experiment_id])

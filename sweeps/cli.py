@@ -103,6 +103,7 @@ def prepare_spec(space: Any, args: argparse.Namespace) -> tuple[dict[str, Any], 
     except Exception as e:
         raise SpaceError(f"the sweep's base config (model preset + --config + space base + --set) is invalid: {e}") from None
     tracking_uri = _absolute_sqlite(resolve_tracking_uri(args.tracking_uri or probe.tracking.tracking_uri))
+    _export_tracking_secret(tracking_uri)
     experiment = args.experiment or probe.tracking.experiment_name
     forced = {"tracking": {"tracking_uri": tracking_uri, "experiment_name": experiment}}
     from sweeps.space import check_space
@@ -121,11 +122,24 @@ def prepare_spec(space: Any, args: argparse.Namespace) -> tuple[dict[str, Any], 
     from sweeps.space import flat_config
     import hashlib
 
+    from harness.secrets import mask_secrets, mask_uri
+
+    pre = mask_secrets(pre)  # the spec is stored with the study: no password in it (workers take it from the environment)
     fingerprint = hashlib.sha256(json.dumps({"space": space.to_dict(), "pre": pre, "sets": sets}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     spec = {"version": 1, "space": space.to_dict(), "space_file": str(space.source), "pre_layers": pre, "sets": sets, "fingerprint": fingerprint,
-            "tracking_uri": tracking_uri, "experiment": experiment, "tracking_enabled": bool(probe.tracking.enabled),
+            "tracking_uri": mask_uri(tracking_uri), "experiment": experiment, "tracking_enabled": bool(probe.tracking.enabled),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "midpoint": {k: v for k, v in flat_config(mid_cfg).items() if k in {p.key for p in space.params}}}
     return spec, mid_cfg, warnings
+
+
+def _export_tracking_secret(uri: str | None) -> None:
+    """A tracking URI with a password is stored masked (study spec, configs, params); this process, its in-process
+    workers and the worker processes it starts complete it from $MLFLOW_TRACKING_URI (harness.tracking.resolve_tracking_uri).
+    Workers started elsewhere (`python -m sweeps.worker`) need MLFLOW_TRACKING_URI set to the full URI."""
+    from harness.secrets import has_secret
+
+    if uri and has_secret(uri):
+        os.environ["MLFLOW_TRACKING_URI"] = uri
 
 
 def _parent_tracker(spec: dict[str, Any], study_name: str, storage_url: str, run_id: str | None):
@@ -141,16 +155,23 @@ def _open_study(args: argparse.Namespace, storage_url: str) -> tuple[Any, dict[s
     import optuna
     import yaml
 
+    from harness.secrets import mask_secrets
+    from harness.preflight import preflight, sweep_configs
     from sweeps.space import SpaceError, load_space
-    from sweeps.study import SPEC_ATTR, get_spec, open_storage, redact_url, stale_trial_callback
+    from sweeps.study import SPEC_ATTR, get_spec, open_storage, redact_url, sqlite_file, stale_trial_callback
 
-    storage = open_storage(storage_url, heartbeat_interval=None)
     new_spec = None
-    if args.space:
+    if args.space:  # everything is validated before the storage (an sqlite optuna.db) is created
         space = load_space(args.space)
         new_spec, mid_cfg, warnings = prepare_spec(space, args)
+        preflight(sweep_configs(space, mid_cfg))  # models, training sets and benchmarks resolve
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
+    elif args.study_name and sqlite_file(storage_url) is not None and not sqlite_file(storage_url).is_file():  # joining: never create an empty storage
+        raise SpaceError(f"no study '{args.study_name}' in {redact_url(storage_url)} (no such file); create it with "
+                         f"`harness sweep SPACE.yaml --study-name {args.study_name}`")
+    storage = open_storage(storage_url, heartbeat_interval=None)
+    if args.space:
         name = args.study_name or Path(str(space.source)).stem
         study = optuna.create_study(storage=storage, study_name=name, direction=space.direction, load_if_exists=True)
     else:
@@ -180,7 +201,7 @@ def _open_study(args: argparse.Namespace, storage_url: str) -> tuple[Any, dict[s
                                      "sampler": spec["space"]["sampler"]["type"], "pruner": spec["space"]["pruner"]["type"],
                                      "params": ",".join(spec["space"]["params"]), "space_file": spec["space_file"]}})
         parent.log_text(yaml.safe_dump(spec["space"], sort_keys=False), "sweep/space.yaml")
-        parent.log_text(yaml.safe_dump(mid_cfg.to_dict(), sort_keys=False), "sweep/midpoint_config.yaml")
+        parent.log_text(yaml.safe_dump(mask_secrets(mid_cfg.to_dict()), sort_keys=False), "sweep/midpoint_config.yaml")
     parent.set_tags({"harness.sweep.trials": spec["trials"]})
     study.set_user_attr(SPEC_ATTR, spec)
     # Reopen with heartbeats configured, so this process can fail stale trials too.
@@ -358,6 +379,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("error: --trials must be >= 0", file=sys.stderr)
         return 2
     storage_url = normalize_storage_url(args.storage)
+    _export_tracking_secret(args.tracking_uri)
     if args.dry_run:
         from sweeps.space import load_space
 
@@ -368,11 +390,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         spec, mid_cfg, warnings = prepare_spec(space, args)
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
+        from harness.config import ConfigError
+        from harness.preflight import preflight, sweep_configs
+
+        try:  # a dry run loads no data; a model this machine cannot load is only noted
+            preflight(sweep_configs(space, mid_cfg), data=False)
+        except ConfigError as e:
+            print(f"note: a real sweep on this machine would stop: {e}", file=sys.stderr)
         print(f"# study: {args.study_name or Path(str(space.source)).stem}  storage: {redact_url(storage_url)}")
         print(f"# objective: {space.direction} {space.metric}; sampler {space.sampler}; pruner {space.pruner}")
         print("# params: " + ", ".join(f"{p.key} ({p.type})" for p in space.params))
         print("# the midpoint trial's resolved config:")
-        print(yaml.safe_dump(mid_cfg.to_dict(), sort_keys=False))
+        from harness.secrets import mask_secrets
+
+        print(yaml.safe_dump(mask_secrets(mid_cfg.to_dict()), sort_keys=False))
         return 0
     study, spec, parent = _open_study(args, storage_url)
     print(f"[sweep] study {study.study_name} in {redact_url(storage_url)}: target {spec['trials']} trials, {args.workers} worker(s) here; "
@@ -414,10 +445,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.data_dir:
         os.environ["HARNESS_DATA_DIR"] = args.data_dir  # `harness` main does the same for every command
+    from benchmarks.datasets import DatasetError
+
     try:
         return cmd_sweep(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except DatasetError as e:
+        print(f"data error: {e}", file=sys.stderr)
         return 2
 
 

@@ -20,23 +20,26 @@ FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
 def normalize_storage_url(url: str | None) -> str:
-    """Default to a local sqlite file; make relative sqlite paths absolute (workers may chdir)."""
+    """Default to a local sqlite file; make relative sqlite paths absolute (workers may chdir). Creates nothing:
+    :func:`open_storage` makes the file's folder, once the sweep has been validated."""
     url = url or os.environ.get("HARNESS_SWEEP_STORAGE") or DEFAULT_STORAGE
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
-        path = Path(url[len("sqlite:///"):]).resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{path}"
+        url = f"sqlite:///{Path(url[len('sqlite:///'):]).resolve()}"
     return url
 
 
-def redact_url(url: str) -> str:
-    """The storage URL without its password (safe to print and log)."""
-    try:
-        from sqlalchemy.engine import make_url
+def sqlite_file(url: str) -> Path | None:
+    """The file of an ``sqlite:///`` storage URL (None for other databases and in-memory sqlite)."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url[len("sqlite:///"):])
+    return None
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
+
+def redact_url(url: str) -> str:
+    """The storage URL without its password (safe to print and log): the project's one masking helper."""
+    from harness.secrets import mask_uri
+
+    return mask_uri(url)
 
 
 def open_storage(url: str, *, heartbeat_interval: int | None = 10, grace_period: int | None = 60,
@@ -45,6 +48,8 @@ def open_storage(url: str, *, heartbeat_interval: int | None = 10, grace_period:
     import optuna
 
     engine_kwargs: dict[str, Any] = {}
+    if sqlite_file(url) is not None:
+        sqlite_file(url).parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("sqlite"):
         # Several processes write one file: wait for the lock instead of "database is locked".
         engine_kwargs["connect_args"] = {"timeout": 120}

@@ -94,3 +94,36 @@ def test_build_batch_and_loss_match_hand_computation():
     expected = -torch.tensor(batch.advantages).unsqueeze(1) / mask.sum(1, keepdim=True) / 4 * mask
     torch.testing.assert_close(lp.grad, expected)
     assert metrics["clip/region_frac"][0].item() == 0
+
+
+def test_one_sample_group_gets_zero_advantage_not_nan():
+    """Deliberate difference (README): the reference's unbiased std of one sample is NaN, so its advantage is NaN."""
+    assert group_advantages(np.array([1.0])).tolist() == [0.0]
+    assert group_advantages(np.array([0.3]), scale_rewards=False).tolist() == [0.0]
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo"])
+def test_kl_is_aggregated_like_the_policy_loss_as_in_trl(loss_type):
+    """GRPO with beta > 0: beta x k3 KL is added to each token's loss before the loss_type aggregation (TRL's GRPOTrainer),
+    also when the batch is split into micro-batches."""
+    algo = GRPO(GRPOConfig(beta=0.2, loss_type=loss_type), seed=0, max_completion_length=4)
+    batch = algo.build_batch(_groups(), step=0)
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 0]], dtype=torch.float32)
+    lp = torch.randn(4, 3, generator=gen) * mask
+    old = (lp + 0.1 * torch.randn(4, 3, generator=gen)) * mask
+    ref = (lp + 0.5 * torch.randn(4, 3, generator=gen)) * mask
+    per_token = clipped_token_loss(lp, old, torch.tensor(batch.advantages), 0.2, 0.2)[0] + 0.2 * kl_k3(lp, ref)
+    if loss_type == "grpo":
+        expected = ((per_token * mask).sum(1) / mask.sum(1)).mean()
+    elif loss_type == "bnpo":
+        expected = (per_token * mask).sum() / mask.sum()
+    else:
+        expected = (per_token * mask).sum() / (4 * 4)
+    total = 0.0
+    for idx in ([0, 3], [1, 2]):
+        sub = batch.select(np.array(idx))
+        t = torch.tensor(idx)
+        inputs = LossInputs(lp[t], old[t], ref[t], mask[t], torch.tensor(sub.advantages), torch.tensor(sub.row_weights, dtype=torch.float32), torch.tensor(sub.token_sum), torch.zeros(2, dtype=torch.int8))
+        total += algo.loss(inputs)[0].item()
+    assert total == pytest.approx(expected.item(), rel=1e-5)

@@ -43,11 +43,22 @@ def resolve_auto(model=None) -> tuple[str, str]:
 
 @register_engine("auto")
 def _make_auto(model, tokenizer, batch_size: int = 256, **options):
+    """vllm when :func:`resolve_auto` says it can take the model; hf otherwise, or when vLLM fails to start on it
+    (an architecture or setting vLLM rejects). The choice and its reason are logged and kept as ``auto_reason``."""
     name, why = resolve_auto(model)
-    logger.info("engine auto -> %s (%s)", name, why)
-    if name == "hf":
-        return HFEngine(model=model, tokenizer=tokenizer, batch_size=batch_size, **options)
-    return _make_vllm(model, tokenizer, batch_size, **options)
+    if name == "vllm":
+        try:
+            engine = _make_vllm(model, tokenizer, batch_size, **options)
+        except Exception as exc:  # vLLM rejects the model or a setting: fall back rather than abort the run
+            name, why = "hf", f"vllm failed to start on this model: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        else:
+            logger.info("engine auto -> vllm (%s)", why)
+            engine.auto_reason = why
+            return engine
+    logger.warning("engine auto -> hf (%s)", why)
+    engine = HFEngine(model=model, tokenizer=tokenizer, batch_size=batch_size, **options)
+    engine.auto_reason = why
+    return engine
 
 
 # generation.<field> -> EngineOptions field (fields the config does not have yet are skipped)
@@ -79,4 +90,8 @@ def engine_options(cfg) -> dict:
     if opts.get("max_model_len") is None:
         opts["max_model_len"] = cfg.data.max_prompt_length + max(g.max_completion_length, getattr(cfg.eval, "max_new_tokens", 0) or 0)
     opts["seed"] = cfg.train.seed
+    # Size vLLM for what the run generates at once, not for 256 full-length sequences (that default took 2.3x the
+    # memory of the hf engine on SmolLM2-135M): a step's rows, or an evaluation batch with its most samples.
+    samples = max([getattr(cfg.eval, "num_samples", 1) or 1, *(getattr(cfg.eval, "samples_per_benchmark", {}) or {}).values()])
+    opts["max_num_seqs"] = int(min(256, max(cfg.train.prompts_per_step * g.num_generations, getattr(cfg.eval, "batch_size", 1) * samples)))
     return opts

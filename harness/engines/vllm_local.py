@@ -129,6 +129,9 @@ def write_model_skeleton(model: torch.nn.Module, tokenizer, path: str | Path) ->
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg = copy.deepcopy(model.config)
+    quant = getattr(cfg, "quantization_config", None)
+    if quant is not None and str(getattr(quant, "quant_method", None) or (quant.get("quant_method") if isinstance(quant, dict) else "")).lower().endswith("gguf"):
+        del cfg.quantization_config  # transformers dequantised a GGUF file into these weights: vLLM must not look for GGUF ones
     if not getattr(cfg, "architectures", None):
         cfg.architectures = [type(model).__name__]
     cfg.save_pretrained(path)
@@ -220,9 +223,11 @@ class VLLMRunner:
         )
         if max_model_len:
             kwargs["max_model_len"] = int(max_model_len)
+        if options.max_num_seqs:
+            kwargs["max_num_seqs"] = int(options.max_num_seqs)
         kv_gb = options.kv_cache_gb
         if not kv_gb and not options.gpu_memory_utilization and cpu:
-            kv_gb = cpu_kv_cache_default_gb(model_path, dtype, max_model_len)
+            kv_gb = cpu_kv_cache_default_gb(model_path, dtype, max_model_len, max_seqs=options.max_num_seqs or 256)
         if kv_gb:
             kwargs["kv_cache_memory_bytes"] = int(kv_gb * (1 << 30))
         else:
