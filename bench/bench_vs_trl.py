@@ -1,6 +1,9 @@
 """Seconds per GRPO step: our trainer vs TRL's ``GRPOTrainer``, same model, prompts and settings, same run.
 
-Run: ``python bench/bench_vs_trl.py [--steps 5] [--warmup 1] [--threads 2] [--model PATH] [--first ours|trl]``
+Run: ``python bench/bench_vs_trl.py [--steps 5] [--warmup 1] [--threads 2] [--model PATH|NAME] [--first ours|trl]``
+
+On the real model: ``python bench/bench_vs_trl.py --model smollm2-135m-gguf --train-set dm_comparison__pair --prompts-per-step 4
+--max-completion 32 --temperature 0.7 --lr 2e-5 --threads 1 --steps 2`` (the SmolLM2 preset's step).
 
 Both sides train the same tiny model (fp32, CPU, transformers ``generate``) on the same ``arith``
 prompts, in the same order: 16 prompts x G=8 completions generated and trained on in each optimizer
@@ -73,6 +76,7 @@ MAX_GRAD_NORM = 1.0
 TRAIN_SET = "arith"
 TRAIN_SIZE = 1024
 SHUFFLE_SEED = 42
+PROMPT_SUFFIX = ""  # appended to every problem on both sides (a registry model's instruction, e.g. SmolLM2's)
 
 PHASES = [
     ("generate", "generate (HF generate)"),
@@ -137,7 +141,8 @@ def run_ours(model_dir: str, schedule: list[list[dict]], warmup: int, seed: int,
     layer = {
         "model": {"name": model_dir, "dtype": "float32"},
         "algorithm": {"name": "grpo", "beta": BETA, "epsilon_low": EPSILON, "epsilon_high": EPSILON, "loss_type": "grpo", "scale_rewards": True, "num_iterations": 1},
-        "data": {"train": TRAIN_SET, "train_size": TRAIN_SIZE, "max_prompt_length": MAX_PROMPT, "shuffle_seed": SHUFFLE_SEED},
+        "data": {"train": TRAIN_SET, "train_size": TRAIN_SIZE, "max_prompt_length": MAX_PROMPT, "shuffle_seed": SHUFFLE_SEED,
+                 "system_prompt": "", "prompt_suffix": PROMPT_SUFFIX},
         "generation": {"engine": "hf", "num_generations": G, "max_completion_length": MAX_COMPLETION, "temperature": TEMPERATURE, "top_k": TOP_K, "top_p": TOP_P},
         "train": {"seed": seed, "prompts_per_step": PROMPTS_PER_STEP, "max_steps": total, "learning_rate": LR, "lr_scheduler": "cosine", "warmup_ratio": WARMUP_RATIO,
                   "max_grad_norm": MAX_GRAD_NORM, "micro_batch_size": 0, "format_reward_weight": 0.0, "save_every": 0, "log_completions_every": 0,
@@ -224,7 +229,7 @@ def run_trl(model_dir: str, schedule: list[list[dict]], warmup: int, seed: int, 
         """GRPOTrainer with timers around the phases; behaviour unchanged."""
 
         def _generate_and_score_completions(self, inputs):
-            seen_prompts.append([x["prompt"][-1]["content"] for x in inputs])
+            seen_prompts.append([x["prompt"][-1]["content"][:len(x["prompt"][-1]["content"]) - len(PROMPT_SUFFIX)] for x in inputs])
             return timer.wrap(super()._generate_and_score_completions, "rollout_total")(inputs)
 
         def _generate_single_turn(self, prompt_ids, *a, **kw):
@@ -276,7 +281,7 @@ def run_trl(model_dir: str, schedule: list[list[dict]], warmup: int, seed: int, 
 
     tok = load_tokenizer(model_dir)
     model = load_model(model_dir, "float32")
-    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["problem"]}], "answer": r["answer"]} for step in schedule for r in step])
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["problem"] + PROMPT_SUFFIX}], "answer": r["answer"]} for step in schedule for r in step])
     args = GRPOConfig(
         output_dir=str(Path(workdir) / "trl"),
         # one optimizer step = one generation batch of 16 prompts x 8 completions, used once
@@ -343,13 +348,18 @@ def mean(xs):
 
 
 def main() -> None:
-    global MAX_COMPLETION
+    global MAX_COMPLETION, PROMPTS_PER_STEP, TEMPERATURE, TRAIN_SET, PROMPT_SUFFIX, LR
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="timed steps per side")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per side before the timed ones")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--model", default=None, help="model dir (default: the quick warm-started tiny model, built if missing)")
+    ap.add_argument("--model", default=None, help="model dir or registry name, e.g. smollm2-135m-gguf (its prepared folder and its prompt "
+                    "suffix are used on both sides); default: the quick warm-started tiny model, built if missing")
+    ap.add_argument("--prompts-per-step", type=int, default=PROMPTS_PER_STEP, help=f"prompts per step (default {PROMPTS_PER_STEP})")
+    ap.add_argument("--temperature", type=float, default=TEMPERATURE, help=f"sampling temperature (default {TEMPERATURE})")
+    ap.add_argument("--train-set", default=TRAIN_SET, help=f"training prompts (default {TRAIN_SET}; e.g. dm_comparison__pair for SmolLM2)")
+    ap.add_argument("--lr", type=float, default=LR, help=f"learning rate (default {LR})")
     ap.add_argument("--cache-dir", default=None, help="tiny-model cache (default $HARNESS_CACHE or ~/.cache/rl-harness)")
     ap.add_argument("--first", choices=("ours", "trl"), default="ours", help="which side runs first (in round 1)")
     ap.add_argument("--max-completion", type=int, default=MAX_COMPLETION,
@@ -360,6 +370,7 @@ def main() -> None:
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1 or args.max_completion < 1:
         ap.error("--steps, --rounds and --max-completion must be >= 1 and --warmup >= 0")
     MAX_COMPLETION = args.max_completion  # read by both sides' configs
+    PROMPTS_PER_STEP, TEMPERATURE, TRAIN_SET, LR = args.prompts_per_step, args.temperature, args.train_set, args.lr
 
     import torch
 
@@ -371,7 +382,12 @@ def main() -> None:
     import trl
 
     if args.model:
+        from harness.models import REGISTRY, instruction_for, resolve_path
+
         model_dir = args.model
+        if args.model in REGISTRY:  # a GGUF entry resolves to its prepared (dequantised) folder
+            model_dir = resolve_path(REGISTRY[args.model])
+            PROMPT_SUFFIX = instruction_for(REGISTRY[args.model])[1]
     else:
         from harness.tiny_model import TinyBuildConfig, build_tiny_model
 
@@ -380,6 +396,7 @@ def main() -> None:
     schedule = prompt_schedule(total)
     print(f"model: {model_dir}")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, threads {args.threads}, cpus {os.cpu_count()}")
+    print(f"prompt suffix (both sides): {PROMPT_SUFFIX!r}; train set {TRAIN_SET}")
     print(f"settings: {PROMPTS_PER_STEP} prompts x G={G} per step, max_completion {MAX_COMPLETION}, T={TEMPERATURE} top_k={TOP_K} top_p={TOP_P}, "
           f"beta={BETA} eps={EPSILON} loss=grpo scale=group mu=1, lr {LR}, fp32, HF generate; warm-up {args.warmup}, timed {args.steps}")
     load_before = load_avg()

