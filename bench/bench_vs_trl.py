@@ -480,7 +480,8 @@ def main() -> None:
         print("ours/TRL per round: " + "  ".join(f"{x:.2f} ({'ours' if r['order'][0] == 'ours' else 'TRL'} first)" for x, r in zip(rr, per_round))
               + f"; median {statistics.median(rr):.2f}")
     ratio = mean(ow) / mean(tw)
-    print(f"\nours/TRL time per step = {ratio:.2f} (goal <= 0.67): {'MET' if ratio <= 0.67 else 'NOT met'}; load average after: {load_after}")
+    goal = 0.6 if PROMPT_SUFFIX or (args.model and not Path(args.model).exists()) else 0.67  # issue 10: <= 0.6x on SmolLM2; tiny: <= 0.67x
+    print(f"\nours/TRL time per step = {ratio:.2f} (goal <= {goal}): {'MET' if ratio <= goal else 'NOT met'}; load average after: {load_after}")
 
 
 if __name__ == "__main__":

@@ -151,8 +151,8 @@ def _make_handler(state: _ServerState, token: str | None = None):
             try:
                 body = self._body()
                 if url.path == "/shutdown":
+                    state.stop.set()  # before the reply: a client that got 200 may rely on the stop being under way
                     self._reply(200, {"status": "shutting down"})
-                    state.stop.set()
                     return
                 if state.status != "ready":
                     return self._reply(503, {"error": f"server is {state.status}: {state.error}"})
