@@ -57,3 +57,18 @@ def hermetic_data(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+
+
+# Modules whose tests start trainers, vLLM engines, servers, several processes or real-model runs.
+_SLOW_MODULES = {"test_engines", "test_multiprocess", "test_sweeps", "test_experiment", "test_reports", "test_resume", "test_secrets",
+                 "test_real_model", "test_trainer", "test_tiny_model"}
+_SLOW_FIXTURES = {"quick_model_dir", "make_config", "smol_dir"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the slow end-to-end tests `slow` (by module or by the fixtures that build models), so that
+    `pytest -m "not slow"` is the fast subset (README)."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        if module in _SLOW_MODULES or _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

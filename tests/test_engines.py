@@ -340,11 +340,15 @@ def test_server_start_failure_reports_the_log(base, tmp_path):
 
 
 def test_auto_picks_vllm_when_importable(base, monkeypatch):
-    from harness.engines import resolve_auto
+    from harness.engines import CPU_CHOICE, resolve_auto
     from harness.engines import vllm_local
 
     model, _ = base
     ok, _ = _vllm_ok()
+    assert resolve_auto(model)[0] == ("vllm" if ok and not vllm_local.on_cpu() else "hf")  # on a CPU hf's step is faster
+    if vllm_local.on_cpu():
+        assert resolve_auto(model)[1] == (CPU_CHOICE if ok else resolve_auto(model)[1])
+    monkeypatch.setattr(vllm_local, "on_cpu", lambda: False)  # as on a GPU
     assert resolve_auto(model)[0] == ("vllm" if ok else "hf")
     monkeypatch.setattr(vllm_local, "vllm_importable", lambda: (False, "vllm is not installed"))
     assert resolve_auto(model) == ("hf", "vllm is not installed")
