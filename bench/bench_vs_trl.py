@@ -3,7 +3,7 @@
 Run: ``python bench/bench_vs_trl.py [--steps 5] [--warmup 1] [--threads 2] [--model PATH|NAME] [--first ours|trl]``
 
 On the real model: ``python bench/bench_vs_trl.py --model smollm2-135m-gguf --train-set dm_comparison__pair --prompts-per-step 4
---max-completion 32 --temperature 0.7 --lr 2e-5 --threads 1 --steps 2`` (the SmolLM2 preset's step).
+--max-completion 32 --temperature 0.7 --lr 2e-5 --answer-fallback answer_is --format-reward 0.2 --steps 2`` (the SmolLM2 preset's step and rewards).
 
 Both sides train the same tiny model (fp32, CPU, transformers ``generate``) on the same ``arith``
 prompts, in the same order: 16 prompts x G=8 completions generated and trained on in each optimizer
@@ -76,6 +76,8 @@ MAX_GRAD_NORM = 1.0
 TRAIN_SET = "arith"
 TRAIN_SIZE = 1024
 SHUFFLE_SEED = 42
+ANSWER_FALLBACK = "none"  # data.answer_fallback on both sides (the SmolLM2 preset: answer_is)
+FORMAT_REWARD = 0.0  # train.format_reward_weight on both sides (a boxed non-empty answer)
 PROMPT_SUFFIX = ""  # appended to every problem on both sides (a registry model's instruction, e.g. SmolLM2's)
 
 PHASES = [
@@ -142,10 +144,10 @@ def run_ours(model_dir: str, schedule: list[list[dict]], warmup: int, seed: int,
         "model": {"name": model_dir, "dtype": "float32"},
         "algorithm": {"name": "grpo", "beta": BETA, "epsilon_low": EPSILON, "epsilon_high": EPSILON, "loss_type": "grpo", "scale_rewards": True, "num_iterations": 1},
         "data": {"train": TRAIN_SET, "train_size": TRAIN_SIZE, "max_prompt_length": MAX_PROMPT, "shuffle_seed": SHUFFLE_SEED,
-                 "system_prompt": "", "prompt_suffix": PROMPT_SUFFIX},
+                 "system_prompt": "", "prompt_suffix": PROMPT_SUFFIX, "answer_fallback": ANSWER_FALLBACK},
         "generation": {"engine": "hf", "num_generations": G, "max_completion_length": MAX_COMPLETION, "temperature": TEMPERATURE, "top_k": TOP_K, "top_p": TOP_P},
         "train": {"seed": seed, "prompts_per_step": PROMPTS_PER_STEP, "max_steps": total, "learning_rate": LR, "lr_scheduler": "cosine", "warmup_ratio": WARMUP_RATIO,
-                  "max_grad_norm": MAX_GRAD_NORM, "micro_batch_size": 0, "format_reward_weight": 0.0, "save_every": 0, "log_completions_every": 0,
+                  "max_grad_norm": MAX_GRAD_NORM, "micro_batch_size": 0, "format_reward_weight": FORMAT_REWARD, "save_every": 0, "log_completions_every": 0,
                   "output_dir": str(Path(workdir) / "ours" / "{run_name}")},
         "eval": {"before_training": False, "after_training": False, "every_steps": 0},
         "tracking": {"enabled": False},
@@ -212,7 +214,7 @@ def run_trl(model_dir: str, schedule: list[list[dict]], warmup: int, seed: int, 
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from benchmarks.scoring import score
+    from benchmarks.scoring import has_boxed_answer, score
     from harness.models import load_model, load_tokenizer
 
     total = len(schedule)
@@ -223,7 +225,7 @@ def run_trl(model_dir: str, schedule: list[list[dict]], warmup: int, seed: int, 
 
     def accuracy(completions, answer, **kw):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [score(t, a) for t, a in zip(texts, answer)]
+        return [score(t, a, answer_fallback=ANSWER_FALLBACK) + FORMAT_REWARD * has_boxed_answer(t) for t, a in zip(texts, answer)]
 
     class TimedGRPOTrainer(GRPOTrainer):
         """GRPOTrainer with timers around the phases; behaviour unchanged."""
@@ -348,7 +350,7 @@ def mean(xs):
 
 
 def main() -> None:
-    global MAX_COMPLETION, PROMPTS_PER_STEP, TEMPERATURE, TRAIN_SET, PROMPT_SUFFIX, LR
+    global MAX_COMPLETION, PROMPTS_PER_STEP, TEMPERATURE, TRAIN_SET, PROMPT_SUFFIX, LR, ANSWER_FALLBACK, FORMAT_REWARD
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="timed steps per side")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per side before the timed ones")
@@ -360,6 +362,9 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=TEMPERATURE, help=f"sampling temperature (default {TEMPERATURE})")
     ap.add_argument("--train-set", default=TRAIN_SET, help=f"training prompts (default {TRAIN_SET}; e.g. dm_comparison__pair for SmolLM2)")
     ap.add_argument("--lr", type=float, default=LR, help=f"learning rate (default {LR})")
+    ap.add_argument("--answer-fallback", default=ANSWER_FALLBACK, choices=("none", "answer_is", "last_number"),
+                    help="answer extraction fallback on both sides (default none; the SmolLM2 preset uses answer_is)")
+    ap.add_argument("--format-reward", type=float, default=FORMAT_REWARD, help="format reward weight on both sides (default 0; SmolLM2 preset 0.2)")
     ap.add_argument("--cache-dir", default=None, help="tiny-model cache (default $HARNESS_CACHE or ~/.cache/rl-harness)")
     ap.add_argument("--first", choices=("ours", "trl"), default="ours", help="which side runs first (in round 1)")
     ap.add_argument("--max-completion", type=int, default=MAX_COMPLETION,
@@ -371,6 +376,7 @@ def main() -> None:
         ap.error("--steps, --rounds and --max-completion must be >= 1 and --warmup >= 0")
     MAX_COMPLETION = args.max_completion  # read by both sides' configs
     PROMPTS_PER_STEP, TEMPERATURE, TRAIN_SET, LR = args.prompts_per_step, args.temperature, args.train_set, args.lr
+    ANSWER_FALLBACK, FORMAT_REWARD = args.answer_fallback, args.format_reward
 
     import torch
 
