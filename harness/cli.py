@@ -21,8 +21,10 @@ RUN_EPILOG = """examples:
   harness run --algos grpo,repo --models tiny --budget flops:1.2e12 --set eval.at_budget_fractions=[0.25,0.5,0.75] --dry-run
   harness run --config paper-qwen3-1.7b --models qwen3-1.7b --algos grpo,repo:highest_k --seeds 3
   harness run --config my.yaml --resume runs/grpo-tiny-s42
+  harness run --algos grpo,repo --models smollm2-135m-gguf --seeds 2    # a real pretrained model on CPU (~27 min)
+  harness models prepare smollm2-135m-gguf                              # dequantise the GGUF once, ahead of time
 
-presets (harness/presets, --config NAME): tiny, tiny-matched, paper-qwen2.5-math-1.5b, paper-qwen2.5-math-7b,
+presets (harness/presets, --config NAME): tiny, tiny-matched, smollm2-cpu, paper-qwen2.5-math-1.5b, paper-qwen2.5-math-7b,
 paper-qwen3-1.7b. In a mixed matrix --set algorithm.<field> applies to the algorithms that have the field.
 
 algorithm specs: NAME or NAME:VARIANT, e.g. grpo, repo, repo:recent_k, repo:highest_k,
