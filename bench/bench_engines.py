@@ -7,7 +7,7 @@ template) at the tiny preset's training settings (G completions per prompt, T=1.
 rounds alternate between engines so that load from other processes hits them alike; each engine gets
 one untimed warm-up round first. Reported per engine: start-up time, completions/s and generated
 tokens/s (median over rounds), and the log-prob gap between the engine's behaviour log-probs and the
-trainer's (the trainer's own collate + forward + ``selective_logprobs``, as in a training step):
+trainer's (the trainer's own collate + ``completion_logprobs``, as in a training step):
 
 * ``gap (T, top_k)``: at the training settings. With top_k on, the engine's log-probs are renormalised
   over the kept tokens while the trainer's are not, so this includes that truncation (it is the real
@@ -58,10 +58,11 @@ def resolve_model(name: str) -> str:
 
 
 def trainer_logprobs(model, tok, prompts, outs, temperature):
-    """The trainer's log-probs of every completion (same collate/forward/selective_logprobs as a training step)."""
+    """The trainer's log-probs of every completion (the same collate and :func:`completion_logprobs` as a training step)."""
     import torch
 
-    from harness.trainer import collate, selective_logprobs
+    from harness.logprobs import completion_logprobs
+    from harness.trainer import collate
 
     rows_p = [p for p, g in zip(prompts, outs) for _ in g]
     rows_c = [c.token_ids for g in outs for c in g]
@@ -69,9 +70,7 @@ def trainer_logprobs(model, tok, prompts, outs, temperature):
     with torch.no_grad():
         for s in range(0, len(rows_p), 64):
             col = collate(rows_p[s:s + 64], rows_c[s:s + 64], tok.pad_token_id)
-            C = col.completion_ids.shape[1]
-            logits = model(input_ids=col.input_ids, attention_mask=col.attention_mask, position_ids=col.position_ids, logits_to_keep=C + 1).logits[:, :-1]
-            lp = selective_logprobs(logits, col.completion_ids, temperature)
+            lp = completion_logprobs(model, col.input_ids, col.attention_mask, col.position_ids, col.completion_ids, col.completion_mask, temperature)
             res += [lp[j, :len(c)].float().numpy() for j, c in enumerate(rows_c[s:s + 64])]
     return res
 

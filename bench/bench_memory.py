@@ -42,16 +42,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.logprobs import DEFAULT_CHUNK_SIZE  # noqa: E402  (imports torch only)
+from harness.memory import peak_rss_bytes, reset_peak_rss, rss_bytes  # noqa: E402
 
 PROMPT = 16
 ARCH = {151936: "qwen2", 49152: "llama"}
 
 
 def _status_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
+    value = {"VmRSS": rss_bytes, "VmHWM": peak_rss_bytes}[key]()
+    if value is None:
+        raise RuntimeError("bench_memory.py reads /proc/self/status: Linux only")
+    return value // 1024
 
 
 def model_config(vocab: int, hidden: int = 64, layers: int = 2, intermediate: int = 256, heads: int = 4, kv_heads: int = 2, arch: str | None = None):
@@ -89,7 +90,8 @@ def child(spec: dict) -> dict:
     adv = torch.randn(R, generator=g)
     temperature = 0.7
     pre = _status_kb("VmRSS") * 1024
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    if not reset_peak_rss():  # VmHWM back to the current RSS
+        raise RuntimeError("bench_memory.py needs /proc/self/clear_refs (Linux) to measure one step's peak")
     t0 = time.perf_counter()
     if spec["chunk"] > 0:
         lp = chunked_logprobs(model, ids, mask, pos, ids[:, P:], cmask, temperature, spec["chunk"])

@@ -32,6 +32,7 @@ class Member:
     algorithm: str
     seed: int
     config: HarnessConfig
+    alone: bool = False  # the matrix's only member (set by name_members): it takes tracking.run_name as it is
 
     @property
     def key(self) -> str:
@@ -48,13 +49,13 @@ class Member:
         user = self.config.tracking.run_name
         if not user or user.endswith(self.default_name):  # the default, or already prefixed (the matrix writes it back)
             return user or self.default_name
-        return user if getattr(self, "_alone", False) else f"{user}-{self.default_name}"
+        return user if self.alone else f"{user}-{self.default_name}"
 
 
 def name_members(members: list[Member]) -> list[Member]:
     """Tell each member whether it is the matrix's only one (see :attr:`Member.run_name`)."""
     for m in members:
-        m._alone = len(members) == 1
+        m.alone = len(members) == 1
     return members
 
 

@@ -183,13 +183,23 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_bytes() -> int | None:
-    """VmHWM of this process (bytes) since the last :func:`reset_peak_rss`, or None off Linux."""
+def _status_bytes(key: str) -> int | None:
+    """A ``/proc/self/status`` memory line (``VmRSS``, ``VmHWM``) in bytes, or None off Linux."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def peak_rss_bytes() -> int | None:
+    """VmHWM of this process (bytes) since the last :func:`reset_peak_rss`, or None off Linux."""
+    return _status_bytes("VmHWM")
+
+
+def rss_bytes() -> int | None:
+    """Current resident set (VmRSS) of this process in bytes, or None off Linux."""
+    return _status_bytes("VmRSS")

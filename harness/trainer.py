@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 import time
 from contextlib import nullcontext
@@ -35,11 +34,14 @@ from algorithms import create_algorithm
 from algorithms.base import LossInputs, RolloutGroup, TrainBatch, algorithm_config_dict
 from benchmarks.datasets import load_train_set
 from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics, settings_from_config
+from benchmarks.scoring import get_default_scorer, has_boxed_answer
 from harness import checkpoint as ckpt
 from harness.config import HarnessConfig, atomic_write_json, atomic_write_text, parse_budget, save_config
 from harness.data import PromptSampler
 from harness.engines import engine_options
 from harness.engines.checks import logprob_gap_metrics, truncated_is_weights
+from harness.logprobs import completion_logprobs
+from harness.memory import peak_rss_bytes, plan_microbatches, reset_peak_rss
 from harness.models import encode_prompt, get_spec, instruction_for, load_model, load_tokenizer
 from harness.rollout import SamplingParams, create_engine
 from harness.secrets import mask_secrets
@@ -80,14 +82,6 @@ def reduce_metrics(metrics: dict[str, float], device: torch.device | str = "cpu"
     for i, (k, kd) in enumerate(zip(keys, kinds)):
         out[k] = float({"max": maxed[i], "min": mined[i], "sum": summed[i], "mean": summed[i] / max(float(present[i]), 1.0)}[kd])
     return out
-
-
-def selective_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(logits / T)[ids] from full logits (the ``train.logprob_chunk_size=0`` path; it lives in
-    :mod:`harness.logprobs`, which the trainer uses to avoid full logits altogether)."""
-    from harness.logprobs import selective_logprobs as from_logits
-
-    return from_logits(logits, ids, temperature)
 
 
 @dataclass
@@ -310,8 +304,6 @@ class Trainer:
         # and whenever TIS or engine behaviour log-probs need them.
         self.want_engine_logprobs = bool(getattr(self.engine, "cheap_logprobs", False) or g.tis_cap is not None or g.behaviour_logprobs == "engine")
 
-        from benchmarks.scoring import get_default_scorer
-
         self.scorer = get_default_scorer(cfg.data.answer_fallback)  # the pool shared with evaluation, bound to this run's fallback
         self.step = 0
         self._flat_steps = 0  # steps in a row with no reward variance in any group (see _check_flat_rewards)
@@ -427,8 +419,6 @@ class Trainer:
         golds = [r["answer"] for r in rows for _ in range(g.num_generations)]
         scored = self.scorer.score_batch(texts, golds)
         acc = np.array([s.reward for s in scored], dtype=np.float64)
-        from benchmarks.scoring import has_boxed_answer  # the format reward pays for a non-empty \boxed{} only
-
         fmt = np.array([1.0 if has_boxed_answer(x) else 0.0 for x in texts])
         rewards = acc + t.format_reward_weight * fmt
         t_score = time.perf_counter() - t0
@@ -455,8 +445,6 @@ class Trainer:
         """[B, C] log-probs of the completions (0 at padding) and the collated batch. ``model`` may be the DDP-wrapped
         policy (gradient sync intact) or an unwrapped model; chunked over tokens unless ``train.logprob_chunk_size=0``
         (or the architecture is not supported: :mod:`harness.logprobs`), so no [B, C, V] logits are held."""
-        from harness.logprobs import completion_logprobs
-
         col = collate(prompts, completions, self.tokenizer.pad_token_id)
         dev = self.accelerator.device
         logps = completion_logprobs(model, col.input_ids.to(dev), col.attention_mask.to(dev), col.position_ids.to(dev), col.completion_ids.to(dev),
@@ -485,8 +473,6 @@ class Trainer:
         lp_rows = np.nonzero(np.asarray(self.algorithm.rows_needing_logprobs(batch), dtype=bool) & ~grad_mask)[0]
         if use_engine:  # the engine already gave these rows' behaviour log-probs: no extra pass
             lp_rows = np.asarray([r for r in lp_rows if engine_lp[r] is None], dtype=np.int64)
-        from harness.memory import plan_microbatches
-
         # Micro-batches: at most train.micro_batch_size rows and train.max_tokens_per_microbatch padded tokens each.
         # The loss is a fixed weighted sum over rows (row_weights / token_sum), so the grouping changes only rounding.
         p_len, c_len = [len(p) for p in batch.prompt_ids], [len(c) for c in batch.completion_ids]
@@ -608,8 +594,6 @@ class Trainer:
         return w, {"sum": st["tis/weight_mean"] * n, "count": n, "truncated": st["tis/truncated_frac"] * n, "raw_max": st["tis/raw_ratio_max"]}
 
     def train_step(self) -> StepRecord:
-        from harness.memory import peak_rss_bytes, reset_peak_rss
-
         rss_reset = reset_peak_rss()  # memory/step_peak_rss_gb: this step's own peak, not the process's whole history
         t_step = time.perf_counter()
         indices = self.sampler.next_indices()
@@ -658,9 +642,9 @@ class Trainer:
     def _check_flat_rewards(self, groups: list[RolloutGroup], metrics: dict[str, float]) -> None:
         """Count steps in a row whose sampled groups all had equal rewards (GRPO-style advantages then give no gradient)
         and warn once when ``train.warn_flat_rewards_steps`` is reached, with what usually causes it."""
-        flat = all(float(np.ptp(g.rewards)) == 0.0 for g in groups) if groups else False
-        metrics["groups/flat_reward_frac"] = float(np.mean([float(np.ptp(g.rewards)) == 0.0 for g in groups])) if groups else 0.0
-        self._flat_steps = self._flat_steps + 1 if flat else 0
+        flat = [float(np.ptp(g.rewards)) == 0.0 for g in groups]
+        metrics["groups/flat_reward_frac"] = float(np.mean(flat)) if flat else 0.0
+        self._flat_steps = self._flat_steps + 1 if flat and all(flat) else 0
         n = self.cfg.train.warn_flat_rewards_steps
         if n and self._flat_steps == n and self.is_main:
             texts = getattr(self, "_last_texts", [])
