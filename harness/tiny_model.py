@@ -452,7 +452,9 @@ def warm_start(model, tokenizer, cfg: TinyBuildConfig, progress: bool = True, lo
 
 
 def _default_cache_dir() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "rl-harness")
+    from harness.models import cache_root  # one rule for $HARNESS_CACHE (prepared GGUF models live there too)
+
+    return cache_root()
 
 
 def _model_dir(cfg: TinyBuildConfig, cache_dir: str | os.PathLike | None) -> Path:
