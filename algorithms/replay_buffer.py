@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from harness.io import atomic_write
+
 import numpy as np
 
 __all__ = ["ReplayEntry", "ReplayBuffer"]
@@ -442,22 +444,9 @@ class ReplayBuffer:
         to a temporary file in the same directory, fsync, then ``os.replace``."""
         from safetensors.numpy import save_file
 
-        path = Path(path)
         tensors, meta = self.state_dict()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        with atomic_write(path) as tmp:
+            save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
 
     @classmethod
     def load(cls, path: "str | Path") -> "ReplayBuffer":

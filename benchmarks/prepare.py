@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import mathematics
+from harness.io import atomic_write_text
 from benchmarks.datasets import (
     BENCHMARKS,
     PAPER_BENCHMARKS,
@@ -45,18 +46,6 @@ from benchmarks.datasets import (
 
 BUILTIN = {"arith": "synthetic, built in", "champ": "champ-dataset PyPI package (offline)"}
 DM_SOURCE = "mathematics_dataset, generated"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _field_usage(spec: SourceSpec, raws: list[dict]) -> dict[str, dict[str, int]]:
@@ -102,8 +91,8 @@ def _meta(spec: SourceSpec, rows: list[dict], raws: list[dict], where: str, info
 
 def _write(out_dir: Path, name: str, rows: list[dict], meta: dict) -> Path:
     path = out_dir / f"{name}.jsonl"
-    _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    _write_atomic(out_dir / f"{name}.meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out_dir / f"{name}.meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return path
 
 

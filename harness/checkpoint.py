@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from harness.config import atomic_write_json
+from harness.io import atomic_write_json
 
 if TYPE_CHECKING:  # torch, numpy and safetensors are imported where used: the CLI imports this module for its errors
     import numpy as np

@@ -18,6 +18,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from harness.io import atomic_write_text
+
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
@@ -444,24 +446,6 @@ def save_config(cfg: HarnessConfig, path: str | Path) -> None:
     from harness.secrets import mask_secrets
 
     atomic_write_text(path, yaml.safe_dump(mask_secrets(cfg.to_dict()), sort_keys=False))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def config_from_dict(data: dict[str, Any]) -> HarnessConfig:

@@ -38,6 +38,8 @@ from typing import Iterable
 
 import torch
 
+from harness.io import cache_root
+
 logger = logging.getLogger(__name__)
 
 
@@ -166,11 +168,6 @@ def resolve_path(spec: ModelSpec) -> str:
 
 _PREPARED_MARKER = "harness_prepared.json"
 _PREPARE_FORMAT = 1  # bump when the prepared folder's layout changes
-
-
-def cache_root() -> Path:
-    """``$HARNESS_CACHE`` (default ``~/.cache/rl-harness``): built and prepared models live under ``models/``."""
-    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "rl-harness")
 
 
 def _gguf_fingerprint(path: Path) -> str:

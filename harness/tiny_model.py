@@ -452,7 +452,7 @@ def warm_start(model, tokenizer, cfg: TinyBuildConfig, progress: bool = True, lo
 
 
 def _default_cache_dir() -> Path:
-    from harness.models import cache_root  # one rule for $HARNESS_CACHE (prepared GGUF models live there too)
+    from harness.io import cache_root  # one rule for $HARNESS_CACHE (prepared GGUF models live there too)
 
     return cache_root()
 

@@ -36,7 +36,8 @@ from benchmarks.datasets import load_train_set
 from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics, settings_from_config
 from benchmarks.scoring import get_default_scorer, has_boxed_answer
 from harness import checkpoint as ckpt
-from harness.config import HarnessConfig, atomic_write_json, atomic_write_text, parse_budget, save_config
+from harness.config import HarnessConfig, parse_budget, save_config
+from harness.io import atomic_write_json, atomic_write_text
 from harness.data import PromptSampler
 from harness.engines import engine_options
 from harness.engines.checks import logprob_gap_metrics, truncated_is_weights
@@ -396,7 +397,8 @@ class Trainer:
         the members of a matrix all evaluate the same starting model with the same prompts, settings and seed, so only the
         first one generates (the cache key also holds the prompt ids and sampling settings; ``harness eval`` reuses the same way)."""
         from benchmarks.evaluation import CompletionCache, model_key
-        from harness.models import cache_root, resolve_path
+        from harness.io import cache_root
+        from harness.models import resolve_path
 
         try:
             key = model_key(f"{self.cfg.model.name}|{self.engine_name}|{self.cfg.model.dtype}", resolve_path(self.spec))
