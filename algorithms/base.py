@@ -16,7 +16,7 @@ from typing import Any, ClassVar, get_type_hints
 import numpy as np
 import torch
 
-from harness.config import ConfigError, _coerce
+from harness.schema import ConfigError, coerce
 
 
 @dataclass
@@ -95,6 +95,9 @@ class Algorithm:
 
     name: ClassVar[str] = ""
     config_cls: ClassVar[type] = object
+    #: Metrics of this plug-in that are counts: summed over processes (the others are averaged, ``*/max`` and
+    #: ``*/min`` take the extreme). The trainer's multi-process reduction reads it; nothing else lists them.
+    summed_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any, *, seed: int, max_completion_length: int, process_index: int = 0, num_processes: int = 1):
         self.config = config
@@ -126,6 +129,11 @@ class Algorithm:
     def rows_needing_logprobs(self, batch: TrainBatch) -> np.ndarray:
         """Rows whose pre-step log-probs ``after_step`` needs even when they carry no gradient."""
         return np.zeros(len(batch), dtype=bool)
+
+    @classmethod
+    def max_rows_per_prompt(cls, config: Any, num_generations: int) -> int:
+        """The most training rows one prompt can add to a step (``--dry-run``'s compute and memory upper bounds)."""
+        return num_generations
 
     def plan_warnings(self, *, num_generations: int, visits_per_prompt: float) -> list[str]:
         """Warnings about the planned run (printed before training), e.g. a setting that cannot take effect in it.
@@ -207,7 +215,7 @@ def resolve_algorithm(section: dict[str, Any]) -> tuple[type[Algorithm], Any]:
         if key not in valid:
             raise ConfigError(f"unknown config key 'algorithm.{key}' for algorithm '{name}'; valid keys: {', '.join(sorted(valid))}")
         choices = cls.config_cls.__dataclass_fields__[key].metadata.get("choices")
-        coerced = _coerce(value, hints[key], f"algorithm.{key}")
+        coerced = coerce(value, hints[key], f"algorithm.{key}")
         if choices and coerced not in choices:
             raise ConfigError(f"algorithm.{key}: expected one of {', '.join(choices)}, got {coerced!r}")
         setattr(config, key, coerced)

@@ -12,6 +12,8 @@ The small pure functions here are the loss pieces RePO reuses; nothing in this f
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +21,11 @@ import numpy as np
 import torch
 
 from algorithms.base import Algorithm, LossInputs, RolloutGroup, TrainBatch, register_algorithm
-from harness.config import ConfigError
+from harness.schema import ConfigError
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
+
+Metrics = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (numerator, denominator), pooled by the trainer
 
 
 @dataclass
@@ -130,6 +134,7 @@ def masked_mean_parts(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.T
 class GRPO(Algorithm):
     name = "grpo"
     config_cls = GRPOConfig
+    summed_metrics = ("samples/nonzero_adv", "groups/on_policy_nonzero_var", "groups/replay_nonzero_var")  # counts (effective_step_metrics)
 
     @classmethod
     def validate_config(cls, config: GRPOConfig) -> None:
@@ -201,23 +206,38 @@ class GRPO(Algorithm):
 
     # -- loss -----------------------------------------------------------------------------------
     def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        total, metrics, _ = self.clipped_loss(inputs)
+        return total, metrics
+
+    def clipped_loss(self, inputs: LossInputs, terms: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, Metrics, tuple[torch.Tensor, ...]]:
+        """The clipped surrogate (+ beta x KL), its metrics, and (ratio, clip_low, clip_high) for more ratio metrics.
+
+        ``terms`` (name -> bool row mask) splits the policy loss into one aggregate per subset of rows, each logged as
+        ``loss/<name>``, that add up to ``loss/policy``; the KL then applies to the first term's rows. GRPO has one
+        term (every row); RePO has two (on-policy rows and replayed rows)."""
         cfg = self.config
         token_loss, ratio, clip_low, clip_high = clipped_token_loss(inputs.logprobs, inputs.old_logprobs, inputs.advantages, cfg.epsilon_low, cfg.epsilon_high)
         token_loss = apply_is_weights(token_loss, inputs.is_weights)
-        metrics: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        policy_loss = aggregate(token_loss, inputs.mask, inputs.row_weights, inputs.token_sum)
+        weights = {"policy": inputs.row_weights} if terms is None else {n: inputs.row_weights * rows for n, rows in terms.items()}
+        losses = {n: aggregate(token_loss, inputs.mask, w, inputs.token_sum) for n, w in weights.items()}
+        policy_loss = functools.reduce(operator.add, losses.values())
         total = policy_loss
+        metrics: Metrics = {}
         if cfg.beta > 0:
             assert inputs.ref_logprobs is not None, "beta > 0 needs reference log-probs"
+            kl_rows = None if terms is None else next(iter(terms.values()))
             kl = kl_k3(inputs.logprobs, inputs.ref_logprobs)
-            kl_loss = aggregate_kl(kl, inputs, inputs.row_weights)
+            kl_loss = aggregate_kl(kl, inputs, next(iter(weights.values())))
             total = total + cfg.beta * kl_loss
-            metrics["kl/mean"] = masked_mean_parts(kl, inputs.mask)
+            metrics["kl/mean"] = masked_mean_parts(kl, inputs.mask if kl_rows is None else inputs.mask * kl_rows.unsqueeze(1))
             metrics["loss/kl"] = (kl_loss.detach(), torch.tensor(1.0))
-        metrics["loss/policy"] = (policy_loss.detach(), torch.tensor(1.0))
-        metrics["loss/total"] = (total.detach(), torch.tensor(1.0))
+        one = torch.tensor(1.0)
+        if terms is not None:
+            metrics.update({f"loss/{n}": (loss.detach(), one) for n, loss in losses.items()})
+        metrics["loss/policy"] = (policy_loss.detach(), one)
+        metrics["loss/total"] = (total.detach(), one)
         metrics.update(ratio_metrics(ratio, clip_low, clip_high, inputs.mask, prefix=""))
-        return total, metrics
+        return total, metrics, (ratio, clip_low, clip_high)
 
 
 def ratio_metrics(ratio: torch.Tensor, clip_low: torch.Tensor, clip_high: torch.Tensor, mask: torch.Tensor, prefix: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -31,9 +31,7 @@ from __future__ import annotations
 import json
 import math
 import operator
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence

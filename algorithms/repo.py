@@ -30,15 +30,16 @@ import numpy as np
 import torch
 
 from algorithms.base import LossInputs, RolloutGroup, TrainBatch, register_algorithm
-from algorithms.grpo import GRPO, GRPOConfig, aggregate, aggregate_kl, apply_is_weights, clipped_token_loss, effective_step_metrics, group_advantages, kl_k3, masked_mean_parts, ratio_metrics, row_weights_for
+from algorithms.grpo import GRPO, GRPOConfig, effective_step_metrics, group_advantages, ratio_metrics, row_weights_for
 from algorithms.replay_buffer import ReplayBuffer
-from algorithms.replay_strategies import available_strategies, get_strategy
-from harness.config import ConfigError
+from algorithms.replay_strategies import available_strategies, get_strategy, select_indices
+from harness.schema import ConfigError
 
 
 @dataclass
 class RePOConfig(GRPOConfig):
-    strategy: str = field(default="highest_k", metadata={"help": "Replay strategy: none, all, random_k, recent_k, highest_k, max_variance_k or a registered one (reference script default: highest_k; Qwen2.5-Math runs used recent_k)."})
+    strategy: str = field(default="highest_k", metadata={"help": f"Replay strategy: {', '.join(available_strategies())} or one registered with "
+                                                                 "algorithms.register_strategy (reference script default: highest_k; Qwen2.5-Math runs used recent_k)."})
     num_replays: int = field(default=8, metadata={"help": "k: replayed completions per prompt (paper: 8). `all` ignores it."})
     min_cache_to_replay: int = field(default=16, metadata={"help": "Replay a prompt only once its buffer holds this many entries (reference: 16, so replay starts in epoch 3 with G=8)."})
     max_cache_size: int = field(default=16, metadata={"help": "Per-prompt FIFO capacity (reference: 16)."})
@@ -52,6 +53,12 @@ class RePOConfig(GRPOConfig):
 class RePO(GRPO):
     name = "repo"
     config_cls = RePOConfig
+    summed_metrics = GRPO.summed_metrics + ("replay/rows",)
+
+    @classmethod
+    def max_rows_per_prompt(cls, config: RePOConfig, num_generations: int) -> int:
+        replayed = {"none": 0, "all": config.max_cache_size}.get(config.strategy, config.num_replays)
+        return num_generations + replayed
 
     @classmethod
     def apply_variant(cls, values: dict[str, Any], variant: str) -> dict[str, Any]:
@@ -98,7 +105,7 @@ class RePO(GRPO):
             if cfg.strategy == "none" or size < cfg.min_cache_to_replay:
                 continue
             stored = self.buffer.rewards(g.prompt_id)
-            picked = self.select(stored.tolist(), min(size, cfg.num_replays), self.rng)
+            picked = select_indices(self.select, stored.tolist(), min(size, cfg.num_replays), self.rng)  # a user strategy's output checked
             if not picked:
                 continue
             entries = self.buffer.get(g.prompt_id, list(picked))
@@ -181,25 +188,12 @@ class RePO(GRPO):
 
     # -- loss -----------------------------------------------------------------------------------
     def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-        cfg = self.config
-        token_loss, ratio, clip_low, clip_high = clipped_token_loss(inputs.logprobs, inputs.old_logprobs, inputs.advantages, cfg.epsilon_low, cfg.epsilon_high)
-        token_loss = apply_is_weights(token_loss, inputs.is_weights)  # the trainer gives replayed rows weight 1
+        # GRPO's clipped loss with the rows split into two terms (the off-policy coefficient is inside the row weights;
+        # the trainer gives replayed rows IS weight 1); the KL applies to the first term, the on-policy rows.
         is_on = inputs.source == 0
-        on_loss = aggregate(token_loss, inputs.mask, inputs.row_weights * is_on, inputs.token_sum)
-        off_loss = aggregate(token_loss, inputs.mask, inputs.row_weights * ~is_on, inputs.token_sum)  # coef is inside the weights
-        total = on_loss + off_loss
-        metrics: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        total, metrics, (ratio, clip_low, clip_high) = self.clipped_loss(inputs, {"on_policy": is_on, "off_policy": ~is_on})
         on_mask = inputs.mask * is_on.unsqueeze(1)
         off_mask = inputs.mask * (~is_on).unsqueeze(1)
-        if cfg.beta > 0:  # KL on on-policy tokens only, weighted as build_batch set (kl_weights or the on-policy term's weights)
-            kl = kl_k3(inputs.logprobs, inputs.ref_logprobs)
-            kl_loss = aggregate_kl(kl, inputs, inputs.row_weights * is_on)
-            total = total + cfg.beta * kl_loss
-            metrics["kl/mean"] = masked_mean_parts(kl, on_mask)
-            metrics["loss/kl"] = (kl_loss.detach(), torch.tensor(1.0))
-        one = torch.tensor(1.0)
-        metrics.update({"loss/on_policy": (on_loss.detach(), one), "loss/off_policy": (off_loss.detach(), one), "loss/policy": ((on_loss + off_loss).detach(), one), "loss/total": (total.detach(), one)})
-        metrics.update(ratio_metrics(ratio, clip_low, clip_high, inputs.mask, prefix=""))
         metrics.update(ratio_metrics(ratio, clip_low, clip_high, on_mask, prefix="on_"))
         if bool((~is_on).any()):
             metrics.update(ratio_metrics(ratio, clip_low, clip_high, off_mask, prefix="off_"))

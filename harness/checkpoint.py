@@ -5,10 +5,9 @@ Layout of ``<output_dir>/checkpoint-<step>/``::
     model/                      save_pretrained (safetensors) + tokenizer
     optimizer.safetensors       optimizer tensors, keyed "<param index>.<name>"
     optimizer.json              param groups and non-tensor state
-    scheduler.json              LR scheduler state
-    trainer_state.json          step, policy version, data position, MLflow run id, totals, config
+    trainer_state.json          TrainState: step, policy version, MLflow run id, totals, evaluations, config, budget
     rank<r>/rng.safetensors     torch RNG state of process r
-    rank<r>/rng.json            python/numpy RNG state of process r
+    rank<r>/rng.json            python/numpy RNG state and prompt-sampler position of process r
     rank<r>/algorithm.safetensors + algorithm.json   the plug-in's state (e.g. replay buffer shard)
     manifest.json               size + sha256 of every other file (written last, before the rename)
 
@@ -23,12 +22,14 @@ file present, JSON readable, safetensors complete).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
 import re
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -370,9 +371,34 @@ def saved_config(path: str | Path) -> dict[str, Any]:
     raise CheckpointError(f"no checkpoint with a readable trainer_state.json at '{path}': expected a checkpoint-<step> folder or an output folder holding them")
 
 
-def write_trainer_state(folder: Path, state: dict[str, Any]) -> None:
-    atomic_write_json(folder / "trainer_state.json", state)
+@dataclass
+class TrainState:
+    """What ``trainer_state.json`` holds: the run's progress outside the weights, the optimizer and the per-process
+    files, written and read as one record (the trainer keeps its live progress in one of these)."""
+
+    step: int = 0  # optimizer steps taken (= steps trained)
+    policy_version: int = 0  # weight versions the rollout engine has seen
+    mlflow_run_id: str | None = None
+    totals: dict[str, float] = field(default_factory=dict)  # running totals of harness.budget.TOTALED
+    eval_history: list[dict[str, Any]] = field(default_factory=list)  # one summary per evaluation
+    fractions_done: list[float] = field(default_factory=list)  # eval.at_budget_fractions already evaluated
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved config, secrets masked
+    num_processes: int = 1
+    budget: list[Any] = field(default_factory=list)  # [unit, value]
+
+    def write(self, folder: Path) -> None:
+        atomic_write_json(folder / "trainer_state.json", dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, folder: Path) -> "TrainState":
+        data = read_trainer_state(folder)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(f"{folder / 'trainer_state.json'}: unknown keys {', '.join(unknown)} (expected {', '.join(sorted(known))})")
+        return cls(**data)
 
 
 def read_trainer_state(folder: Path) -> dict[str, Any]:
+    """``trainer_state.json`` as a plain mapping (for tools that read one field of any checkpoint)."""
     return json.loads((folder / "trainer_state.json").read_text())

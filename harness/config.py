@@ -9,28 +9,19 @@ naming the offending key.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 import yaml
 
+from algorithms import resolve_algorithm
+from harness.budget import BUDGET_UNITS, parse_budget  # noqa: F401  (re-exported: config users read budgets here)
 from harness.io import atomic_write_text
+from harness.schema import ConfigError, check_bounds, coerce, describe_fields  # noqa: F401  (describe_fields: re-exported)
+from harness.schema import config_field as _f
 
 PRESET_DIR = Path(__file__).parent / "presets"
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the key."""
-
-
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
@@ -178,63 +169,6 @@ SECTIONS = ("model", "data", "generation", "train", "eval", "tracking", "algorit
 # Parsing and merging
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert ``value`` (from YAML or a CLI string) to the annotated type ``tp`` or fail naming ``key``."""
-    origin = get_origin(tp)
-    args = get_args(tp)
-    if origin is type(None) or tp is type(None):
-        return None
-    if origin is not None and type(None) in args:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        try:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-    if tp is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if tp is str:
-        if not isinstance(value, (str, int, float)):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
-    if origin is dict:
-        if isinstance(value, str):
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                value = None
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        if args:
-            return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
-        return dict(value)
-    return value
-
-
 def _parse_scalar(text: str) -> Any:
     """Parse a CLI override value with YAML rules (numbers, booleans, lists)."""
     try:
@@ -257,7 +191,7 @@ def update_dataclass(obj: Any, values: dict[str, Any], prefix: str) -> None:
                 raise ConfigError(f"{full}: expected a mapping of its fields, got {value!r}")
             update_dataclass(current, value, full)
         else:
-            setattr(obj, key, _coerce(value, hints[key], full))
+            setattr(obj, key, coerce(value, hints[key], full))
 
 
 def merge_into(cfg: HarnessConfig, values: dict[str, Any], source: str = "config") -> HarnessConfig:
@@ -338,36 +272,6 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-_BOUNDS = ("ge", "gt", "le", "lt")
-
-
-def _bound_text(meta: Any) -> str:
-    """``ge=0, lt=1`` -> ``in [0, 1)``; ``gt=0`` -> ``> 0``."""
-    lo = ("[", meta["ge"]) if "ge" in meta else ("(", meta["gt"]) if "gt" in meta else None
-    hi = ("]", meta["le"]) if "le" in meta else (")", meta["lt"]) if "lt" in meta else None
-    if lo and hi:
-        return f"in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
-    if lo:
-        return f"{'>=' if lo[0] == '[' else '>'} {lo[1]}"
-    return f"{'<=' if hi[0] == ']' else '<'} {hi[1]}"
-
-
-def check_bounds(obj: Any, prefix: str) -> None:
-    """The numeric range each field declares in its metadata (``_f(..., ge=0)``; ``ge``/``gt``/``le``/``lt``,
-    optionally ``why``), for every field of ``obj``; None passes for Optional fields."""
-    for f in fields(obj):
-        meta = f.metadata
-        value = getattr(obj, f.name)
-        if value is None or not any(k in meta for k in _BOUNDS):
-            continue
-        ok = (("ge" not in meta or value >= meta["ge"]) and ("gt" not in meta or value > meta["gt"])
-              and ("le" not in meta or value <= meta["le"]) and ("lt" not in meta or value < meta["lt"]))
-        if not ok:
-            optional = f.default is None or type(None) in get_args(get_type_hints(type(obj)).get(f.name))
-            why = f" ({meta['why']})" if meta.get("why") else ""
-            raise ConfigError(f"{prefix}.{f.name} must be {_bound_text(meta)}{why}{' or None' if optional else ''}, got {value!r}")
-
-
 def validate(cfg: HarnessConfig) -> None:
     """Reject impossible or inconsistent values; the algorithm validates its own section.
 
@@ -380,7 +284,7 @@ def validate(cfg: HarnessConfig) -> None:
             if choices and getattr(obj, f.name) not in choices:
                 raise ConfigError(f"{section}.{f.name}: expected one of {', '.join(choices)}, got {getattr(obj, f.name)!r}")
         check_bounds(obj, section)
-    g, t, d, e = cfg.generation, cfg.train, cfg.data, cfg.eval
+    g, t, e = cfg.generation, cfg.train, cfg.eval
     _validate_engine(g)
     _check(t.max_steps == -1 or t.max_steps >= 1, f"train.max_steps must be -1 (use epochs) or >= 1, got {t.max_steps}")
     _check(t.max_steps > 0 or t.epochs >= 1, "train.epochs must be >= 1 when train.max_steps is -1")
@@ -389,8 +293,6 @@ def validate(cfg: HarnessConfig) -> None:
     _check(all(0 < f < 1 for f in e.at_budget_fractions), f"eval.at_budget_fractions must lie strictly between 0 and 1, got {e.at_budget_fractions}")
     _check(all(v >= 1 for v in e.samples_per_benchmark.values()), "eval.samples_per_benchmark values must be >= 1")
     _check("name" in cfg.algorithm, "algorithm.name is required (e.g. grpo, repo:recent_k)")
-    from algorithms import resolve_algorithm  # late import: algorithms depend on this module
-
     resolve_algorithm(cfg.algorithm)  # raises ConfigError on unknown names/keys/inconsistencies
 
 
@@ -406,39 +308,6 @@ def _validate_engine(g: GenerationConfig) -> None:
         import torch
 
         _check(torch.cuda.is_available(), "generation.vllm_sleep needs a GPU: vLLM has no sleep mode on CPU (set it to false)")
-
-
-BUDGET_UNITS = ("steps", "generated_tokens", "trained_tokens", "flops", "wall_seconds")
-
-
-def parse_budget(text: str) -> tuple[str, float]:
-    """``"flops:2e13"`` -> ``("flops", 2e13)``; errors name ``train.budget`` and the valid units."""
-    unit, sep, value = str(text).partition(":")
-    unit = unit.strip()
-    if not sep or unit not in BUDGET_UNITS:
-        raise ConfigError(f"train.budget: expected UNIT:VALUE with UNIT one of {', '.join(BUDGET_UNITS)}, got {text!r}")
-    try:
-        amount = float(value)
-    except ValueError:
-        raise ConfigError(f"train.budget: the value after '{unit}:' must be a number, got {value!r}") from None
-    if not amount > 0:
-        raise ConfigError(f"train.budget: the value must be > 0, got {amount}")
-    if unit == "steps" and not amount.is_integer():
-        raise ConfigError(f"train.budget: a steps budget must be a whole number, got {amount}")
-    return unit, amount
-
-
-def describe_fields(obj_or_cls: Any, prefix: str) -> list[tuple[str, Any, str]]:
-    """(dotted key, default, help) for every field, for `harness config show` and --help epilogs."""
-    out = []
-    obj = obj_or_cls() if isinstance(obj_or_cls, type) else obj_or_cls
-    for f in fields(obj):
-        val = getattr(obj, f.name)
-        if is_dataclass(val):
-            out.extend(describe_fields(val, f"{prefix}.{f.name}" if prefix else f.name))
-        else:
-            out.append((f"{prefix}.{f.name}" if prefix else f.name, val, f.metadata.get("help", "")))
-    return out
 
 
 def save_config(cfg: HarnessConfig, path: str | Path) -> None:

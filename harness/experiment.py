@@ -19,12 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import HarnessConfig, parse_budget
-
-# Parameter counts for compute estimates of registry models that are not loaded by --dry-run.
-KNOWN_PARAMS = {"qwen2.5-math-1.5b": 1.54e9, "qwen2.5-math-7b": 7.62e9, "qwen3-1.7b": 2.03e9, "qwen3-1.7b-nothink": 2.03e9,
-                "qwen2.5-1.5b-instruct": 1.54e9, "deepseek-r1-distill-qwen-1.5b": 1.78e9, "smollm2-135m-gguf": 1.35e8}
-
+from harness.budget import estimate, parse_budget
+from harness.config import HarnessConfig
 
 @dataclass
 class Member:
@@ -69,50 +65,11 @@ def matrix_name(members: list[Member], explicit: str | None) -> str:
     return "matrix-" + hashlib.sha256(blob).hexdigest()[:10]
 
 
-def param_count(model: str) -> float | None:
-    if model in KNOWN_PARAMS:
-        return KNOWN_PARAMS[model]
-    if model == "tiny":
-        from harness.tiny_model import TinyBuildConfig
-
-        c = TinyBuildConfig()
-        vocab = 102
-        per_layer = 4 * c.hidden * c.heads * c.head_dim + 3 * c.hidden * c.intermediate
-        return float(c.layers * per_layer + vocab * c.hidden)
-    return None
-
-
-def estimate(member: Member) -> dict[str, Any]:
-    """Upper-bound compute per step from the config (max lengths; RePO: every prompt replaying k rows)."""
-    cfg = member.config
-    g, t = cfg.generation, cfg.train
-    rows = t.prompts_per_step * g.num_generations
-    gen_tokens = rows * (cfg.data.max_prompt_length + g.max_completion_length)
-    replay = cfg.algorithm.get("num_replays", 8) if member.algorithm.startswith("repo") and not member.algorithm.endswith(":none") else 0
-    train_tokens = (rows + t.prompts_per_step * replay) * (cfg.data.max_prompt_length + g.max_completion_length)
-    n = param_count(member.model)
-    flops = (2 * gen_tokens + 6 * train_tokens) * n if n else None
-    from harness.memory import estimate_for_config, model_arch
-
-    mem = estimate_for_config(cfg, model_arch(member.model), replay_rows=t.prompts_per_step * replay)
-    peak = mem["total"] if mem else None
-    if t.budget:
-        unit, value = parse_budget(t.budget)
-    elif t.max_steps > 0:
-        unit, value = "steps", float(t.max_steps)
-    else:  # epochs over the training prompts (the trainer's steps per epoch; unknown without data.train_size)
-        unit, value = "steps", (float(t.epochs * -(-cfg.data.train_size // t.prompts_per_step)) if cfg.data.train_size else None)
-    if value is None:
-        return {"flops_per_step_max": flops, "budget": f"{t.epochs} epochs", "min_steps": None, "params": n, "peak_memory": peak}
-    per_step = {"steps": 1.0, "generated_tokens": float(rows * g.max_completion_length), "trained_tokens": float(train_tokens), "flops": flops, "wall_seconds": None}[unit]
-    return {"flops_per_step_max": flops, "budget": f"{unit}:{value:g}", "min_steps": (value / per_step) if per_step else None, "params": n, "peak_memory": peak}
-
-
 def print_matrix(name: str, members: list[Member]) -> None:
     print(f"experiment matrix '{name}': {len(members)} runs")
     print(f"{'run':40s} {'budget':22s} {'params':>10s} {'FLOPs/step (max)':>17s} {'steps (min)':>11s} {'peak mem (est)':>14s}")
     for m in members:
-        e = estimate(m)
+        e = estimate(m.config, m.model)
         fmt = lambda v, f: (f.format(v) if v is not None else "unknown")
         print(f"{m.run_name:40s} {e['budget']:22s} {fmt(e['params'], '{:10.3g}'):>10s} {fmt(e['flops_per_step_max'], '{:17.3g}'):>17s} {fmt(e['min_steps'], '{:11.1f}'):>11s} "
               f"{fmt(e.get('peak_memory') and e['peak_memory'] / 1e9, '{:11.1f} GB'):>14s}")

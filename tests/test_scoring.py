@@ -416,7 +416,7 @@ def test_fallback_reaches_the_trainer_rewards(make_config, monkeypatch) -> None:
 
 def test_fallback_reaches_harness_eval(make_config, tmp_path, monkeypatch) -> None:
     """run_eval (``harness eval``) scores with the config's data.answer_fallback."""
-    import benchmarks.evaluation as ev
+    import harness.evaluation as ev
 
     class Stop(Exception):
         pass
