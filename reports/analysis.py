@@ -105,17 +105,36 @@ def run_facts(data: ExperimentData) -> pd.DataFrame:
         steps = training_steps(data, rid)
         final = data.final_steps.get(rid)
         ev = data.history(rid, "eval/macro_accuracy")
-        first = 0 if 0 in ev.index or any(0 in data.history(rid, k).index for k in data.keys(rid) if re.fullmatch(r"eval/[^/]+/accuracy", k)) else None
-        row: dict[str, Any] = {"run_id": rid, "algorithm": r.algorithm, "model": r.model, "seed": r.seed, "steps": len(steps),
-                               "last_step": max(steps) if steps else np.nan, "final_eval_step": final,
-                               "acc_start": macro_at(data, rid, first) if first is not None else np.nan,
-                               "acc_final": macro_at(data, rid, final) if final is not None else np.nan}
+        first = (
+            0
+            if 0 in ev.index
+            or any(0 in data.history(rid, k).index for k in data.keys(rid) if re.fullmatch(r"eval/[^/]+/accuracy", k))
+            else None
+        )
+        row: dict[str, Any] = {
+            "run_id": rid,
+            "algorithm": r.algorithm,
+            "model": r.model,
+            "seed": r.seed,
+            "steps": len(steps),
+            "last_step": max(steps) if steps else np.nan,
+            "final_eval_step": final,
+            "acc_start": macro_at(data, rid, first) if first is not None else np.nan,
+            "acc_final": macro_at(data, rid, final) if final is not None else np.nan,
+        }
         if final is None:
             data.issue("accuracy", f"Run `{rid}` ({r.algorithm}, {r.model}, seed {r.seed}) logged no evaluation.", rid)
         elif steps and final < max(steps):
-            data.issue("accuracy", f"Run `{rid}`: last evaluation at step {final} but training ran to step {max(steps)}.", rid, severity="note")
+            data.issue(
+                "accuracy",
+                f"Run `{rid}`: last evaluation at step {final} but training ran to step {max(steps)}.",
+                rid,
+                severity="note",
+            )
         if not steps:
-            data.issue("compute", f"Run `{rid}` ({r.algorithm}, seed {r.seed}) logged no per-step training metrics.", rid)
+            data.issue(
+                "compute", f"Run `{rid}` ({r.algorithm}, seed {r.seed}) logged no per-step training metrics.", rid
+            )
         for unit, (per_step, cum, _) in UNITS.items():
             h = data.history(rid, per_step)
             c = cumulative(data, rid, unit)
@@ -123,8 +142,12 @@ def run_facts(data: ExperimentData) -> pd.DataFrame:
             row[f"{unit}_total"] = float(c.iloc[-1]) if not c.empty else np.nan
         eff = data.history(rid, "effective/steps_total")
         eff_step = data.history(rid, "effective/step")
-        row["effective_total"] = float(eff.iloc[-1]) if not eff.empty else (float(eff_step.sum()) if not eff_step.empty else np.nan)
-        row["effective_per_step"] = float(eff_step.mean()) if not eff_step.empty else (row["effective_total"] / len(steps) if steps else np.nan)
+        row["effective_total"] = (
+            float(eff.iloc[-1]) if not eff.empty else (float(eff_step.sum()) if not eff_step.empty else np.nan)
+        )
+        row["effective_per_step"] = (
+            float(eff_step.mean()) if not eff_step.empty else (row["effective_total"] / len(steps) if steps else np.nan)
+        )
         z = data.history(rid, "groups/zero_std_frac")
         row["zero_std_frac"] = float(z.mean()) if not z.empty else np.nan
         for k in ("replay/hit_rate", "replay/staleness_mean"):
@@ -150,7 +173,9 @@ def _inner_means(values: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
     return out
 
 
-def hierarchical_bootstrap(units: list[dict[str, Any]], benchmarks: list[str], n_boot: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def hierarchical_bootstrap(
+    units: list[dict[str, Any]], benchmarks: list[str], n_boot: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Resample seeds, then prompts within each drawn seed; returns bench -> ``n_boot`` means, and ``"macro"``.
 
     ``units``: one dict per seed, bench -> per-prompt accuracies (np.ndarray, resampled) or a float
@@ -179,10 +204,26 @@ def hierarchical_bootstrap(units: list[dict[str, Any]], benchmarks: list[str], n
     return out
 
 
-def accuracy_table(data: ExperimentData, baseline: str = "grpo", n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+def accuracy_table(
+    data: ExperimentData, baseline: str = "grpo", n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> pd.DataFrame:
     """Final accuracy per model x benchmark (and ``macro``) x algorithm: mean over seeds, bootstrap CI, delta vs ``baseline``."""
     runs = data.finished
-    cols = ["model", "benchmark", "algorithm", "n_seeds", "seeds", "mean", "ci_low", "ci_high", "start", "delta", "delta_ci_low", "delta_ci_high", "resampling"]
+    cols = [
+        "model",
+        "benchmark",
+        "algorithm",
+        "n_seeds",
+        "seeds",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "start",
+        "delta",
+        "delta_ci_low",
+        "delta_ci_high",
+        "resampling",
+    ]
     if runs.empty or data.metrics.empty:
         return pd.DataFrame(columns=cols)
     per_prompt = {}
@@ -213,8 +254,12 @@ def accuracy_table(data: ExperimentData, baseline: str = "grpo", n_boot: int = 1
                     pp = per_prompt.get((r.run_id, b))
                     if pp is not None:
                         if abs(pp.mean() - logged) > 1e-6:
-                            data.issue("accuracy", f"Run `{r.run_id}` {b}: per-sample records give {100 * pp.mean():.2f}% but the logged accuracy is "
-                                                   f"{100 * logged:.2f}%; the per-sample records are used.", r.run_id)
+                            data.issue(
+                                "accuracy",
+                                f"Run `{r.run_id}` {b}: per-sample records give {100 * pp.mean():.2f}% but the logged accuracy is "
+                                f"{100 * logged:.2f}%; the per-sample records are used.",
+                                r.run_id,
+                            )
                         unit[b] = pp
                     else:
                         unit[b] = logged
@@ -243,12 +288,34 @@ def accuracy_table(data: ExperimentData, baseline: str = "grpo", n_boot: int = 1
                     continue
                 arr = boots[algo][b]
                 lo, hi = np.nanquantile(arr, q) if np.isfinite(arr).any() else (np.nan, np.nan)
-                sampled = [isinstance(u.get(b), np.ndarray) for u in has] if b != "macro" else [any(isinstance(v, np.ndarray) for v in u.values()) for u in has]
-                how = ("seeds x prompts" if all(sampled) else "seeds x prompts (some seeds: seeds only)" if any(sampled) else "seeds only") if len(has) > 1 \
+                sampled = (
+                    [isinstance(u.get(b), np.ndarray) for u in has]
+                    if b != "macro"
+                    else [any(isinstance(v, np.ndarray) for v in u.values()) for u in has]
+                )
+                how = (
+                    (
+                        "seeds x prompts"
+                        if all(sampled)
+                        else "seeds x prompts (some seeds: seeds only)"
+                        if any(sampled)
+                        else "seeds only"
+                    )
+                    if len(has) > 1
                     else ("prompts (1 seed)" if all(sampled) else "none (1 seed, no per-sample records)")
-                row = {"model": model, "benchmark": b, "algorithm": algo, "n_seeds": len(has), "seeds": _fmt_seeds(seeds), "mean": points[algo][b],
-                       "ci_low": float(lo), "ci_high": float(hi),
-                       "start": _nanmean(starts.get(b, [np.nan])) if b != "macro" else start_macro, "resampling": how}
+                )
+                row = {
+                    "model": model,
+                    "benchmark": b,
+                    "algorithm": algo,
+                    "n_seeds": len(has),
+                    "seeds": _fmt_seeds(seeds),
+                    "mean": points[algo][b],
+                    "ci_low": float(lo),
+                    "ci_high": float(hi),
+                    "start": _nanmean(starts.get(b, [np.nan])) if b != "macro" else start_macro,
+                    "resampling": how,
+                }
                 if baseline in boots and algo != baseline:
                     d = arr - boots[baseline][b]
                     row["delta"] = points[algo][b] - points[baseline][b]
@@ -259,7 +326,11 @@ def accuracy_table(data: ExperimentData, baseline: str = "grpo", n_boot: int = 1
             data.issue("accuracy", f"Model {model}: no finished `{baseline}` run, so no deltas vs {baseline}.")
         for algo, us in units_by_algo.items():
             if len(us) == 1:
-                data.issue("accuracy", f"Model {model}, {algo}: a single finished seed; its CI covers prompt sampling only.", severity="note")
+                data.issue(
+                    "accuracy",
+                    f"Model {model}, {algo}: a single finished seed; its CI covers prompt sampling only.",
+                    severity="note",
+                )
     out = pd.DataFrame(rows, columns=cols)
     return out
 
@@ -279,7 +350,19 @@ def compute_overhead(data: ExperimentData, facts: pd.DataFrame, baseline: str = 
     """Per model x algorithm x unit: cost per step, overhead vs baseline, total, accuracy gain and cost per accuracy point."""
     rows = []
     if facts.empty:
-        return pd.DataFrame(columns=["model", "algorithm", "unit", "n_runs", "per_step", "overhead", "total", "gain_points", "per_point"])
+        return pd.DataFrame(
+            columns=[
+                "model",
+                "algorithm",
+                "unit",
+                "n_runs",
+                "per_step",
+                "overhead",
+                "total",
+                "gain_points",
+                "per_point",
+            ]
+        )
     for model, f in facts.groupby("model"):
         base = f[f["algorithm"] == baseline]
         for unit, (_, _, label) in UNITS.items():
@@ -291,15 +374,35 @@ def compute_overhead(data: ExperimentData, facts: pd.DataFrame, baseline: str = 
                 ps = a[f"{unit}_per_step"].mean()
                 total = a[f"{unit}_total"].mean()
                 gain = 100 * (a["acc_final"] - a["acc_start"]).mean()
-                rows.append({"model": model, "algorithm": algo, "unit": label, "n_runs": int(a[f"{unit}_per_step"].notna().sum()), "per_step": ps,
-                             "overhead": ps / base_ps - 1 if np.isfinite(base_ps) and base_ps > 0 and algo != baseline else np.nan,
-                             "total": total, "gain_points": gain, "per_point": total / gain if np.isfinite(gain) and gain > 0 else np.nan})
+                rows.append(
+                    {
+                        "model": model,
+                        "algorithm": algo,
+                        "unit": label,
+                        "n_runs": int(a[f"{unit}_per_step"].notna().sum()),
+                        "per_step": ps,
+                        "overhead": ps / base_ps - 1
+                        if np.isfinite(base_ps) and base_ps > 0 and algo != baseline
+                        else np.nan,
+                        "total": total,
+                        "gain_points": gain,
+                        "per_point": total / gain if np.isfinite(gain) and gain > 0 else np.nan,
+                    }
+                )
         missing = [UNITS[u][2] for u in UNITS if f[f"{u}_per_step"].isna().all()]
         if missing:
-            data.issue("compute", f"Model {model}: no run recorded {', '.join(missing)}; those units are left out.", severity="note")
+            data.issue(
+                "compute",
+                f"Model {model}: no run recorded {', '.join(missing)}; those units are left out.",
+                severity="note",
+            )
         partial = f[f[[f"{u}_per_step" for u in UNITS if not f[f"{u}_per_step"].isna().all()]].isna().any(axis=1)]
         for _, r in partial.iterrows():
-            data.issue("compute", f"Run `{r.run_id}` ({r.algorithm}, seed {r.seed}) lacks some cost metrics other runs have.", r.run_id)
+            data.issue(
+                "compute",
+                f"Run `{r.run_id}` ({r.algorithm}, seed {r.seed}) lacks some cost metrics other runs have.",
+                r.run_id,
+            )
     return pd.DataFrame(rows)
 
 
@@ -313,18 +416,47 @@ def phase_breakdown(data: ExperimentData) -> pd.DataFrame:
             known = 0.0
             for p, h in phases_t.items():
                 if not h.empty:
-                    rows.append({"run_id": r.run_id, "model": r.model, "algorithm": r.algorithm, "kind": "wall seconds", "phase": p.removesuffix("_s"), "value": float(h.mean())})
+                    rows.append(
+                        {
+                            "run_id": r.run_id,
+                            "model": r.model,
+                            "algorithm": r.algorithm,
+                            "kind": "wall seconds",
+                            "phase": p.removesuffix("_s"),
+                            "value": float(h.mean()),
+                        }
+                    )
                     known += float(h.mean())
             if not total_t.empty:
-                rows.append({"run_id": r.run_id, "model": r.model, "algorithm": r.algorithm, "kind": "wall seconds", "phase": "other", "value": max(float(total_t.mean()) - known, 0.0)})
+                rows.append(
+                    {
+                        "run_id": r.run_id,
+                        "model": r.model,
+                        "algorithm": r.algorithm,
+                        "kind": "wall seconds",
+                        "phase": "other",
+                        "value": max(float(total_t.mean()) - known, 0.0),
+                    }
+                )
         for p in FLOP_PHASES:
             h = data.history(r.run_id, f"flops/{p}")
             if not h.empty:
-                rows.append({"run_id": r.run_id, "model": r.model, "algorithm": r.algorithm, "kind": "FLOPs", "phase": p, "value": float(h.mean())})
+                rows.append(
+                    {
+                        "run_id": r.run_id,
+                        "model": r.model,
+                        "algorithm": r.algorithm,
+                        "kind": "FLOPs",
+                        "phase": p,
+                        "value": float(h.mean()),
+                    }
+                )
     if not rows:
         return pd.DataFrame(columns=["model", "algorithm", "kind", "phase", "per_step"])
     df = pd.DataFrame(rows)
-    out = df.groupby(["model", "algorithm", "kind", "phase"], sort=False)["value"].mean().rename("per_step").reset_index()
+    out = (
+        df.groupby(["model", "algorithm", "kind", "phase"], sort=False)["value"].mean().rename("per_step").reset_index()
+    )
     out["share"] = out["per_step"] / out.groupby(["model", "algorithm", "kind"])["per_step"].transform("sum")
     return out
 
@@ -334,7 +466,17 @@ def phase_breakdown(data: ExperimentData) -> pd.DataFrame:
 
 
 def effective_summary(facts: pd.DataFrame, baseline: str = "grpo") -> pd.DataFrame:
-    cols = ["model", "algorithm", "n_runs", "steps", "effective_total", "effective_per_step", "zero_std_frac", "gain_total", "gain_per_step"]
+    cols = [
+        "model",
+        "algorithm",
+        "n_runs",
+        "steps",
+        "effective_total",
+        "effective_per_step",
+        "zero_std_frac",
+        "gain_total",
+        "gain_per_step",
+    ]
     if facts.empty or facts["effective_total"].isna().all():
         return pd.DataFrame(columns=cols)
     rows = []
@@ -344,10 +486,19 @@ def effective_summary(facts: pd.DataFrame, baseline: str = "grpo") -> pd.DataFra
         for algo in algorithm_order(f["algorithm"]):
             a = f[f["algorithm"] == algo]
             tot, ps = a["effective_total"].mean(), a["effective_per_step"].mean()
-            rows.append({"model": model, "algorithm": algo, "n_runs": int(a["effective_total"].notna().sum()), "steps": a["steps"].mean(),
-                         "effective_total": tot, "effective_per_step": ps, "zero_std_frac": a["zero_std_frac"].mean(),
-                         "gain_total": tot / b_tot - 1 if algo != baseline and b_tot > 0 else np.nan,
-                         "gain_per_step": ps / b_ps - 1 if algo != baseline and b_ps > 0 else np.nan})
+            rows.append(
+                {
+                    "model": model,
+                    "algorithm": algo,
+                    "n_runs": int(a["effective_total"].notna().sum()),
+                    "steps": a["steps"].mean(),
+                    "effective_total": tot,
+                    "effective_per_step": ps,
+                    "zero_std_frac": a["zero_std_frac"].mean(),
+                    "gain_total": tot / b_tot - 1 if algo != baseline and b_tot > 0 else np.nan,
+                    "gain_per_step": ps / b_ps - 1 if algo != baseline and b_ps > 0 else np.nan,
+                }
+            )
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -362,9 +513,31 @@ def effective_curves(data: ExperimentData) -> pd.DataFrame:
         bf = data.history(r.run_id, "budget/fraction")
         steps = sorted(set(eff.index) | set(z.index))
         for s in steps:
-            rows.append({"run_id": r.run_id, "model": r.model, "algorithm": r.algorithm, "seed": r.seed, "step": int(s),
-                         "effective_steps_total": eff.get(s, np.nan), "zero_std_frac": z.get(s, np.nan), "budget_fraction": bf.get(s, np.nan)})
-    return pd.DataFrame(rows, columns=["run_id", "model", "algorithm", "seed", "step", "effective_steps_total", "zero_std_frac", "budget_fraction"])
+            rows.append(
+                {
+                    "run_id": r.run_id,
+                    "model": r.model,
+                    "algorithm": r.algorithm,
+                    "seed": r.seed,
+                    "step": int(s),
+                    "effective_steps_total": eff.get(s, np.nan),
+                    "zero_std_frac": z.get(s, np.nan),
+                    "budget_fraction": bf.get(s, np.nan),
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "run_id",
+            "model",
+            "algorithm",
+            "seed",
+            "step",
+            "effective_steps_total",
+            "zero_std_frac",
+            "budget_fraction",
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -385,7 +558,10 @@ def choose_unit(data: ExperimentData, requested: str | None = None) -> str:
         if len(tagged) == 1:
             return tagged.pop()
         if len(tagged) > 1:
-            data.issue("general", f"The runs use different budget units ({', '.join(sorted(map(str, tagged)))}): they are not matched on compute.")
+            data.issue(
+                "general",
+                f"The runs use different budget units ({', '.join(sorted(map(str, tagged)))}): they are not matched on compute.",
+            )
     for unit in ("flops", "wall_seconds", "generated_tokens"):
         if not runs.empty and all(not cumulative(data, rid, unit).empty for rid in runs["run_id"]):
             return unit
@@ -409,7 +585,14 @@ def accuracy_vs_compute(data: ExperimentData) -> pd.DataFrame:
         last = max(steps) if steps else None
         cums = {u: cumulative(data, r.run_id, u) for u in list(UNITS) + ["steps"]}
         for step, acc in macro.items():
-            row = {"run_id": r.run_id, "model": r.model, "algorithm": r.algorithm, "seed": r.seed, "step": int(step), "macro_accuracy": float(acc)}
+            row = {
+                "run_id": r.run_id,
+                "model": r.model,
+                "algorithm": r.algorithm,
+                "seed": r.seed,
+                "step": int(step),
+                "macro_accuracy": float(acc),
+            }
             if step in bf_eval.index:
                 row["budget_fraction"] = float(bf_eval[step])
             elif step in bf_step.index:
@@ -503,9 +686,20 @@ def cost_to_target(curves: pd.DataFrame, baseline: str = "grpo", target: float |
         for algo in algorithm_order(mm["algorithm"]):
             for u in units:
                 c, b = costs[(algo, u)], costs.get((baseline, u), float("nan"))
-                rows.append({"model": model, "algorithm": algo, "unit": u, "target": tgt, "cost": c,
-                             "vs_baseline": (c / b - 1) if algo != baseline and np.isfinite(c) and np.isfinite(b) and b > 0 else np.nan,
-                             "reached": bool(np.isfinite(c)), "n_runs": int(mm[mm["algorithm"] == algo]["n_runs"].iloc[0])})
+                rows.append(
+                    {
+                        "model": model,
+                        "algorithm": algo,
+                        "unit": u,
+                        "target": tgt,
+                        "cost": c,
+                        "vs_baseline": (c / b - 1)
+                        if algo != baseline and np.isfinite(c) and np.isfinite(b) and b > 0
+                        else np.nan,
+                        "reached": bool(np.isfinite(c)),
+                        "n_runs": int(mm[mm["algorithm"] == algo]["n_runs"].iloc[0]),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -526,7 +720,9 @@ def _ratio_minus_one(value: float, base: float) -> float:
     return float(value) / float(base) - 1 if base and np.isfinite(base) else np.nan
 
 
-def ablation_table(data: ExperimentData, facts: pd.DataFrame, acc: pd.DataFrame, baseline: str = "grpo") -> pd.DataFrame:
+def ablation_table(
+    data: ExperimentData, facts: pd.DataFrame, acc: pd.DataFrame, baseline: str = "grpo"
+) -> pd.DataFrame:
     if facts.empty:
         return pd.DataFrame()
     rows = []
@@ -534,16 +730,38 @@ def ablation_table(data: ExperimentData, facts: pd.DataFrame, acc: pd.DataFrame,
         base = f[f["algorithm"] == baseline]
         for algo in algorithm_order(f["algorithm"]):
             a = f[f["algorithm"] == algo]
-            mac = acc[(acc["model"] == model) & (acc["algorithm"] == algo) & (acc["benchmark"] == "macro")] if not acc.empty else pd.DataFrame()
+            mac = (
+                acc[(acc["model"] == model) & (acc["algorithm"] == algo) & (acc["benchmark"] == "macro")]
+                if not acc.empty
+                else pd.DataFrame()
+            )
             m = mac.iloc[0] if not mac.empty else None
-            rows.append({"model": model, "algorithm": algo, "strategy": strategy_of(data, a["run_id"].iloc[0], algo) if algo != baseline else "(no replay)",
-                         "n_runs": len(a), "accuracy": m["mean"] if m is not None else np.nan, "ci_low": m["ci_low"] if m is not None else np.nan,
-                         "ci_high": m["ci_high"] if m is not None else np.nan, "delta": m["delta"] if m is not None and "delta" in m else np.nan,
-                         "effective_per_step": a["effective_per_step"].mean(),
-                         "effective_gain": _ratio_minus_one(a["effective_per_step"].mean(), base["effective_per_step"].mean()) if algo != baseline and not base.empty else np.nan,
-                         "wall_s_per_step": a["wall_seconds_per_step"].mean(),
-                         "wall_overhead": _ratio_minus_one(a["wall_seconds_per_step"].mean(), base["wall_seconds_per_step"].mean()) if algo != baseline and not base.empty else np.nan,
-                         "hit_rate": a["hit_rate"].mean(), "staleness": a["staleness_mean"].mean()})
+            rows.append(
+                {
+                    "model": model,
+                    "algorithm": algo,
+                    "strategy": strategy_of(data, a["run_id"].iloc[0], algo) if algo != baseline else "(no replay)",
+                    "n_runs": len(a),
+                    "accuracy": m["mean"] if m is not None else np.nan,
+                    "ci_low": m["ci_low"] if m is not None else np.nan,
+                    "ci_high": m["ci_high"] if m is not None else np.nan,
+                    "delta": m["delta"] if m is not None and "delta" in m else np.nan,
+                    "effective_per_step": a["effective_per_step"].mean(),
+                    "effective_gain": _ratio_minus_one(
+                        a["effective_per_step"].mean(), base["effective_per_step"].mean()
+                    )
+                    if algo != baseline and not base.empty
+                    else np.nan,
+                    "wall_s_per_step": a["wall_seconds_per_step"].mean(),
+                    "wall_overhead": _ratio_minus_one(
+                        a["wall_seconds_per_step"].mean(), base["wall_seconds_per_step"].mean()
+                    )
+                    if algo != baseline and not base.empty
+                    else np.nan,
+                    "hit_rate": a["hit_rate"].mean(),
+                    "staleness": a["staleness_mean"].mean(),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -561,8 +779,25 @@ def provenance_runs(data: ExperimentData) -> pd.DataFrame:
     r["used"] = r["include"]
     r["start_time"] = r["start_time"].dt.strftime("%Y-%m-%d %H:%M:%S")
     r["budget"] = [f"{u}:{v}" if u else "" for u, v in zip(r["budget_unit"], r["budget_value"])]
-    return r[["run_id", "run_name", "status", "used", "algorithm", "model", "seed", "engine", "torch", "num_processes", "budget", "steps",
-              "final_eval_step", "start_time", "duration_s"]]
+    return r[
+        [
+            "run_id",
+            "run_name",
+            "status",
+            "used",
+            "algorithm",
+            "model",
+            "seed",
+            "engine",
+            "torch",
+            "num_processes",
+            "budget",
+            "steps",
+            "final_eval_step",
+            "start_time",
+            "duration_s",
+        ]
+    ]
 
 
 def environment(data: ExperimentData) -> pd.DataFrame:
@@ -570,6 +805,7 @@ def environment(data: ExperimentData) -> pd.DataFrame:
     rows = []
     if data.tags.empty and data.params.empty:
         return pd.DataFrame(columns=["kind", "key", "values"])
+
     def add(kind, frame, pattern, skip=()):
         if frame.empty:
             return
@@ -578,8 +814,16 @@ def environment(data: ExperimentData) -> pd.DataFrame:
                 continue
             vals = frame[key].dropna().astype(str)
             uniq = sorted(set(vals))
-            rows.append({"kind": kind, "key": key, "values": uniq[0] if len(uniq) == 1 else " | ".join(uniq), "n_distinct": len(uniq),
-                         "runs_without": int(len(frame) - len(vals))})
+            rows.append(
+                {
+                    "kind": kind,
+                    "key": key,
+                    "values": uniq[0] if len(uniq) == 1 else " | ".join(uniq),
+                    "n_distinct": len(uniq),
+                    "runs_without": int(len(frame) - len(vals)),
+                }
+            )
+
     add("environment", data.tags, ENV_TAG, skip=("harness.role",))
     add("determinism", data.params, DETERMINISM)
     add("determinism", data.tags, DETERMINISM)
@@ -598,7 +842,14 @@ def config_diff(data: ExperimentData) -> pd.DataFrame:
     names = dict(zip(data.runs["run_id"], data.runs["run_name"]))
     out = p[diff].T
     out.columns = [names.get(c, c) for c in out.columns]
-    cat = ["per-run (expected)" if PER_RUN_PARAM.search(k) else "algorithm" if k.startswith("algorithm.") else "other (check)" for k in diff]
+    cat = [
+        "per-run (expected)"
+        if PER_RUN_PARAM.search(k)
+        else "algorithm"
+        if k.startswith("algorithm.")
+        else "other (check)"
+        for k in diff
+    ]
     out.insert(0, "category", cat)
     out.index.name = "param"
     order = {"other (check)": 0, "algorithm": 1, "per-run (expected)": 2}

@@ -85,10 +85,24 @@ class _Out:
         return rel
 
 
-def generate_report(tracking_uri: str | None = None, experiment: str = "harness", out_dir: str | Path | None = None, *,
-                    parent_run_id: str | None = None, all_runs: bool = False, sweep_run_id: str | None = "auto", baseline: str = "grpo",
-                    compute_unit: str | None = None, n_bootstrap: int = 1000, include_unfinished: bool = False, svg: bool = False,
-                    title: str | None = None, load_samples: bool = True, sweep_only: bool = False, target_accuracy: float | None = None) -> Path:
+def generate_report(
+    tracking_uri: str | None = None,
+    experiment: str = "harness",
+    out_dir: str | Path | None = None,
+    *,
+    parent_run_id: str | None = None,
+    all_runs: bool = False,
+    sweep_run_id: str | None = "auto",
+    baseline: str = "grpo",
+    compute_unit: str | None = None,
+    n_bootstrap: int = 1000,
+    include_unfinished: bool = False,
+    svg: bool = False,
+    title: str | None = None,
+    load_samples: bool = True,
+    sweep_only: bool = False,
+    target_accuracy: float | None = None,
+) -> Path:
     """Write the report of ``experiment`` (at ``tracking_uri``) to ``out_dir`` and return that folder.
 
     ``parent_run_id``: report that experiment parent's children (what `harness run` passes); otherwise the
@@ -106,8 +120,16 @@ def generate_report(tracking_uri: str | None = None, experiment: str = "harness"
     uri = resolve_tracking_uri(tracking_uri)
     root = Path(out_dir) if out_dir else default_out_dir(experiment)
     out = _Out(root, svg)
-    data = load_experiment(uri, experiment, parent_run_id=parent_run_id, all_runs=all_runs, sweep_run_id=sweep_run_id,
-                           include_unfinished=include_unfinished, load_samples=load_samples, members=not sweep_only)
+    data = load_experiment(
+        uri,
+        experiment,
+        parent_run_id=parent_run_id,
+        all_runs=all_runs,
+        sweep_run_id=sweep_run_id,
+        include_unfinished=include_unfinished,
+        load_samples=load_samples,
+        members=not sweep_only,
+    )
     t_load = time.perf_counter() - t0
     F.setup()
     colors = F.palette(list(data.runs["algorithm"]) if not data.runs.empty else [])
@@ -126,8 +148,11 @@ def generate_report(tracking_uri: str | None = None, experiment: str = "harness"
 
     doc = Document(title or f"Experiment report: {experiment}")
     n_all, n_used = len(data.runs), int(data.runs["include"].sum()) if not data.runs.empty else 0
-    doc.p(f"MLflow `{mask_uri(uri)}`, experiment **{experiment}**" + (f" (id {data.experiment_id})" if data.experiment_id else "")
-          + f"; runs: {data.selection}. {n_all} member run(s), {n_used} used in the aggregates. Baseline for deltas: `{baseline}`.")
+    doc.p(
+        f"MLflow `{mask_uri(uri)}`, experiment **{experiment}**"
+        + (f" (id {data.experiment_id})" if data.experiment_id else "")
+        + f"; runs: {data.selection}. {n_all} member run(s), {n_used} used in the aggregates. Baseline for deltas: `{baseline}`."
+    )
     n_models = data.finished["model"].nunique() if not data.finished.empty else 0
 
     if not sweep_only:
@@ -135,8 +160,10 @@ def generate_report(tracking_uri: str | None = None, experiment: str = "harness"
     issues_at = len(doc.blocks)  # issues are collected while building the sections; inserted here at the end
     if sweep_only:
         doc.h(2, "Results")
-        doc.p("A sweep report: the experiment-matrix sections (accuracy, compute, effective steps, accuracy vs compute) are left out; "
-              "`harness report --experiment " + experiment + "` reports the matrix runs.")
+        doc.p(
+            "A sweep report: the experiment-matrix sections (accuracy, compute, effective steps, accuracy vs compute) are left out; "
+            "`harness report --experiment " + experiment + "` reports the matrix runs."
+        )
     elif n_used:
         _accuracy(doc, out, acc, baseline, colors, F)
         _compute(doc, out, overhead, phases, facts, baseline, colors, F)
@@ -145,8 +172,11 @@ def generate_report(tracking_uri: str | None = None, experiment: str = "harness"
         _cost_to_target(doc, out, to_target, baseline, target_accuracy)
     else:
         doc.h(2, "Results")
-        doc.p("No finished member run is available, so sections 1-4 (accuracy, compute, effective steps, accuracy vs compute) are empty"
-              + (" — this report covers a sweep; see section 5." if data.sweep else "."), css="warning")
+        doc.p(
+            "No finished member run is available, so sections 1-4 (accuracy, compute, effective steps, accuracy vs compute) are empty"
+            + (" — this report covers a sweep; see section 5." if data.sweep else "."),
+            css="warning",
+        )
     if sweep_only:
         doc.h(2, "5. Sweep", anchor="sweep")
         _sweep(doc, out, data, F, level=2)
@@ -159,9 +189,13 @@ def generate_report(tracking_uri: str | None = None, experiment: str = "harness"
     tmp.h(2, "Missing data and caveats", anchor="missing-data")
     issues = data.issues
     if issues:
-        tmp.p(f"{sum(i.severity == 'warning' for i in issues)} warning(s), {sum(i.severity == 'note' for i in issues)} note(s). "
-              "Runs that did not finish are listed here and in the provenance table but not used in any aggregate.")
-        tmp.bullets([f"{'⚠ ' if i.severity == 'warning' else ''}[{i.section}] {i.message}" for i in issues], css="issues")
+        tmp.p(
+            f"{sum(i.severity == 'warning' for i in issues)} warning(s), {sum(i.severity == 'note' for i in issues)} note(s). "
+            "Runs that did not finish are listed here and in the provenance table but not used in any aggregate."
+        )
+        tmp.bullets(
+            [f"{'⚠ ' if i.severity == 'warning' else ''}[{i.section}] {i.message}" for i in issues], css="issues"
+        )
         icsv = out.csv(pd.DataFrame([vars(i) for i in issues]), "missing_data")
         tmp.p(f"Data: [`{icsv}`]({icsv}).")
     else:
@@ -170,8 +204,10 @@ def generate_report(tracking_uri: str | None = None, experiment: str = "harness"
 
     elapsed = time.perf_counter() - t0
     stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-    footer = (f"Generated {stamp} by `harness report` in {elapsed:.1f} s (loading {t_load:.1f} s). Figures: {len(out.figures)}, tables: {len(out.tables)} "
-              f"(CSV, in `tables/`).")
+    footer = (
+        f"Generated {stamp} by `harness report` in {elapsed:.1f} s (loading {t_load:.1f} s). Figures: {len(out.figures)}, tables: {len(out.tables)} "
+        f"(CSV, in `tables/`)."
+    )
     (root / "report.md").write_text(to_markdown(doc) + "\n" + footer + "\n")
     (root / "report.html").write_text(to_html(doc, root, footer))
     return root
@@ -183,31 +219,58 @@ def generate_report(tracking_uri: str | None = None, experiment: str = "harness"
 
 def _summary(doc, acc, overhead, eff, baseline) -> None:
     doc.h(2, "Summary vs the paper", anchor="summary")
-    doc.p("The paper (RePO, arXiv 2506.09340, §4): RePO vs GRPO gains **+18.4** accuracy points on average on Qwen2.5-Math-1.5B and **+4.1** on "
-          "Qwen3-1.7B; on Qwen3-1.7B with 8 on-policy + 8 off-policy samples it costs **+15%** compute and gives **+48%** effective optimization "
-          "steps. The paper does not define its compute unit or \"effective step\"; here effective steps are prompt groups that carry gradient "
-          "(README), and compute is shown in every recorded unit.")
+    doc.p(
+        "The paper (RePO, arXiv 2506.09340, §4): RePO vs GRPO gains **+18.4** accuracy points on average on Qwen2.5-Math-1.5B and **+4.1** on "
+        "Qwen3-1.7B; on Qwen3-1.7B with 8 on-policy + 8 off-policy samples it costs **+15%** compute and gives **+48%** effective optimization "
+        'steps. The paper does not define its compute unit or "effective step"; here effective steps are prompt groups that carry gradient '
+        "(README), and compute is shown in every recorded unit."
+    )
     rows = []
-    models = sorted(set(acc["model"]) | set(overhead["model"] if not overhead.empty else []) | set(eff["model"] if not eff.empty else []))
+    models = sorted(
+        set(acc["model"])
+        | set(overhead["model"] if not overhead.empty else [])
+        | set(eff["model"] if not eff.empty else [])
+    )
     for model in models:
-        algos = set(acc[acc["model"] == model]["algorithm"]) | set(eff[eff["model"] == model]["algorithm"] if not eff.empty else [])
+        algos = set(acc[acc["model"] == model]["algorithm"]) | set(
+            eff[eff["model"] == model]["algorithm"] if not eff.empty else []
+        )
         for algo in [a for a in sorted(algos) if a != baseline]:
             m = acc[(acc["model"] == model) & (acc["algorithm"] == algo) & (acc["benchmark"] == "macro")]
             d = m.iloc[0] if not m.empty else None
             paper_gain = A.paper_accuracy_gain(model)
-            o = overhead[(overhead["model"] == model) & (overhead["algorithm"] == algo)] if not overhead.empty else pd.DataFrame()
+            o = (
+                overhead[(overhead["model"] == model) & (overhead["algorithm"] == algo)]
+                if not overhead.empty
+                else pd.DataFrame()
+            )
             ov = {r.unit: r.overhead for r in o.itertuples()}
             e = eff[(eff["model"] == model) & (eff["algorithm"] == algo)] if not eff.empty else pd.DataFrame()
-            rows.append({"model": model, "algorithm": algo,
-                         f"Δ macro acc vs {baseline} (pts)": (pts(d["delta"]) + ci(d.get("delta_ci_low"), d.get("delta_ci_high"), sign=True)) if d is not None and "delta" in d else "n/a",
-                         "paper Δ (pts)": f"{paper_gain:+.1f}" if paper_gain is not None else "— (not a paper model)",
-                         "cost/step: wall": rel(ov.get("wall seconds")), "cost/step: FLOPs": rel(ov.get("FLOPs")),
-                         "cost/step: trained tokens": rel(ov.get("trained tokens")), "paper cost": "+15%",
-                         "effective steps/step": rel(e["gain_per_step"].iloc[0]) if not e.empty else "n/a",
-                         "effective steps (total)": rel(e["gain_total"].iloc[0]) if not e.empty else "n/a", "paper effective": "+48%"})
+            rows.append(
+                {
+                    "model": model,
+                    "algorithm": algo,
+                    f"Δ macro acc vs {baseline} (pts)": (
+                        pts(d["delta"]) + ci(d.get("delta_ci_low"), d.get("delta_ci_high"), sign=True)
+                    )
+                    if d is not None and "delta" in d
+                    else "n/a",
+                    "paper Δ (pts)": f"{paper_gain:+.1f}" if paper_gain is not None else "— (not a paper model)",
+                    "cost/step: wall": rel(ov.get("wall seconds")),
+                    "cost/step: FLOPs": rel(ov.get("FLOPs")),
+                    "cost/step: trained tokens": rel(ov.get("trained tokens")),
+                    "paper cost": "+15%",
+                    "effective steps/step": rel(e["gain_per_step"].iloc[0]) if not e.empty else "n/a",
+                    "effective steps (total)": rel(e["gain_total"].iloc[0]) if not e.empty else "n/a",
+                    "paper effective": "+48%",
+                }
+            )
     if rows:
-        doc.table(pd.DataFrame(rows), caption=f"Every non-{baseline} variant vs {baseline} (same model). Accuracy: final evaluation, macro average over "
-                                              f"benchmarks, mean over seeds with a 95% bootstrap CI.")
+        doc.table(
+            pd.DataFrame(rows),
+            caption=f"Every non-{baseline} variant vs {baseline} (same model). Accuracy: final evaluation, macro average over "
+            f"benchmarks, mean over seeds with a 95% bootstrap CI.",
+        )
     else:
         doc.p(f"No comparison against `{baseline}` is possible with these runs.", css="warning")
 
@@ -217,10 +280,12 @@ def _accuracy(doc, out, acc, baseline, colors, F) -> None:
     if acc.empty:
         doc.p("No finished run logged an evaluation.", css="warning")
         return
-    doc.p("Final evaluation of each run (its last `eval/*` step), mean over seeds. 95% CI: percentile bootstrap that resamples seeds, then prompts "
-          "within each drawn seed from the per-sample eval records (`eval/<tag>-step<N>.jsonl`; a prompt's samples stay together). Seeds "
-          "without per-sample records contribute their logged accuracy. *before* = the starting model (step 0). Δ = difference of means vs "
-          f"`{baseline}` with the CI of the difference. The best algorithm of each row is highlighted.")
+    doc.p(
+        "Final evaluation of each run (its last `eval/*` step), mean over seeds. 95% CI: percentile bootstrap that resamples seeds, then prompts "
+        "within each drawn seed from the per-sample eval records (`eval/<tag>-step<N>.jsonl`; a prompt's samples stay together). Seeds "
+        "without per-sample records contribute their logged accuracy. *before* = the starting model (step 0). Δ = difference of means vs "
+        f"`{baseline}` with the CI of the difference. The best algorithm of each row is highlighted."
+    )
     csv = out.csv(acc, "accuracy")
     algos = [a for a in acc["algorithm"].drop_duplicates()]
     from reports.data import algorithm_order
@@ -230,7 +295,11 @@ def _accuracy(doc, out, acc, baseline, colors, F) -> None:
     rows, marks = [], []
     for (model, bench), g in acc.groupby(["model", "benchmark"], sort=False):
         g = g.set_index("algorithm")
-        row = {"model": model, "benchmark": "**macro average**" if bench == "macro" else bench, "before": pct(g["start"].iloc[0])}
+        row = {
+            "model": model,
+            "benchmark": "**macro average**" if bench == "macro" else bench,
+            "before": pct(g["start"].iloc[0]),
+        }
         mark = {"model": False, "benchmark": False, "before": False}
         means = g["mean"].reindex(algos)
         best = means.max() if means.notna().any() and means.dropna().nunique() > 1 else None  # no winner among equals
@@ -263,7 +332,10 @@ def _accuracy(doc, out, acc, baseline, colors, F) -> None:
     doc.table(table, highlight=hl, csv=csv, caption="Final accuracy (%) [95% CI]; Δ in points vs " + baseline + ".")
     fig = F.accuracy_bars(acc, colors)
     if fig is not None:
-        doc.figure(out.fig(fig, "accuracy"), "Final accuracy per benchmark and macro average; error bars: 95% bootstrap CI; black lines: the model before training.")
+        doc.figure(
+            out.fig(fig, "accuracy"),
+            "Final accuracy per benchmark and macro average; error bars: 95% bootstrap CI; black lines: the model before training.",
+        )
 
 
 def _compute(doc, out, overhead, phases, facts, baseline, colors, F) -> None:
@@ -271,27 +343,45 @@ def _compute(doc, out, overhead, phases, facts, baseline, colors, F) -> None:
     if overhead.empty:
         doc.p("No finished run logged per-step cost metrics (`time/step_s`, `tokens/*`, `flops/*`).", css="warning")
         return
-    doc.p(f"Cost per optimizer step (mean over steps, then over seeds) in every recorded unit, its overhead vs `{baseline}` (the paper: **+15%** "
-          "compute for RePO on Qwen3-1.7B), the total over the run, and the cost per accuracy point gained (total / (final − before macro "
-          "accuracy in points); n/a when the run did not improve).")
+    doc.p(
+        f"Cost per optimizer step (mean over steps, then over seeds) in every recorded unit, its overhead vs `{baseline}` (the paper: **+15%** "
+        "compute for RePO on Qwen3-1.7B), the total over the run, and the cost per accuracy point gained (total / (final − before macro "
+        "accuracy in points); n/a when the run did not improve)."
+    )
     csv = out.csv(overhead, "compute_overhead")
-    t = pd.DataFrame({"model": overhead["model"], "algorithm": overhead["algorithm"], "unit": overhead["unit"],
-                      "per step": [num(v, u) for v, u in zip(overhead["per_step"], overhead["unit"])],
-                      f"vs {baseline}": [rel(v) if _isnum(v) else "—" for v in overhead["overhead"]], "paper": ["+15%"] * len(overhead),
-                      "total": [num(v, u) for v, u in zip(overhead["total"], overhead["unit"])],
-                      "acc gain (pts)": [f"{v:+.1f}" if _isnum(v) else "n/a" for v in overhead["gain_points"]],
-                      "per acc point": [num(v, u) for v, u in zip(overhead["per_point"], overhead["unit"])]})
+    t = pd.DataFrame(
+        {
+            "model": overhead["model"],
+            "algorithm": overhead["algorithm"],
+            "unit": overhead["unit"],
+            "per step": [num(v, u) for v, u in zip(overhead["per_step"], overhead["unit"])],
+            f"vs {baseline}": [rel(v) if _isnum(v) else "—" for v in overhead["overhead"]],
+            "paper": ["+15%"] * len(overhead),
+            "total": [num(v, u) for v, u in zip(overhead["total"], overhead["unit"])],
+            "acc gain (pts)": [f"{v:+.1f}" if _isnum(v) else "n/a" for v in overhead["gain_points"]],
+            "per acc point": [num(v, u) for v, u in zip(overhead["per_point"], overhead["unit"])],
+        }
+    )
     doc.table(t, csv=csv, caption="Cost per step, overhead and cost per accuracy point.")
     if not phases.empty:
         pcsv = out.csv(phases, "phase_breakdown")
-        wide = phases.pivot_table(index=["model", "algorithm", "kind"], columns="phase", values="per_step", sort=False).reset_index()
+        wide = phases.pivot_table(
+            index=["model", "algorithm", "kind"], columns="phase", values="per_step", sort=False
+        ).reset_index()
         for c in wide.columns[3:]:
             wide[c] = [num(v, "FLOPs" if k == "FLOPs" else "") for v, k in zip(wide[c], wide["kind"])]
-        doc.table(wide.fillna("—"), csv=pcsv, caption="Mean cost per step by phase (`time/<phase>_s`, `flops/<phase>`); *other* = step time outside the named phases.")
+        doc.table(
+            wide.fillna("—"),
+            csv=pcsv,
+            caption="Mean cost per step by phase (`time/<phase>_s`, `flops/<phase>`); *other* = step time outside the named phases.",
+        )
     fig = F.compute_phases(phases, overhead, baseline, colors)
     if fig is not None:
-        doc.figure(out.fig(fig, "compute"), f"Per-phase cost per step (stacked; labels: overhead vs {baseline}; dashed: {baseline} +15%, the paper's RePO "
-                                            f"overhead) and the overhead per unit.")
+        doc.figure(
+            out.fig(fig, "compute"),
+            f"Per-phase cost per step (stacked; labels: overhead vs {baseline}; dashed: {baseline} +15%, the paper's RePO "
+            f"overhead) and the overhead per unit.",
+        )
 
 
 def _effective(doc, out, eff, curves, baseline, colors, F) -> None:
@@ -299,20 +389,34 @@ def _effective(doc, out, eff, curves, baseline, colors, F) -> None:
     if eff.empty:
         doc.p("No finished run logged `effective/step` or `effective/steps_total`.", css="warning")
         return
-    doc.p("A prompt group carries gradient when any of its rows has a non-zero advantage; `effective/steps_total` sums the per-step fraction "
-          f"of such groups (units of full steps). Gain vs `{baseline}`: per step (the paper's **+48%** compares at equal steps) and in total over "
-          "the run (under a matched compute budget a costlier algorithm takes fewer steps).")
+    doc.p(
+        "A prompt group carries gradient when any of its rows has a non-zero advantage; `effective/steps_total` sums the per-step fraction "
+        f"of such groups (units of full steps). Gain vs `{baseline}`: per step (the paper's **+48%** compares at equal steps) and in total over "
+        "the run (under a matched compute budget a costlier algorithm takes fewer steps)."
+    )
     csv = out.csv(eff, "effective_steps")
-    t = pd.DataFrame({"model": eff["model"], "algorithm": eff["algorithm"], "runs": eff["n_runs"], "steps": [f"{v:.0f}" for v in eff["steps"]],
-                      "effective steps": [num(v) for v in eff["effective_total"]], "effective / step": [pct(v) + "%" if _isnum(v) else "n/a" for v in eff["effective_per_step"]],
-                      "zero-variance groups": [pct(v) + "%" if _isnum(v) else "n/a" for v in eff["zero_std_frac"]],
-                      f"gain/step vs {baseline}": [rel(v) if _isnum(v) else "—" for v in eff["gain_per_step"]],
-                      f"gain total vs {baseline}": [rel(v) if _isnum(v) else "—" for v in eff["gain_total"]], "paper": ["+48%"] * len(eff)})
+    t = pd.DataFrame(
+        {
+            "model": eff["model"],
+            "algorithm": eff["algorithm"],
+            "runs": eff["n_runs"],
+            "steps": [f"{v:.0f}" for v in eff["steps"]],
+            "effective steps": [num(v) for v in eff["effective_total"]],
+            "effective / step": [pct(v) + "%" if _isnum(v) else "n/a" for v in eff["effective_per_step"]],
+            "zero-variance groups": [pct(v) + "%" if _isnum(v) else "n/a" for v in eff["zero_std_frac"]],
+            f"gain/step vs {baseline}": [rel(v) if _isnum(v) else "—" for v in eff["gain_per_step"]],
+            f"gain total vs {baseline}": [rel(v) if _isnum(v) else "—" for v in eff["gain_total"]],
+            "paper": ["+48%"] * len(eff),
+        }
+    )
     doc.table(t, csv=csv, caption="Effective optimization steps (mean over seeds).")
     fig = F.effective_steps(curves, eff, baseline, colors)
     if fig is not None:
-        doc.figure(out.fig(fig, "effective_steps"), "Cumulative effective steps (band: range over seeds; dotted: every group effective), the fraction of "
-                                                    f"zero-variance groups, and the gain vs {baseline} (dashed: the paper's +48%).")
+        doc.figure(
+            out.fig(fig, "effective_steps"),
+            "Cumulative effective steps (band: range over seeds; dotted: every group effective), the fraction of "
+            f"zero-variance groups, and the gain vs {baseline} (dashed: the paper's +48%).",
+        )
     if not curves.empty:
         ccsv = out.csv(curves, "effective_curves")
         doc.p(f"Curve data (per run and step): [`{ccsv}`]({ccsv}).")
@@ -322,15 +426,30 @@ def _cost_to_target(doc, out, table, baseline, explicit) -> None:
     """Cost to reach a target accuracy, per unit: the other half of the compute overhead (per step is in section 2)."""
     if table.empty:
         return
-    how = ("the target given with `--target-accuracy`" if explicit is not None else
-           "the best macro accuracy that every compared algorithm's seed-mean curve reaches (the lowest of their peaks)")
-    doc.p(f"**Cost to reach a target accuracy.** Target: {how}. Cost: where the seed-mean curve first reaches it (linear between "
-          f"evaluations), in every recorded unit, and its ratio to `{baseline}`'s. Evaluations are sparse, so this is coarse.")
+    how = (
+        "the target given with `--target-accuracy`"
+        if explicit is not None
+        else "the best macro accuracy that every compared algorithm's seed-mean curve reaches (the lowest of their peaks)"
+    )
+    doc.p(
+        f"**Cost to reach a target accuracy.** Target: {how}. Cost: where the seed-mean curve first reaches it (linear between "
+        f"evaluations), in every recorded unit, and its ratio to `{baseline}`'s. Evaluations are sparse, so this is coarse."
+    )
     csv = out.csv(table, "cost_to_target")
-    t = pd.DataFrame({"model": table["model"], "algorithm": table["algorithm"], "target": [f"{100 * v:.1f}%" for v in table["target"]],
-                      "unit": [A.unit_label(u) for u in table["unit"]],
-                      "cost to target": [num(v, A.unit_label(u)) if r else "not reached" for v, u, r in zip(table["cost"], table["unit"], table["reached"])],
-                      f"vs {baseline}": [rel(v) if _isnum(v) else "—" for v in table["vs_baseline"]], "seeds": table["n_runs"]})
+    t = pd.DataFrame(
+        {
+            "model": table["model"],
+            "algorithm": table["algorithm"],
+            "target": [f"{100 * v:.1f}%" for v in table["target"]],
+            "unit": [A.unit_label(u) for u in table["unit"]],
+            "cost to target": [
+                num(v, A.unit_label(u)) if r else "not reached"
+                for v, u, r in zip(table["cost"], table["unit"], table["reached"])
+            ],
+            f"vs {baseline}": [rel(v) if _isnum(v) else "—" for v in table["vs_baseline"]],
+            "seeds": table["n_runs"],
+        }
+    )
     doc.table(t, csv=csv, caption="Cost for the seed-mean accuracy curve to first reach the target.")
 
 
@@ -352,17 +471,25 @@ def _curves(doc, out, data, curves, matched, unit, colors, F) -> None:
         doc.p("No finished run logged `eval/macro_accuracy`.", css="warning")
         return
     label = A.unit_label(unit)
-    doc.p(f"Macro accuracy at every evaluation (before training, at fixed budget fractions, after training) against the cumulative {label} spent "
-          "so far: the matched-compute view. Thick lines: mean over seeds at each budget fraction; thin lines: each seed. The table gives "
-          "the mean over seeds at each budget fraction.")
+    doc.p(
+        f"Macro accuracy at every evaluation (before training, at fixed budget fractions, after training) against the cumulative {label} spent "
+        "so far: the matched-compute view. Thick lines: mean over seeds at each budget fraction; thin lines: each seed. The table gives "
+        "the mean over seeds at each budget fraction."
+    )
     csv = out.csv(curves, "accuracy_vs_compute")
     fig = F.accuracy_vs_compute(curves, unit, label, colors, budget=_common_budget(data, unit))
     if fig is not None:
-        doc.figure(out.fig(fig, "accuracy_vs_compute"), f"Macro accuracy vs cumulative {label}; one panel per model; thick: mean over seeds at each budget fraction, thin: each seed"
-                                                        + (", dashed: the budget." if _common_budget(data, unit) else "."))
+        doc.figure(
+            out.fig(fig, "accuracy_vs_compute"),
+            f"Macro accuracy vs cumulative {label}; one panel per model; thick: mean over seeds at each budget fraction, thin: each seed"
+            + (", dashed: the budget." if _common_budget(data, unit) else "."),
+        )
         doc.p(f"Curve data (every evaluation of every run, cumulative cost in every recorded unit): [`{csv}`]({csv}).")
     elif unit != "steps":
-        doc.p(f"The runs did not record cumulative {label}; no curve drawn (see `{csv}` for the other units).", css="warning")
+        doc.p(
+            f"The runs did not record cumulative {label}; no curve drawn (see `{csv}` for the other units).",
+            css="warning",
+        )
     if not matched.empty:
         mcsv = out.csv(matched, "matched_compute")
         wide = matched.pivot_table(index=["model", "fraction"], columns="algorithm", values="mean", sort=True)
@@ -375,9 +502,16 @@ def _curves(doc, out, data, curves, matched, unit, colors, F) -> None:
         disp = disp.reset_index()
         disp["fraction"] = [f"{100 * f:.0f}%" for f in disp["fraction"]]
         disp = disp.rename(columns={"fraction": "budget spent"})
-        hl = pd.concat([pd.DataFrame(False, index=best.index, columns=["model", "budget spent"]), best], axis=1).reset_index(drop=True)
+        hl = pd.concat(
+            [pd.DataFrame(False, index=best.index, columns=["model", "budget spent"]), best], axis=1
+        ).reset_index(drop=True)
         hl.columns = disp.columns
-        doc.table(disp, highlight=hl, csv=mcsv, caption="Macro accuracy (%) at each budget fraction, mean over seeds; best per row highlighted.")
+        doc.table(
+            disp,
+            highlight=hl,
+            csv=mcsv,
+            caption="Macro accuracy (%) at each budget fraction, mean over seeds; best per row highlighted.",
+        )
 
 
 def _ablation(doc, out, abl, data, baseline, colors, F) -> None:
@@ -387,26 +521,47 @@ def _ablation(doc, out, abl, data, baseline, colors, F) -> None:
         doc.p("No replay variant among the finished runs.", css="warning")
     else:
         if repo["strategy"].nunique() < 2:
-            doc.p("Only one replay strategy among the finished runs: shown next to the baseline, no ablation across strategies.", css="warning")
+            doc.p(
+                "Only one replay strategy among the finished runs: shown next to the baseline, no ablation across strategies.",
+                css="warning",
+            )
         csv = out.csv(abl, "ablation")
-        t = pd.DataFrame({"model": abl["model"], "algorithm": abl["algorithm"], "strategy": abl["strategy"], "runs": abl["n_runs"],
-                          "macro acc (%)": [pct(v) + ci(lo, hi) for v, lo, hi in zip(abl["accuracy"], abl["ci_low"], abl["ci_high"])],
-                          f"Δ vs {baseline} (pts)": [pts(v) if _isnum(v) else "—" for v in abl["delta"]],
-                          "effective / step": [pct(v) + "%" if _isnum(v) else "n/a" for v in abl["effective_per_step"]],
-                          "eff. gain": [rel(v) if _isnum(v) else "—" for v in abl["effective_gain"]],
-                          "wall s / step": [num(v) for v in abl["wall_s_per_step"]], "wall overhead": [rel(v) if _isnum(v) else "—" for v in abl["wall_overhead"]],
-                          "replay hit rate": [pct(v) + "%" if _isnum(v) else "—" for v in abl["hit_rate"]],
-                          "staleness (steps)": [num(v) if _isnum(v) else "—" for v in abl["staleness"]]})
+        t = pd.DataFrame(
+            {
+                "model": abl["model"],
+                "algorithm": abl["algorithm"],
+                "strategy": abl["strategy"],
+                "runs": abl["n_runs"],
+                "macro acc (%)": [
+                    pct(v) + ci(lo, hi) for v, lo, hi in zip(abl["accuracy"], abl["ci_low"], abl["ci_high"])
+                ],
+                f"Δ vs {baseline} (pts)": [pts(v) if _isnum(v) else "—" for v in abl["delta"]],
+                "effective / step": [pct(v) + "%" if _isnum(v) else "n/a" for v in abl["effective_per_step"]],
+                "eff. gain": [rel(v) if _isnum(v) else "—" for v in abl["effective_gain"]],
+                "wall s / step": [num(v) for v in abl["wall_s_per_step"]],
+                "wall overhead": [rel(v) if _isnum(v) else "—" for v in abl["wall_overhead"]],
+                "replay hit rate": [pct(v) + "%" if _isnum(v) else "—" for v in abl["hit_rate"]],
+                "staleness (steps)": [num(v) if _isnum(v) else "—" for v in abl["staleness"]],
+            }
+        )
         hl = pd.DataFrame(False, index=t.index, columns=t.columns)
         for model, g in abl.groupby("model"):
             for key, col in (("accuracy", "macro acc (%)"), ("effective_per_step", "effective / step")):
                 v = g[key].dropna()
                 if v.nunique() > 1:
                     hl.loc[v[v == v.max()].index, col] = True
-        doc.table(t, highlight=hl, csv=csv, caption="Replay strategies side by side (mean over seeds; best accuracy and effective fraction highlighted).")
+        doc.table(
+            t,
+            highlight=hl,
+            csv=csv,
+            caption="Replay strategies side by side (mean over seeds; best accuracy and effective fraction highlighted).",
+        )
         fig = F.ablation(abl, colors)
         if fig is not None:
-            doc.figure(out.fig(fig, "ablation"), "Replay strategies side by side: final macro accuracy (95% CI), effective steps per step, wall seconds per step, replay hit rate.")
+            doc.figure(
+                out.fig(fig, "ablation"),
+                "Replay strategies side by side: final macro accuracy (95% CI), effective steps per step, wall seconds per step, replay hit rate.",
+            )
     _sweep(doc, out, data, F)
 
 
@@ -420,8 +575,11 @@ def _sweep(doc, out, data, F, level: int = 3) -> None:
     t = sw.trials
     n = len(t) if t is not None else 0
     states = t["state"].value_counts().to_dict() if t is not None and "state" in t else {}
-    doc.p(f"Study **{sw.name}**, sweep run `{sw.run_id}` ({sw.status}); {n} trial(s)" + (" (" + ", ".join(f"{v} {k.lower()}" for k, v in states.items()) + ")" if states else "")
-          + f"; direction: {sw.direction}.")
+    doc.p(
+        f"Study **{sw.name}**, sweep run `{sw.run_id}` ({sw.status}); {n} trial(s)"
+        + (" (" + ", ".join(f"{v} {k.lower()}" for k, v in states.items()) + ")" if states else "")
+        + f"; direction: {sw.direction}."
+    )
     best_number = None
     if sw.best:
         try:
@@ -444,14 +602,27 @@ def _sweep(doc, out, data, F, level: int = 3) -> None:
         if "duration" in show:
             show["duration"] = pd.to_timedelta(show["duration"], errors="coerce").dt.total_seconds()
             show = show.rename(columns={"duration": "duration (s)"})
-        keep = [c for c in show.columns if c in ("number", "value", "state", "duration (s)") or c.startswith("params_") or c.startswith("user_attrs_")]
+        keep = [
+            c
+            for c in show.columns
+            if c in ("number", "value", "state", "duration (s)")
+            or c.startswith("params_")
+            or c.startswith("user_attrs_")
+        ]
         show = show[keep].head(10).rename(columns=lambda c: c.removeprefix("params_").removeprefix("user_attrs_"))
         show = show.map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
-        doc.table(show.reset_index(drop=True), csv=csv, caption=f"Top {len(show)} trial(s) by objective (all trials: CSV).")
+        doc.table(
+            show.reset_index(drop=True), csv=csv, caption=f"Top {len(show)} trial(s) by objective (all trials: CSV)."
+        )
     if sw.importances:
-        icsv = out.csv(pd.Series(sw.importances, name="importance").rename_axis("param").reset_index(), "sweep_importances")
-        doc.table(pd.DataFrame({"param": list(sw.importances), "importance": [f"{v:.3f}" for v in sw.importances.values()]}), csv=icsv,
-                  caption="Parameter importances (`importances.json`).")
+        icsv = out.csv(
+            pd.Series(sw.importances, name="importance").rename_axis("param").reset_index(), "sweep_importances"
+        )
+        doc.table(
+            pd.DataFrame({"param": list(sw.importances), "importance": [f"{v:.3f}" for v in sw.importances.values()]}),
+            csv=icsv,
+            caption="Parameter importances (`importances.json`).",
+        )
     else:
         doc.p("No parameter importances were recorded (`importances.json`).")
     fig = F.sweep(t, sw.importances, sw.direction, best_number)
@@ -468,11 +639,18 @@ def _sweep(doc, out, data, F, level: int = 3) -> None:
         pruned = [r for r in bad.itertuples() if trial_states.get(r.trial) == "PRUNED"]
         failed = [r for r in bad.itertuples() if trial_states.get(r.trial) != "PRUNED"]
         if pruned:
-            data.issue("sweep", f"{len(pruned)} trial(s) stopped early by the study's pruner: "
-                       + ", ".join(f"trial {r.trial} `{r.run_id}`" for r in pruned), severity="note")
+            data.issue(
+                "sweep",
+                f"{len(pruned)} trial(s) stopped early by the study's pruner: "
+                + ", ".join(f"trial {r.trial} `{r.run_id}`" for r in pruned),
+                severity="note",
+            )
         if failed:
-            data.issue("sweep", f"{len(failed)} sweep trial run(s) did not finish: " + ", ".join(
-                f"trial {r.trial} `{r.run_id}` ({trial_states.get(r.trial, r.status)})" for r in failed))
+            data.issue(
+                "sweep",
+                f"{len(failed)} sweep trial run(s) did not finish: "
+                + ", ".join(f"trial {r.trial} `{r.run_id}` ({trial_states.get(r.trial, r.status)})" for r in failed),
+            )
 
 
 def _provenance(doc, out, data, uri) -> None:
@@ -482,7 +660,9 @@ def _provenance(doc, out, data, uri) -> None:
     doc.h(2, "6. Provenance", anchor="provenance")
     runs = A.provenance_runs(data)
     if data.parent:
-        doc.p(f"Experiment parent run: `{data.parent['run_id']}` ({data.parent.get('run_name') or ''}, {data.parent.get('status')}).")
+        doc.p(
+            f"Experiment parent run: `{data.parent['run_id']}` ({data.parent.get('run_name') or ''}, {data.parent.get('status')})."
+        )
     sw = data.sweep
     if sw is not None and sw.trial_runs is not None and not sw.trial_runs.empty:
         tcsv = out.csv(sw.trial_runs, "sweep_trial_runs")
@@ -506,12 +686,17 @@ def _provenance(doc, out, data, uri) -> None:
     show["final_eval_step"] = [str(int(v)) if _isnum(v) else "none" for v in show["final_eval_step"]]
     doc.table(show.fillna(""), csv=csv, caption="Member runs (MLflow run ids).")
     if not uri.startswith(("http://", "https://")):
-        doc.p(f"Open them in the MLflow UI: `mlflow ui --backend-store-uri {shown}` (experiment id {data.experiment_id}).")
+        doc.p(
+            f"Open them in the MLflow UI: `mlflow ui --backend-store-uri {shown}` (experiment id {data.experiment_id})."
+        )
     env = A.environment(data)
     if not env.empty:
         ecsv = out.csv(env, "environment")
-        doc.table(env[["kind", "key", "values", "runs_without"]].rename(columns={"runs_without": "runs without it"}), csv=ecsv,
-                  caption="Versions, hardware, engine (run tags) and determinism settings (seed params/tags); values across runs.")
+        doc.table(
+            env[["kind", "key", "values", "runs_without"]].rename(columns={"runs_without": "runs without it"}),
+            csv=ecsv,
+            caption="Versions, hardware, engine (run tags) and determinism settings (seed params/tags); values across runs.",
+        )
     diff = A.config_diff(data)
     diff = diff.map(mask_secrets)  # runs logged before params were masked may hold a password in a URI param
     if diff.empty:
@@ -519,8 +704,19 @@ def _provenance(doc, out, data, uri) -> None:
     else:
         dcsv = out.csv(diff, "config_diff")
         other = diff[diff["category"] == "other (check)"]
-        doc.p(f"Config differences between member runs: {len(diff)} param(s) differ; "
-              + (f"**{len(other)} outside the algorithm section and per-run fields** ({', '.join('`' + p + '`' for p in other['param'])}), check these are intended."
-                 if not other.empty else "all in the algorithm section or per-run fields (seed, run name, output folder)."))
-        show = diff if diff.shape[1] <= 14 else diff[["param", "category"]].assign(values=diff.iloc[:, 2:].astype(str).apply(lambda r: " | ".join(sorted(set(r))), axis=1))
+        doc.p(
+            f"Config differences between member runs: {len(diff)} param(s) differ; "
+            + (
+                f"**{len(other)} outside the algorithm section and per-run fields** ({', '.join('`' + p + '`' for p in other['param'])}), check these are intended."
+                if not other.empty
+                else "all in the algorithm section or per-run fields (seed, run name, output folder)."
+            )
+        )
+        show = (
+            diff
+            if diff.shape[1] <= 14
+            else diff[["param", "category"]].assign(
+                values=diff.iloc[:, 2:].astype(str).apply(lambda r: " | ".join(sorted(set(r))), axis=1)
+            )
+        )
         doc.table(show, csv=dcsv, caption="Params that differ between member runs (columns: run names).")

@@ -41,7 +41,9 @@ class Document:
         if items:
             self.blocks.append(Block("list", items=list(items), css=css))
 
-    def table(self, df: pd.DataFrame, *, highlight: pd.DataFrame | None = None, csv: str | None = None, caption: str = "") -> None:
+    def table(
+        self, df: pd.DataFrame, *, highlight: pd.DataFrame | None = None, csv: str | None = None, caption: str = ""
+    ) -> None:
         self.blocks.append(Block("table", caption, table=df, highlight=highlight, csv=csv))
 
     def figure(self, path: str, caption: str) -> None:
@@ -80,7 +82,13 @@ def to_markdown(doc: Document) -> str:
             out.append("|" + "|".join("---" for _ in cols) + "|")
             for i in range(len(df)):
                 hl = b.highlight.iloc[i] if b.highlight is not None else None
-                out.append("| " + " | ".join(_md_cell(df.iat[i, j], bool(hl.iat[j]) if hl is not None else False) for j in range(len(cols))) + " |")
+                out.append(
+                    "| "
+                    + " | ".join(
+                        _md_cell(df.iat[i, j], bool(hl.iat[j]) if hl is not None else False) for j in range(len(cols))
+                    )
+                    + " |"
+                )
             if b.csv:
                 out += ["", f"Data: [`{b.csv}`]({b.csv})"]
             out.append("")
@@ -112,7 +120,11 @@ def inline_html(text: str) -> str:
         s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", s)
         s = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", s)
         out.append(s)
-    return re.sub("\x00(\\d+)\x00", lambda m: f'<a href="{html.escape(links[int(m[1])][1])}">{inline_html(links[int(m[1])][0])}</a>', "".join(out))
+    return re.sub(
+        "\x00(\\d+)\x00",
+        lambda m: f'<a href="{html.escape(links[int(m[1])][1])}">{inline_html(links[int(m[1])][0])}</a>',
+        "".join(out),
+    )
 
 
 CSS = """
@@ -166,7 +178,11 @@ def to_html(doc: Document, root: Path, generated: str = "") -> str:
     body = [f"<h1>{inline_html(doc.title)}</h1>"]
     heads = [b for b in doc.blocks if b.kind == "h" and b.level == 2]
     if heads:
-        body.append('<nav class="toc"><strong>Contents:</strong> ' + " · ".join(f'<a href="#{b.anchor}">{inline_html(b.text)}</a>' for b in heads) + "</nav>")
+        body.append(
+            '<nav class="toc"><strong>Contents:</strong> '
+            + " · ".join(f'<a href="#{b.anchor}">{inline_html(b.text)}</a>' for b in heads)
+            + "</nav>"
+        )
     for b in doc.blocks:
         if b.kind == "h":
             body.append(f'<h{b.level} id="{b.anchor}">{inline_html(b.text)}</h{b.level}>')
@@ -185,16 +201,34 @@ def to_html(doc: Document, root: Path, generated: str = "") -> str:
             rows = []
             for i in range(len(df)):
                 hl = b.highlight.iloc[i] if b.highlight is not None else None
-                rows.append("<tr>" + "".join(_cell_html(df.iat[i, j], bool(hl.iat[j]) if hl is not None else False) for j in range(df.shape[1])) + "</tr>")
-            parts.append(f'<div class="tablewrap"><table data-csv="{html.escape(b.csv or "")}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
+                rows.append(
+                    "<tr>"
+                    + "".join(
+                        _cell_html(df.iat[i, j], bool(hl.iat[j]) if hl is not None else False)
+                        for j in range(df.shape[1])
+                    )
+                    + "</tr>"
+                )
+            parts.append(
+                f'<div class="tablewrap"><table data-csv="{html.escape(b.csv or "")}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+            )
             if b.csv:
-                parts.append(f'<div class="csv">Data: <a href="{html.escape(b.csv)}"><code>{html.escape(b.csv)}</code></a></div>')
+                parts.append(
+                    f'<div class="csv">Data: <a href="{html.escape(b.csv)}"><code>{html.escape(b.csv)}</code></a></div>'
+                )
             body.append("\n".join(parts))
         elif b.kind == "figure":
             data = base64.b64encode((root / b.path).read_bytes()).decode("ascii")
-            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b.text)}" data-file="{html.escape(b.path)}">'
-                        f"<figcaption>{inline_html(b.text)}</figcaption></figure>")
+            body.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b.text)}" data-file="{html.escape(b.path)}">'
+                f"<figcaption>{inline_html(b.text)}</figcaption></figure>"
+            )
     if generated:
         body.append(f'<p class="csv">{inline_html(generated)}</p>')
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{html.escape(doc.title)}</title><style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + IMAGE_CHECK + "</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(doc.title)}</title><style>{CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + IMAGE_CHECK
+        + "</body></html>\n"
+    )
