@@ -1,19 +1,22 @@
 """`harness report`: an experiment's MLflow runs -> Markdown + self-contained HTML report, figures and CSVs.
 
-    harness report --experiment NAME [--tracking-uri URI] [--parent RUN_ID | --all-runs] [--sweep RUN_ID|none] [--out DIR]
+    harness report --experiment NAME [--tracking-uri URI] [--parent RUN_ID | --all-runs]
+                   [--sweep RUN_ID|none] [--sweep-only] [--out DIR] ...
 
 Wiring (harness/cli.py): ``add_report_parser(sub)`` adds the sub-command, ``cmd_report(args)`` runs it;
-``generate_report(tracking_uri, experiment=..., out_dir=..., parent_run_id=..., sweep_run_id=...)``
-is the function `harness run` / `harness sweep` call at the end.
+``report_at_end(...)`` is what `harness run` / `harness sweep` call when they finish. The report itself is
+``reports.builder.generate_report`` (importable from here too, as is ``default_out_dir``). This module stays
+light (no pandas, matplotlib or MLflow) because every `harness` command builds its parser: reports.builder is
+imported only when a report is written.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import re
 import sys
 from pathlib import Path
+
+from harness.tracking import resolve_tracking_uri
 
 REPORT_EPILOG = """examples:
   harness report --experiment harness                 # the newest `harness run` matrix of the experiment
@@ -24,6 +27,18 @@ REPORT_EPILOG = """examples:
 Writes report.md, report.html (self-contained: figures embedded), figures/*.png|svg and tables/*.csv
 to --out (default reports/<experiment>-<timestamp>/).
 """
+
+# names defined in reports.builder that callers may import from here (loaded on first use: see __getattr__)
+_FROM_BUILDER = ("generate_report", "default_out_dir")
+
+
+def __getattr__(name: str):
+    """``reports.cli.generate_report`` / ``default_out_dir``: reports.builder's, imported on first use."""
+    if name in _FROM_BUILDER:
+        from reports import builder
+
+        return getattr(builder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_report_parser(subparsers) -> argparse.ArgumentParser:
@@ -49,7 +64,8 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
         "--sweep",
         default="auto",
         metavar="RUN_ID",
-        help="Sweep parent run to include; 'auto' = the newest sweep of the experiment (default), 'none' = no sweep section.",
+        help="Sweep parent run to include; 'auto' = the newest sweep of the experiment (default), "
+        "'none' = no sweep section.",
     )
     p.add_argument(
         "--sweep-only",
@@ -86,13 +102,14 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Run `harness report` with the arguments ``add_report_parser`` parsed; the exit status."""
     if args.target_accuracy is not None and not 0 < args.target_accuracy <= 1:
         print(
             f"error: --target-accuracy is a macro accuracy between 0 and 1 (e.g. 0.4), got {args.target_accuracy}",
             file=sys.stderr,
         )
         return 2
-    from harness.tracking import resolve_tracking_uri
+    from reports.builder import generate_report
 
     sweep = None if str(args.sweep).lower() in ("none", "no", "off", "") else args.sweep
     out = generate_report(
@@ -118,9 +135,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def report_at_end(
     tracking_uri: str | None, experiment: str, out_dir: str | Path, *, retry_hint: str, **kwargs
 ) -> Path | None:
-    """:func:`generate_report` for `harness run` / `harness sweep` when they finish: prints where the report went, or a
-    warning with ``retry_hint`` (the command that writes it later) - a report error never hides the run's own outcome."""
+    """``generate_report`` for `harness run` / `harness sweep` when they finish: prints where the report went, or a
+    warning with ``retry_hint`` (the command that writes it later) - a report error never hides the run's own outcome.
+    """
     try:
+        from reports.builder import generate_report
+
         out = generate_report(tracking_uri, experiment=experiment, out_dir=out_dir, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the results are already in MLflow (and Optuna)
         print(
@@ -130,32 +150,3 @@ def report_at_end(
         return None
     print(f"report: {out / 'report.html'}", flush=True)
     return out
-
-
-def default_out_dir(experiment: str) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("reports") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', experiment).strip('-') or 'experiment'}-{stamp}"
-
-
-def generate_report(
-    tracking_uri: str | None = None, experiment: str = "harness", out_dir: str | Path | None = None, **kwargs
-) -> Path:
-    """Write the report of ``experiment`` (at ``tracking_uri``) to ``out_dir`` and return that folder.
-
-    Keyword arguments (all optional):
-
-    * ``parent_run_id``: report that experiment parent's children (what `harness run` passes); default:
-      the newest parent run (``harness.role=experiment``) of the experiment.
-    * ``all_runs=True``: every training run of the experiment instead.
-    * ``sweep_run_id``: a sweep parent run id (what `harness sweep` passes), ``"auto"`` (default: the
-      newest sweep of the experiment, if any) or None (no sweep section).
-    * ``sweep_only=True``: only the sweep, no experiment-matrix sections (for `harness sweep`).
-    * ``baseline="grpo"``, ``compute_unit`` (flops, wall_seconds, generated_tokens, trained_tokens, steps;
-      default: the runs' budget unit), ``n_bootstrap=1000``, ``include_unfinished=False``, ``svg=False``, ``title``.
-
-    ``out_dir`` defaults to ``reports/<experiment>-<timestamp>/`` (relative to the working directory);
-    it receives report.md, report.html (figures inlined as data URIs), figures/*.png and tables/*.csv.
-    """
-    from reports.builder import generate_report as build
-
-    return build(tracking_uri, experiment, out_dir, **kwargs)

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.secrets import mask_uri
+
 # Metric families the report reads (full histories); everything else is ignored.
 HISTORY_PREFIXES = (
     "reward/",
@@ -35,10 +37,11 @@ HISTORY_PREFIXES = (
 EVAL_FILE = re.compile(r"^(?:.*/)?(?P<tag>[^/]+)-step(?P<step>\d+)\.jsonl$")
 # Tags that describe the software/hardware a run used (shown under provenance).
 ENV_TAG = re.compile(
-    r"(hardware|device|gpu|cuda|cpu|platform|python|torch|transformers|accelerate|vllm|mlflow\.source\.git|version|engine|num_processes|host)",
-    re.I,
+    r"(hardware|device|gpu|cuda|cpu|platform|python|torch|transformers|accelerate|vllm|mlflow\.source\.git|version"
+    r"|engine|num_processes|host)",
+    re.IGNORECASE,
 )
-DETERMINISM = re.compile(r"(seed|determin|cudnn|cublas|benchmark_mode)", re.I)
+DETERMINISM = re.compile(r"(seed|determin|cudnn|cublas|benchmark_mode)", re.IGNORECASE)
 
 
 @dataclass
@@ -236,8 +239,6 @@ def _load(
     fast_sql,
     want_members,
 ) -> ExperimentData:
-    from harness.secrets import mask_uri
-
     client = _client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None and parent_run_id:
@@ -252,48 +253,7 @@ def _load(
         return data
 
     everything = _search_all(client, [exp.experiment_id])
-    by_id = {r.info.run_id: r for r in everything}
-    parents = [r for r in everything if _role(r) == "experiment"]
-    parent = None
-    if not want_members:
-        members = []
-        data.selection = "none (sweep report)"
-    elif parent_run_id:
-        parent = by_id.get(parent_run_id)
-        if parent is None:
-            try:
-                parent = client.get_run(parent_run_id)
-            except Exception:  # noqa: BLE001
-                parent = None
-        if parent is None:
-            data.issue("general", f"Parent run {parent_run_id} was not found.")
-        members = [
-            r
-            for r in everything
-            if r.data.tags.get("mlflow.parentRunId") == parent_run_id and _role(r) in ("member", "")
-        ]
-        data.selection = f"children of parent run `{parent_run_id}`"
-    elif all_runs or not parents:
-        parent = None
-        members = [r for r in everything if _is_training_run(r)]
-        data.selection = "every training run of the experiment" + (
-            "" if all_runs else " (no experiment parent run found)"
-        )
-    else:
-        parent = parents[0]  # newest first
-        members = [
-            r
-            for r in everything
-            if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and _role(r) in ("member", "")
-        ]
-        data.selection = f"children of the most recent experiment parent run `{parent.info.run_id}`"
-        if len(parents) > 1:
-            data.issue(
-                "general",
-                f"The experiment has {len(parents)} experiment parent runs; this report covers the most recent one "
-                f"(`harness report --parent RUN_ID` or `--all-runs` for others).",
-                severity="note",
-            )
+    parent, members = _select_members(data, client, everything, parent_run_id, all_runs, want_members)
     if parent is not None:
         data.parent = {
             "run_id": parent.info.run_id,
@@ -303,27 +263,72 @@ def _load(
             "params": dict(parent.data.params),
             "start_time": parent.info.start_time,
         }
-
     if want_members:
         _fill_runs(data, client, members, include_unfinished, load_samples, max_workers, fast_sql)
         if parent is not None:
             _check_planned(data, client, parent.info.run_id)
-    if sweep_run_id:
-        sweeps = [r for r in everything if _role(r) == "sweep"]
-        sweep = by_id.get(sweep_run_id) if sweep_run_id != "auto" else (sweeps[0] if sweeps else None)
-        if sweep is None and sweep_run_id != "auto":
-            try:
-                sweep = client.get_run(sweep_run_id)
-            except Exception:  # noqa: BLE001
-                data.issue("sweep", f"Sweep run {sweep_run_id} was not found.")
-        if sweep is not None:
-            data.sweep = _load_sweep(
-                client,
-                sweep,
-                [r for r in everything if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id],
-                data,
-            )
+    sweep = _find_sweep(data, client, everything, sweep_run_id) if sweep_run_id else None
+    if sweep is not None:
+        data.sweep = _load_sweep(client, sweep, _children(everything, sweep.info.run_id), data)
     return data
+
+
+def _children(runs: list, parent_id: str) -> list:
+    """The runs whose MLflow parent is ``parent_id``."""
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+def _select_members(
+    data: ExperimentData, client, everything: list, parent_run_id: str | None, all_runs: bool, want_members: bool
+) -> tuple[Any, list]:
+    """The experiment parent run (or None) and the member runs the report covers; sets ``data.selection``."""
+    parents = [r for r in everything if _role(r) == "experiment"]
+    parent = None
+    if not want_members:
+        members = []
+        data.selection = "none (sweep report)"
+    elif parent_run_id:
+        parent = next((r for r in everything if r.info.run_id == parent_run_id), None)
+        if parent is None:
+            try:
+                parent = client.get_run(parent_run_id)
+            except Exception:  # noqa: BLE001
+                parent = None
+        if parent is None:
+            data.issue("general", f"Parent run {parent_run_id} was not found.")
+        members = [r for r in _children(everything, parent_run_id) if _role(r) in ("member", "")]
+        data.selection = f"children of parent run `{parent_run_id}`"
+    elif all_runs or not parents:
+        members = [r for r in everything if _is_training_run(r)]
+        data.selection = "every training run of the experiment" + (
+            "" if all_runs else " (no experiment parent run found)"
+        )
+    else:
+        parent = parents[0]  # newest first
+        members = [r for r in _children(everything, parent.info.run_id) if _role(r) in ("member", "")]
+        data.selection = f"children of the most recent experiment parent run `{parent.info.run_id}`"
+        if len(parents) > 1:
+            data.issue(
+                "general",
+                f"The experiment has {len(parents)} experiment parent runs; this report covers the most recent one "
+                "(`harness report --parent RUN_ID` or `--all-runs` for others).",
+                severity="note",
+            )
+    return parent, members
+
+
+def _find_sweep(data: ExperimentData, client, everything: list, sweep_run_id: str):
+    """The sweep parent run: ``sweep_run_id``'s, or with ``"auto"`` the newest sweep of the experiment (or None)."""
+    if sweep_run_id == "auto":
+        sweeps = [r for r in everything if _role(r) == "sweep"]
+        return sweeps[0] if sweeps else None
+    sweep = next((r for r in everything if r.info.run_id == sweep_run_id), None)
+    if sweep is None:
+        try:
+            sweep = client.get_run(sweep_run_id)
+        except Exception:  # noqa: BLE001
+            data.issue("sweep", f"Sweep run {sweep_run_id} was not found.")
+    return sweep
 
 
 def _fill_runs(
@@ -377,8 +382,8 @@ def _fill_runs(
         if newer and not include_unfinished:
             data.issue(
                 "general",
-                f"Run `{r.run_id}` ({r.algorithm}, {r.model}, seed {r.seed}) ended with status **{r.status}**; "
-                f"it is superseded by the finished run `{newer}`.",
+                f"Run `{r.run_id}` ({r.algorithm}, {r.model}, seed {r.seed}) ended with status **{r.status}**; it is "
+                f"superseded by the finished run `{newer}`.",
                 r.run_id,
                 severity="note",
             )
@@ -408,7 +413,8 @@ def _fill_runs(
 
 
 def _bulk_sql_metrics(client, run_ids: list[str]) -> list[tuple] | None:
-    """Every metric point of ``run_ids`` in one query when the store is MLflow's SQL store (None otherwise or on error)."""
+    """Every metric point of ``run_ids`` in one query when the store is MLflow's SQL store (None otherwise or on
+    error)."""
     try:
         from mlflow.store.tracking.dbmodels.models import SqlMetric
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -483,16 +489,15 @@ def _fill_artifacts(data: ExperimentData, client, runs: pd.DataFrame, load_sampl
         elif bool(runs.set_index("run_id").at[rid, "include"]):
             data.issue(
                 "accuracy",
-                f"Run `{rid}` has no per-sample eval artifact for its final evaluation (step {final}): its CIs use the logged "
-                f"accuracy only (seed-level resampling).",
+                f"Run `{rid}` has no per-sample eval artifact for its final evaluation (step {final}): its CIs use the "
+                "logged accuracy only (seed-level resampling).",
                 rid,
                 severity="note",
             )
 
     def read_samples(job):
-        rid, path, tag, step = job
-        text = _download_text(client, rid, path)
-        return job, text
+        rid, path, _, _ = job
+        return job, _download_text(client, rid, path)
 
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         loaded = list(pool.map(read_samples, sample_jobs))
@@ -586,7 +591,7 @@ def _load_sweep(client, run, children: list, data: ExperimentData) -> SweepData:
         if isinstance(imp, dict) and isinstance(imp.get("importances"), dict):
             imp = imp["importances"]  # `harness sweep` writes {"evaluator": ..., "importances": {...}}
         if not isinstance(imp, dict):
-            raise ValueError("expected a mapping")
+            raise TypeError("expected a mapping")
         return {str(k): float(v) for k, v in imp.items() if isinstance(v, (int, float))}
 
     sw.trials = parsed("trials.csv", read_trials, "could not be parsed")

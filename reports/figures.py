@@ -1,6 +1,9 @@
-"""Seaborn/matplotlib figures (Agg backend). Each function returns a Figure, or None when there is nothing to draw."""
+"""Seaborn/matplotlib figures (Agg backend). Each figure function returns a Figure, or None when there is nothing
+to draw; `save` writes one."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import matplotlib
 
@@ -15,7 +18,7 @@ from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 from reports.analysis import PAPER_COMPUTE_OVERHEAD, PAPER_EFFECTIVE_GAIN, mean_curves  # noqa: E402
 from reports.data import algorithm_order  # noqa: E402
 
-PAPER_STYLE = dict(color="0.25", linestyle="--", linewidth=1.2)
+PAPER_STYLE = {"color": "0.25", "linestyle": "--", "linewidth": 1.2}
 
 
 def setup() -> None:
@@ -29,6 +32,14 @@ def setup() -> None:
             "svg.fonttype": "none",
         }
     )
+
+
+def save(fig: plt.Figure, path: Path, svg: bool = False) -> None:
+    """Write ``fig`` as PNG at ``path`` (and as SVG next to it with ``svg``), then close it."""
+    fig.savefig(path)
+    if svg:
+        fig.savefig(path.with_suffix(".svg"))
+    plt.close(fig)
 
 
 def palette(algorithms) -> dict[str, tuple]:
@@ -107,6 +118,10 @@ def accuracy_bars(acc: pd.DataFrame, colors: dict) -> plt.Figure | None:
     return fig
 
 
+# the phases of the stacked cost-per-step bars, bottom to top (each with its own colour)
+PHASES = ["generate", "score", "logprob", "ref", "train", "build_batch", "after_step", "other"]
+
+
 def compute_phases(phases: pd.DataFrame, overhead: pd.DataFrame, baseline: str, colors: dict) -> plt.Figure | None:
     """Stacked per-phase cost per step (wall seconds, FLOPs) per algorithm, and overhead vs baseline per unit."""
     if phases.empty and overhead.empty:
@@ -119,90 +134,85 @@ def compute_phases(phases: pd.DataFrame, overhead: pd.DataFrame, baseline: str, 
     fig, axes = plt.subplots(
         len(models), ncols, figsize=(4.6 * ncols + 1.5, 3.8 * len(models)), squeeze=False, layout="constrained"
     )
-    phase_colors = dict(
-        zip(
-            ["generate", "score", "logprob", "ref", "train", "build_batch", "after_step", "other"],
-            sns.color_palette("Set2", 8),
-        )
-    )
+    phase_colors = dict(zip(PHASES, sns.color_palette("Set2", 8)))
     for row, model in enumerate(models):
         for col, kind in enumerate(kinds):
-            ax = axes[row, col]
             p = phases[(phases["model"] == model) & (phases["kind"] == kind)]
-            algos = algorithm_order(p["algorithm"])
-            bottom = np.zeros(len(algos))
-            for phase in [ph for ph in phase_colors if ph in set(p["phase"])]:
-                vals = p[p["phase"] == phase].set_index("algorithm").reindex(algos)["per_step"].fillna(0).to_numpy()
-                if not vals.any():
-                    continue
-                ax.bar(
-                    algos,
-                    vals,
-                    0.6,
-                    bottom=bottom,
-                    color=phase_colors[phase],
-                    label=phase,
-                    edgecolor="white",
-                    linewidth=0.5,
-                )
-                bottom += vals
-            if baseline in algos:
-                b = bottom[algos.index(baseline)]
-                ax.axhline(b * (1 + PAPER_COMPUTE_OVERHEAD), **PAPER_STYLE, label=f"{baseline} +15% (paper)")
-                for i, a in enumerate(algos):
-                    if a != baseline and b > 0:
-                        ax.text(
-                            i,
-                            bottom[i] * 0.98,
-                            _pct_label(bottom[i] / b - 1),
-                            ha="center",
-                            va="top",
-                            fontsize=8,
-                            fontweight="bold",
-                            bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85),
-                        )
-            ax.set_title(f"{model}: {kind} per step by phase")
-            ax.set_ylabel(f"{kind} / step")
-            if kind == "FLOPs":
-                ax.yaxis.set_major_formatter(FuncFormatter(_si))
-            ax.tick_params(axis="x", rotation=30, labelsize=8)
-            for lab in ax.get_xticklabels():
-                lab.set_horizontalalignment("right")
-            ax.grid(axis="x", visible=False)
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+            _phase_bars(axes[row, col], p, f"{model}: {kind} per step by phase", kind, baseline, phase_colors)
         if ncols > len(kinds):
-            ax = axes[row, -1]
             o = overhead[(overhead["model"] == model) & overhead["overhead"].notna()]
-            if o.empty:
-                ax.set_axis_off()
-                ax.text(0.5, 0.5, f"no {baseline} baseline", ha="center", transform=ax.transAxes)
-                continue
-            sns.barplot(
-                o,
-                x="unit",
-                y="overhead",
-                hue="algorithm",
-                palette=colors,
-                ax=ax,
-                hue_order=algorithm_order(o["algorithm"]),
-                saturation=1,
-            )
-            _vs_baseline_axes(
-                ax,
-                PAPER_COMPUTE_OVERHEAD,
-                "paper: +15%",
-                f"{model}: cost per step vs {baseline}",
-                f"overhead vs {baseline}",
-            )
-            ax.tick_params(axis="x", rotation=20, labelsize=8)
-            ax.legend(fontsize=7)
+            _overhead_bars(axes[row, -1], o, model, baseline, colors)
     return fig
+
+
+def _phase_bars(ax, p: pd.DataFrame, title: str, kind: str, baseline: str, phase_colors: dict) -> None:
+    """One model's cost per step in one unit (``kind``), stacked by phase, one bar per algorithm; labels: the
+    overhead vs ``baseline``, dashed: ``baseline`` + the paper's overhead."""
+    algos = algorithm_order(p["algorithm"])
+    bottom = np.zeros(len(algos))
+    for phase in [ph for ph in phase_colors if ph in set(p["phase"])]:
+        vals = p[p["phase"] == phase].set_index("algorithm").reindex(algos)["per_step"].fillna(0).to_numpy()
+        if not vals.any():
+            continue
+        ax.bar(
+            algos, vals, 0.6, bottom=bottom, color=phase_colors[phase], label=phase, edgecolor="white", linewidth=0.5
+        )
+        bottom += vals
+    if baseline in algos:
+        b = bottom[algos.index(baseline)]
+        ax.axhline(b * (1 + PAPER_COMPUTE_OVERHEAD), **PAPER_STYLE, label=f"{baseline} +15% (paper)")
+        label_box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
+        for i, a in enumerate(algos):
+            if a != baseline and b > 0:
+                ax.text(
+                    i,
+                    bottom[i] * 0.98,
+                    _pct_label(bottom[i] / b - 1),
+                    ha="center",
+                    va="top",
+                    fontsize=8,
+                    fontweight="bold",
+                    bbox=label_box,
+                )
+    ax.set_title(title)
+    ax.set_ylabel(f"{kind} / step")
+    if kind == "FLOPs":
+        ax.yaxis.set_major_formatter(FuncFormatter(_si))
+    ax.tick_params(axis="x", rotation=30, labelsize=8)
+    for lab in ax.get_xticklabels():
+        lab.set_horizontalalignment("right")
+    ax.grid(axis="x", visible=False)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+
+
+def _overhead_bars(ax, o: pd.DataFrame, model: str, baseline: str, colors: dict) -> None:
+    """One model's overhead per step vs ``baseline`` in every unit (``o``: its overhead rows), the paper's dashed."""
+    if o.empty:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, f"no {baseline} baseline", ha="center", transform=ax.transAxes)
+        return
+    sns.barplot(
+        o,
+        x="unit",
+        y="overhead",
+        hue="algorithm",
+        palette=colors,
+        ax=ax,
+        hue_order=algorithm_order(o["algorithm"]),
+        saturation=1,
+    )
+    _vs_baseline_axes(
+        ax, PAPER_COMPUTE_OVERHEAD, "paper: +15%", f"{model}: cost per step vs {baseline}", f"overhead vs {baseline}"
+    )
+    ax.tick_params(axis="x", rotation=20, labelsize=8)
+    ax.legend(fontsize=7)
 
 
 def effective_steps(
     curves: pd.DataFrame, summary: pd.DataFrame, baseline: str, colors: dict, smooth: int = 5
 ) -> plt.Figure | None:
-    """Cumulative effective steps and zero-variance group fraction over training; gain vs baseline with the paper's +48%."""
+    """Cumulative effective steps and zero-variance group fraction over training; gain vs baseline with the paper's
+    +48%."""
     if curves.empty or curves["effective_steps_total"].isna().all():
         return None
     models = sorted(curves["model"].unique())
@@ -214,84 +224,92 @@ def effective_steps(
     for row, model in enumerate(models):
         c = curves[curves["model"] == model].copy()
         order = algorithm_order(c["algorithm"])
-        ax = axes[row, 0]
+        _cumulative_effective(axes[row, 0], c, model, order, colors)
+        _zero_variance(axes[row, 1], c, model, order, colors, smooth)
+        if has_gain:
+            s = summary[(summary["model"] == model) & summary["gain_per_step"].notna()]
+            _effective_gain(axes[row, 2], s, model, baseline, colors)
+    return fig
+
+
+def _cumulative_effective(ax, c: pd.DataFrame, model: str, order: list[str], colors: dict) -> None:
+    """Cumulative effective steps per algorithm (band: range over seeds) against the steps taken (dotted)."""
+    sns.lineplot(
+        c,
+        x="step",
+        y="effective_steps_total",
+        hue="algorithm",
+        hue_order=order,
+        palette=colors,
+        errorbar=("pi", 100),
+        ax=ax,
+    )
+    ax.plot(
+        [0, c["step"].max()],
+        [0, c["step"].max()],
+        color="0.6",
+        linestyle=":",
+        linewidth=1,
+        label="every group effective",
+    )
+    ax.set_title(f"{model}: cumulative effective steps")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("effective steps (full-step units)")
+    ax.legend(fontsize=8)
+
+
+def _zero_variance(ax, c: pd.DataFrame, model: str, order: list[str], colors: dict, smooth: int) -> None:
+    """The fraction of zero-variance prompt groups per step (rolling mean over ``smooth`` steps)."""
+    c = c.sort_values("step")
+    c["zero_std_smooth"] = c.groupby("run_id")["zero_std_frac"].transform(
+        lambda s: s.rolling(smooth, min_periods=1).mean()
+    )
+    if c["zero_std_smooth"].notna().any():
         sns.lineplot(
             c,
             x="step",
-            y="effective_steps_total",
+            y="zero_std_smooth",
             hue="algorithm",
             hue_order=order,
             palette=colors,
             errorbar=("pi", 100),
             ax=ax,
         )
-        ax.plot(
-            [0, c["step"].max()],
-            [0, c["step"].max()],
-            color="0.6",
-            linestyle=":",
-            linewidth=1,
-            label="every group effective",
-        )
-        ax.set_title(f"{model}: cumulative effective steps")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("effective steps (full-step units)")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
-        ax = axes[row, 1]
-        c = c.sort_values("step")
-        c["zero_std_smooth"] = c.groupby("run_id")["zero_std_frac"].transform(
-            lambda s: s.rolling(smooth, min_periods=1).mean()
-        )
-        if c["zero_std_smooth"].notna().any():
-            sns.lineplot(
-                c,
-                x="step",
-                y="zero_std_smooth",
-                hue="algorithm",
-                hue_order=order,
-                palette=colors,
-                errorbar=("pi", 100),
-                ax=ax,
-            )
-            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-            ax.set_ylim(0, 1)
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "groups/zero_std_frac not logged", ha="center", transform=ax.transAxes)
-        ax.set_title(f"{model}: zero-variance groups (rolling {smooth})")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("fraction of prompt groups")
-        if has_gain:
-            ax = axes[row, 2]
-            s = summary[(summary["model"] == model) & summary["gain_per_step"].notna()]
-            if s.empty:
-                ax.set_axis_off()
-                continue
-            long = pd.concat(
-                [
-                    s.assign(kind="per step", gain=s["gain_per_step"]),
-                    s.assign(kind="total (matched budget)", gain=s["gain_total"]),
-                ]
-            )
-            sns.barplot(
-                long,
-                x="kind",
-                y="gain",
-                hue="algorithm",
-                hue_order=algorithm_order(s["algorithm"]),
-                palette=colors,
-                ax=ax,
-                saturation=1,
-            )
-            _vs_baseline_axes(
-                ax,
-                PAPER_EFFECTIVE_GAIN,
-                "paper: +48%",
-                f"{model}: effective steps vs {baseline}",
-                f"gain vs {baseline}",
-            )
-            ax.legend(fontsize=8)
-    return fig
+    else:
+        ax.text(0.5, 0.5, "groups/zero_std_frac not logged", ha="center", transform=ax.transAxes)
+    ax.set_title(f"{model}: zero-variance groups (rolling {smooth})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("fraction of prompt groups")
+
+
+def _effective_gain(ax, s: pd.DataFrame, model: str, baseline: str, colors: dict) -> None:
+    """Effective-step gain vs ``baseline`` per step and in total (``s``: the model's summary rows with a gain)."""
+    if s.empty:
+        ax.set_axis_off()
+        return
+    long = pd.concat(
+        [
+            s.assign(kind="per step", gain=s["gain_per_step"]),
+            s.assign(kind="total (matched budget)", gain=s["gain_total"]),
+        ]
+    )
+    sns.barplot(
+        long,
+        x="kind",
+        y="gain",
+        hue="algorithm",
+        hue_order=algorithm_order(s["algorithm"]),
+        palette=colors,
+        ax=ax,
+        saturation=1,
+    )
+    _vs_baseline_axes(
+        ax, PAPER_EFFECTIVE_GAIN, "paper: +48%", f"{model}: effective steps vs {baseline}", f"gain vs {baseline}"
+    )
+    ax.legend(fontsize=8)
 
 
 def _vs_baseline_axes(ax, paper_value: float, paper_label: str, title: str, ylabel: str) -> None:
@@ -308,7 +326,8 @@ def _vs_baseline_axes(ax, paper_value: float, paper_label: str, title: str, ylab
 def accuracy_vs_compute(
     curves: pd.DataFrame, unit: str, label: str, colors: dict, budget: float | None = None
 ) -> plt.Figure | None:
-    """Macro accuracy at each evaluation against cumulative compute, one panel per model, one line per run."""
+    """Macro accuracy at each evaluation against cumulative compute, one panel per model: a thin line per run and a
+    thick one per algorithm (the seed mean, as in the tables); dashed: ``budget``."""
     if curves.empty or unit not in curves or curves[unit].isna().all():
         return None
     models = sorted(curves["model"].unique())
@@ -345,7 +364,8 @@ def accuracy_vs_compute(
 
 
 def ablation(table: pd.DataFrame, colors: dict) -> plt.Figure | None:
-    """Replay strategies side by side: accuracy (CI), effective steps per step, wall seconds per step, replay hit rate."""
+    """Replay strategies side by side: accuracy (CI), effective steps per step, wall seconds per step, replay hit
+    rate (the panels some run recorded)."""
     if table.empty or len(table) < 2:
         return None
     panels = [

@@ -127,8 +127,10 @@ def inline_html(text: str) -> str:
     )
 
 
+# a backslash at a line's end continues that CSS line (no newline in the string there)
 CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;max-width:1280px;margin:2em auto;padding:0 1.5em;color:#1d1d1f;line-height:1.45}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;max-width:1280px;\
+margin:2em auto;padding:0 1.5em;color:#1d1d1f;line-height:1.45}
 h1{border-bottom:2px solid #333;padding-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.15em;margin-top:2em}
 code{background:#f3f3f3;padding:0 .25em;border-radius:3px;font-size:.92em}
 table{border-collapse:collapse;margin:.6em 0 .3em;font-size:.86em}
@@ -136,7 +138,8 @@ th,td{border:1px solid #d0d0d0;padding:.25em .55em;text-align:left;vertical-alig
 th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.best{background:#dff3df;font-weight:600}
 .tablewrap{overflow-x:auto}.caption{font-style:italic;color:#444;margin:.2em 0}.csv{font-size:.85em;color:#555}
-figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #e2e2e2}figcaption{font-style:italic;color:#444;font-size:.9em}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #e2e2e2}\
+figcaption{font-style:italic;color:#444;font-size:.9em}
 ul.issues li{margin:.15em 0}.warning{color:#8a4b00}.toc{font-size:.92em}
 """
 
@@ -210,7 +213,9 @@ def to_html(doc: Document, root: Path, generated: str = "") -> str:
                     + "</tr>"
                 )
             parts.append(
-                f'<div class="tablewrap"><table data-csv="{html.escape(b.csv or "")}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+                '<div class="tablewrap">'
+                f'<table data-csv="{html.escape(b.csv or "")}"><thead><tr>{head}</tr></thead>'
+                f"<tbody>{''.join(rows)}</tbody></table></div>"
             )
             if b.csv:
                 parts.append(
@@ -220,13 +225,14 @@ def to_html(doc: Document, root: Path, generated: str = "") -> str:
         elif b.kind == "figure":
             data = base64.b64encode((root / b.path).read_bytes()).decode("ascii")
             body.append(
-                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b.text)}" data-file="{html.escape(b.path)}">'
-                f"<figcaption>{inline_html(b.text)}</figcaption></figure>"
+                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b.text)}" '
+                f'data-file="{html.escape(b.path)}"><figcaption>{inline_html(b.text)}</figcaption></figure>'
             )
     if generated:
         body.append(f'<p class="csv">{inline_html(generated)}</p>')
     return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(doc.title)}</title><style>{CSS}</style></head>\n<body>\n"
         + "\n".join(body)
         + IMAGE_CHECK

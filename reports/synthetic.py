@@ -15,7 +15,8 @@ Layout (the producer contract the report reads):
   ``..._ci_low/high``, ``pass_at_<k>``, ``num_prompts``, ``eval/macro_accuracy``, ``eval/budget_fraction``),
   artifacts ``summary.json``, ``config.yaml`` and ``eval/<tag>-step<N>.jsonl`` (per-sample records);
 * a sweep parent (``harness.role=sweep``, ``harness.sweep``) with trial children (``harness.role=trial``,
-  ``optuna.trial_number``) and artifacts ``sweep/trials.csv``, ``sweep/best_trial.json``, ``sweep/importances.json`` (as `harness sweep` logs them).
+  ``optuna.trial_number``) and artifacts ``sweep/trials.csv``, ``sweep/best_trial.json``,
+  ``sweep/importances.json`` (as `harness sweep` logs them).
 
 Every number is drawn from a seeded generator, and logged eval accuracies are computed from the very
 per-sample records that are logged, so tests can check the report against the store exactly.
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.metrics import aggregate_benchmark
 
 # Per-step FLOPs per phase (GRPO); RePO trains on G + k rows, so its train/logprob phases cost more.
 _FLOPS = {"generate": 6.0e11, "train": 3.0e11, "logprob": 1.0e11, "ref": 0.0}
@@ -142,8 +145,6 @@ def _eval_samples(
     rng: np.random.Generator, benchmarks: dict[str, tuple[int, int]], difficulty: dict[str, np.ndarray], skill: float
 ):
     """Per-sample records + per-benchmark metrics computed from them (what benchmarks.evaluation logs)."""
-    from benchmarks.metrics import aggregate_benchmark
-
     records, metrics = [], {}
     for b, (n_prompts, n_samples) in benchmarks.items():
         p = 1.0 / (1.0 + np.exp(-(skill - difficulty[b])))
@@ -202,25 +203,10 @@ def _member(
     samples: bool,
     experiment: str,
 ) -> str:
-    mult, gain, hit, rescue = _PROFILE.get(algo, _PROFILE["repo:random_k"])
+    """One member run: params, config.yaml, per-step metrics, evaluations, summary.json; returns its run id."""
+    mult, gain, _, _ = _PROFILE.get(algo, _PROFILE["repo:random_k"])
     run_name = f"{algo.replace(':', '-')}-{model}-s{seed}"
-    tags = {
-        "mlflow.parentRunId": parent_id,
-        "harness.role": "member",
-        "harness.experiment": experiment,
-        "algorithm": algo,
-        "model": model,
-        "seed": str(seed),
-        "engine": "hf",
-        "torch": "2.13.0+cpu",
-        "num_processes": "1",
-        "harness.budget_unit": "flops",
-        "harness.budget_value": f"{budget_flops:g}",
-        "train_set": "arith",
-        "hardware": "cpu: synthetic (2 cores)",
-        "transformers": "5.17.0",
-        "python": "3.11.2",
-    }
+    tags = _member_tags(parent_id, experiment, algo, model, seed, budget_flops)
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
     rid = run.info.run_id
     budget = f"flops:{budget_flops:g}"
@@ -232,14 +218,12 @@ def _member(
         "config.yaml",
     )
 
-    is_repo = algo.startswith("repo")
     flops_step = {k: v * (mult if k in ("train", "logprob") else 1.0) for k, v in _FLOPS.items()}
-    per_step = sum(flops_step.values())
-    total_steps = int(math.ceil(budget_flops / per_step))
+    total_steps = math.ceil(budget_flops / sum(flops_step.values()))
     stop = total_steps if fail_at is None else int(total_steps * fail_at)
     seed_skill = rng.normal(0, 0.08)
     fractions = [0.0, 0.25, 0.5, 0.75, 1.0]
-    eval_steps = {int(round(f * total_steps)): f for f in fractions}
+    eval_steps = {round(f * total_steps): f for f in fractions}
     rows: list[tuple[str, float, int]] = []
     totals: dict[str, float] = {}
     evals = []
@@ -263,47 +247,7 @@ def _member(
     do_eval(0, 0.0, "before")
     for step in range(1, stop + 1):
         frac = step / total_steps
-        zero = float(np.clip(0.55 - 0.15 * frac + rng.normal(0, 0.06), 0.05, 0.95))
-        eff = 1.0 - zero * (1.0 - rescue * (frac > 0.1))
-        m: dict[str, float] = {
-            "reward/mean": float(np.clip(0.3 + gain * 2 * frac + rng.normal(0, 0.04), 0, 1)),
-            "groups/zero_std_frac": zero,
-            "effective/step": eff,
-        }
-        m["reward/accuracy"] = m["reward/mean"]
-        for k, v in _TIMES.items():
-            v = v * (mult if k in ("train_s", "logprob_s") else 1.0) * (1 + rng.normal(0, 0.05))
-            m[f"time/{k}"] = max(v, 0.0)
-        m["time/step_s"] = sum(m[f"time/{k}"] for k in _TIMES) + 0.03
-        m["tokens/generated"] = 4 * 8 * 20.0 + rng.integers(-20, 20)
-        m["tokens/prompt"] = 4 * 8 * 15.0
-        m["tokens/trained"] = m["tokens/generated"] * (1.0 + (0.9 if is_repo and frac > 0.1 else 0.0))
-        for k, v in flops_step.items():
-            m[f"flops/{k}"] = v
-        m["flops/total"] = per_step
-        cum["flops"] += per_step
-        m["flops/total_cum"] = cum["flops"]
-        m["budget/fraction"] = min(cum["flops"] / budget_flops, 1.0)
-        for k in (
-            "tokens/generated",
-            "tokens/trained",
-            "tokens/prompt",
-            "time/step_s",
-            "time/generate_s",
-            "time/train_s",
-        ):
-            totals[k] = totals.get(k, 0.0) + m[k]
-            m[f"{k}_total"] = totals[k]
-        totals["effective/step"] = totals.get("effective/step", 0.0) + eff
-        m["effective/steps_total"] = totals["effective/step"]
-        if is_repo:
-            m.update(
-                {
-                    "replay/hit_rate": hit * (frac > 0.1),
-                    "replay/staleness_mean": 3.0 + rng.normal(0, 0.3),
-                    "replay/rows": 32.0 * (frac > 0.1),
-                }
-            )
+        m = _step_metrics(rng, algo, frac, flops_step, budget_flops, totals, cum)
         rows.extend((k, v, step) for k, v in m.items())
         if step in eval_steps and step > 0:
             do_eval(step, eval_steps[step], "after" if step == total_steps else "during")
@@ -312,6 +256,78 @@ def _member(
     _log_text(client, rid, json.dumps(summary, indent=2), "summary.json")
     client.set_terminated(rid, status="FAILED" if fail_at is not None else "FINISHED")
     return rid
+
+
+def _member_tags(parent_id: str, experiment: str, algo: str, model: str, seed: int, budget_flops: float) -> dict:
+    """A member run's tags, as `harness run` sets them."""
+    return {
+        "mlflow.parentRunId": parent_id,
+        "harness.role": "member",
+        "harness.experiment": experiment,
+        "algorithm": algo,
+        "model": model,
+        "seed": str(seed),
+        "engine": "hf",
+        "torch": "2.13.0+cpu",
+        "num_processes": "1",
+        "harness.budget_unit": "flops",
+        "harness.budget_value": f"{budget_flops:g}",
+        "train_set": "arith",
+        "hardware": "cpu: synthetic (2 cores)",
+        "transformers": "5.17.0",
+        "python": "3.11.2",
+    }
+
+
+def _step_metrics(
+    rng: np.random.Generator,
+    algo: str,
+    frac: float,
+    flops_step: dict[str, float],
+    budget_flops: float,
+    totals: dict[str, float],
+    cum: dict[str, float],
+) -> dict[str, float]:
+    """One training step's metrics at budget fraction ``frac``; ``totals`` (summary.json's running sums) and
+    ``cum`` (cumulative FLOPs) are updated."""
+    mult, gain, hit, rescue = _PROFILE.get(algo, _PROFILE["repo:random_k"])
+    is_repo = algo.startswith("repo")
+    per_step = sum(flops_step.values())
+    zero = float(np.clip(0.55 - 0.15 * frac + rng.normal(0, 0.06), 0.05, 0.95))
+    eff = 1.0 - zero * (1.0 - rescue * (frac > 0.1))
+    m: dict[str, float] = {
+        "reward/mean": float(np.clip(0.3 + gain * 2 * frac + rng.normal(0, 0.04), 0, 1)),
+        "groups/zero_std_frac": zero,
+        "effective/step": eff,
+    }
+    m["reward/accuracy"] = m["reward/mean"]
+    for k, v in _TIMES.items():
+        v = v * (mult if k in ("train_s", "logprob_s") else 1.0) * (1 + rng.normal(0, 0.05))
+        m[f"time/{k}"] = max(v, 0.0)
+    m["time/step_s"] = sum(m[f"time/{k}"] for k in _TIMES) + 0.03
+    m["tokens/generated"] = 4 * 8 * 20.0 + rng.integers(-20, 20)
+    m["tokens/prompt"] = 4 * 8 * 15.0
+    m["tokens/trained"] = m["tokens/generated"] * (1.0 + (0.9 if is_repo and frac > 0.1 else 0.0))
+    for k, v in flops_step.items():
+        m[f"flops/{k}"] = v
+    m["flops/total"] = per_step
+    cum["flops"] += per_step
+    m["flops/total_cum"] = cum["flops"]
+    m["budget/fraction"] = min(cum["flops"] / budget_flops, 1.0)
+    for k in ("tokens/generated", "tokens/trained", "tokens/prompt", "time/step_s", "time/generate_s", "time/train_s"):
+        totals[k] = totals.get(k, 0.0) + m[k]
+        m[f"{k}_total"] = totals[k]
+    totals["effective/step"] = totals.get("effective/step", 0.0) + eff
+    m["effective/steps_total"] = totals["effective/step"]
+    if is_repo:
+        m.update(
+            {
+                "replay/hit_rate": hit * (frac > 0.1),
+                "replay/staleness_mean": 3.0 + rng.normal(0, 0.3),
+                "replay/rows": 32.0 * (frac > 0.1),
+            }
+        )
+    return m
 
 
 def _sweep(client, exp_id: str, rng: np.random.Generator, n_trials: int = 6) -> tuple[str, list[str]]:
@@ -462,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     store = build_synthetic_store(uri, root / "artifacts")
     print(
-        f"tracking uri: {uri}\nexperiment:   {store.experiment}\nparent run:   {store.parent_run_id}\nsweep run:    {store.sweep_run_id}"
+        f"tracking uri: {uri}\nexperiment:   {store.experiment}\nparent run:   {store.parent_run_id}\nsweep run:    "
+        f"{store.sweep_run_id}"
     )
     return 0
 
