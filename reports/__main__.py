@@ -1,4 +1,4 @@
-"""`python -m reports ...` = `harness report ...` (usable before the sub-command is wired into harness/cli.py)."""
+"""`python -m reports ...` = `harness report ...` (the same parser and command, without loading the harness CLI)."""
 
 from __future__ import annotations
 

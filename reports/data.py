@@ -20,12 +20,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.secrets import mask_uri
+
 # Metric families the report reads (full histories); everything else is ignored.
-HISTORY_PREFIXES = ("reward/", "groups/zero_std_frac", "effective/", "time/", "tokens/", "flops/", "replay/", "budget/", "eval/")
+HISTORY_PREFIXES = (
+    "reward/",
+    "groups/zero_std_frac",
+    "effective/",
+    "time/",
+    "tokens/",
+    "flops/",
+    "replay/",
+    "budget/",
+    "eval/",
+)
 EVAL_FILE = re.compile(r"^(?:.*/)?(?P<tag>[^/]+)-step(?P<step>\d+)\.jsonl$")
 # Tags that describe the software/hardware a run used (shown under provenance).
-ENV_TAG = re.compile(r"(hardware|device|gpu|cuda|cpu|platform|python|torch|transformers|accelerate|vllm|mlflow\.source\.git|version|engine|num_processes|host)", re.I)
-DETERMINISM = re.compile(r"(seed|determin|cudnn|cublas|benchmark_mode)", re.I)
+ENV_TAG = re.compile(
+    r"(hardware|device|gpu|cuda|cpu|platform|python|torch|transformers|accelerate|vllm|mlflow\.source\.git|version"
+    r"|engine|num_processes|host)",
+    re.IGNORECASE,
+)
+DETERMINISM = re.compile(r"(seed|determin|cudnn|cublas|benchmark_mode)", re.IGNORECASE)
 
 
 @dataclass
@@ -62,7 +78,9 @@ class ExperimentData:
     params: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_id x param
     tags: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_id x tag
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)  # long: run_id, key, step, value, timestamp
-    samples: pd.DataFrame = field(default_factory=pd.DataFrame)  # long: run_id, tag, step, benchmark, id, sample, reward
+    samples: pd.DataFrame = field(
+        default_factory=pd.DataFrame
+    )  # long: run_id, tag, step, benchmark, id, sample, reward
     summaries: dict[str, dict] = field(default_factory=dict)
     final_steps: dict[str, int] = field(default_factory=dict)  # run_id -> step of the last evaluation
     planned: list[str] = field(default_factory=list)  # the parent's matrix.json members ("algo|model|seed")
@@ -84,7 +102,11 @@ class ExperimentData:
         """step -> value for one metric of one run (last value logged at each step)."""
         if self._index is None:
             m = self.metrics
-            self._index = {} if m.empty else {k: g for k, g in m.sort_values(["step", "timestamp"]).groupby(["run_id", "key"], sort=False)}
+            self._index = (
+                {}
+                if m.empty
+                else {k: g for k, g in m.sort_values(["step", "timestamp"]).groupby(["run_id", "key"], sort=False)}
+            )
         sel = self._index.get((run_id, key))
         if sel is None or sel.empty:
             return pd.Series(dtype=float)
@@ -109,7 +131,13 @@ def _client(tracking_uri: str):
 def _search_all(client, exp_ids: list[str], filter_string: str = "") -> list:
     out, token = [], None
     while True:
-        page = client.search_runs(exp_ids, filter_string=filter_string, max_results=1000, page_token=token, order_by=["attributes.start_time DESC"])
+        page = client.search_runs(
+            exp_ids,
+            filter_string=filter_string,
+            max_results=1000,
+            page_token=token,
+            order_by=["attributes.start_time DESC"],
+        )
         out.extend(page)
         token = page.token
         if not token:
@@ -147,9 +175,19 @@ def _as_int(v: Any) -> int | None:
         return None
 
 
-def load_experiment(tracking_uri: str, experiment: str, *, parent_run_id: str | None = None, all_runs: bool = False,
-                    sweep_run_id: str | None = "auto", include_unfinished: bool = False, load_samples: bool = True,
-                    max_workers: int = 4, fast_sql: bool = True, members: bool = True) -> ExperimentData:
+def load_experiment(
+    tracking_uri: str,
+    experiment: str,
+    *,
+    parent_run_id: str | None = None,
+    all_runs: bool = False,
+    sweep_run_id: str | None = "auto",
+    include_unfinished: bool = False,
+    load_samples: bool = True,
+    max_workers: int = 4,
+    fast_sql: bool = True,
+    members: bool = True,
+) -> ExperimentData:
     """Load the member runs of one experiment matrix (and a sweep) from ``tracking_uri``.
 
     Selection: ``parent_run_id`` -> that parent's children; else ``all_runs`` -> every training run of
@@ -160,7 +198,18 @@ def load_experiment(tracking_uri: str, experiment: str, *, parent_run_id: str | 
     ``members=False``: no member runs at all (a sweep-only report).
     """
     with _quiet_downloads():
-        return _load(tracking_uri, experiment, parent_run_id, all_runs, sweep_run_id, include_unfinished, load_samples, max_workers, fast_sql, members)
+        return _load(
+            tracking_uri,
+            experiment,
+            parent_run_id,
+            all_runs,
+            sweep_run_id,
+            include_unfinished,
+            load_samples,
+            max_workers,
+            fast_sql,
+            members,
+        )
 
 
 @contextmanager
@@ -178,9 +227,18 @@ def _quiet_downloads():
             os.environ[key] = old
 
 
-def _load(tracking_uri, experiment, parent_run_id, all_runs, sweep_run_id, include_unfinished, load_samples, max_workers, fast_sql, want_members) -> ExperimentData:
-    from harness.secrets import mask_uri
-
+def _load(
+    tracking_uri,
+    experiment,
+    parent_run_id,
+    all_runs,
+    sweep_run_id,
+    include_unfinished,
+    load_samples,
+    max_workers,
+    fast_sql,
+    want_members,
+) -> ExperimentData:
     client = _client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None and parent_run_id:
@@ -195,14 +253,42 @@ def _load(tracking_uri, experiment, parent_run_id, all_runs, sweep_run_id, inclu
         return data
 
     everything = _search_all(client, [exp.experiment_id])
-    by_id = {r.info.run_id: r for r in everything}
+    parent, members = _select_members(data, client, everything, parent_run_id, all_runs, want_members)
+    if parent is not None:
+        data.parent = {
+            "run_id": parent.info.run_id,
+            "run_name": parent.info.run_name,
+            "status": parent.info.status,
+            "tags": dict(parent.data.tags),
+            "params": dict(parent.data.params),
+            "start_time": parent.info.start_time,
+        }
+    if want_members:
+        _fill_runs(data, client, members, include_unfinished, load_samples, max_workers, fast_sql)
+        if parent is not None:
+            _check_planned(data, client, parent.info.run_id)
+    sweep = _find_sweep(data, client, everything, sweep_run_id) if sweep_run_id else None
+    if sweep is not None:
+        data.sweep = _load_sweep(client, sweep, _children(everything, sweep.info.run_id), data)
+    return data
+
+
+def _children(runs: list, parent_id: str) -> list:
+    """The runs whose MLflow parent is ``parent_id``."""
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+def _select_members(
+    data: ExperimentData, client, everything: list, parent_run_id: str | None, all_runs: bool, want_members: bool
+) -> tuple[Any, list]:
+    """The experiment parent run (or None) and the member runs the report covers; sets ``data.selection``."""
     parents = [r for r in everything if _role(r) == "experiment"]
     parent = None
     if not want_members:
         members = []
         data.selection = "none (sweep report)"
     elif parent_run_id:
-        parent = by_id.get(parent_run_id)
+        parent = next((r for r in everything if r.info.run_id == parent_run_id), None)
         if parent is None:
             try:
                 parent = client.get_run(parent_run_id)
@@ -210,41 +296,50 @@ def _load(tracking_uri, experiment, parent_run_id, all_runs, sweep_run_id, inclu
                 parent = None
         if parent is None:
             data.issue("general", f"Parent run {parent_run_id} was not found.")
-        members = [r for r in everything if r.data.tags.get("mlflow.parentRunId") == parent_run_id and _role(r) in ("member", "")]
+        members = [r for r in _children(everything, parent_run_id) if _role(r) in ("member", "")]
         data.selection = f"children of parent run `{parent_run_id}`"
     elif all_runs or not parents:
-        parent = None
         members = [r for r in everything if _is_training_run(r)]
-        data.selection = "every training run of the experiment" + ("" if all_runs else " (no experiment parent run found)")
+        data.selection = "every training run of the experiment" + (
+            "" if all_runs else " (no experiment parent run found)"
+        )
     else:
         parent = parents[0]  # newest first
-        members = [r for r in everything if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and _role(r) in ("member", "")]
+        members = [r for r in _children(everything, parent.info.run_id) if _role(r) in ("member", "")]
         data.selection = f"children of the most recent experiment parent run `{parent.info.run_id}`"
         if len(parents) > 1:
-            data.issue("general", f"The experiment has {len(parents)} experiment parent runs; this report covers the most recent one "
-                                  f"(`harness report --parent RUN_ID` or `--all-runs` for others).", severity="note")
-    if parent is not None:
-        data.parent = {"run_id": parent.info.run_id, "run_name": parent.info.run_name, "status": parent.info.status,
-                       "tags": dict(parent.data.tags), "params": dict(parent.data.params), "start_time": parent.info.start_time}
+            data.issue(
+                "general",
+                f"The experiment has {len(parents)} experiment parent runs; this report covers the most recent one "
+                "(`harness report --parent RUN_ID` or `--all-runs` for others).",
+                severity="note",
+            )
+    return parent, members
 
-    if want_members:
-        _fill_runs(data, client, members, include_unfinished, load_samples, max_workers, fast_sql)
-        if parent is not None:
-            _check_planned(data, client, parent.info.run_id)
-    if sweep_run_id:
+
+def _find_sweep(data: ExperimentData, client, everything: list, sweep_run_id: str):
+    """The sweep parent run: ``sweep_run_id``'s, or with ``"auto"`` the newest sweep of the experiment (or None)."""
+    if sweep_run_id == "auto":
         sweeps = [r for r in everything if _role(r) == "sweep"]
-        sweep = by_id.get(sweep_run_id) if sweep_run_id != "auto" else (sweeps[0] if sweeps else None)
-        if sweep is None and sweep_run_id != "auto":
-            try:
-                sweep = client.get_run(sweep_run_id)
-            except Exception:  # noqa: BLE001
-                data.issue("sweep", f"Sweep run {sweep_run_id} was not found.")
-        if sweep is not None:
-            data.sweep = _load_sweep(client, sweep, [r for r in everything if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id], data)
-    return data
+        return sweeps[0] if sweeps else None
+    sweep = next((r for r in everything if r.info.run_id == sweep_run_id), None)
+    if sweep is None:
+        try:
+            sweep = client.get_run(sweep_run_id)
+        except Exception:  # noqa: BLE001
+            data.issue("sweep", f"Sweep run {sweep_run_id} was not found.")
+    return sweep
 
 
-def _fill_runs(data: ExperimentData, client, members: list, include_unfinished: bool, load_samples: bool, max_workers: int, fast_sql: bool) -> None:
+def _fill_runs(
+    data: ExperimentData,
+    client,
+    members: list,
+    include_unfinished: bool,
+    load_samples: bool,
+    max_workers: int,
+    fast_sql: bool,
+) -> None:
     if not members:
         data.issue("general", "No member runs were found for this selection.")
         return
@@ -252,31 +347,57 @@ def _fill_runs(data: ExperimentData, client, members: list, include_unfinished: 
     for r in members:
         t = r.data.tags
         seed = _as_int(t.get("seed", r.data.params.get("train.seed")))
-        rows.append({
-            "run_id": r.info.run_id, "run_name": r.info.run_name or r.info.run_id[:8], "status": r.info.status,
-            "algorithm": t.get("algorithm") or r.data.params.get("algorithm.name", "?"), "model": t.get("model") or r.data.params.get("model.name", "?"),
-            "seed": seed, "engine": t.get("engine", ""), "torch": t.get("torch", ""), "num_processes": t.get("num_processes", ""),
-            "budget_unit": t.get("harness.budget_unit", ""), "budget_value": t.get("harness.budget_value", ""),
-            "start_time": pd.to_datetime(r.info.start_time, unit="ms", utc=True) if r.info.start_time else pd.NaT,
-            "end_time": pd.to_datetime(r.info.end_time, unit="ms", utc=True) if r.info.end_time else pd.NaT,
-        })
+        rows.append(
+            {
+                "run_id": r.info.run_id,
+                "run_name": r.info.run_name or r.info.run_id[:8],
+                "status": r.info.status,
+                "algorithm": t.get("algorithm") or r.data.params.get("algorithm.name", "?"),
+                "model": t.get("model") or r.data.params.get("model.name", "?"),
+                "seed": seed,
+                "engine": t.get("engine", ""),
+                "torch": t.get("torch", ""),
+                "num_processes": t.get("num_processes", ""),
+                "budget_unit": t.get("harness.budget_unit", ""),
+                "budget_value": t.get("harness.budget_value", ""),
+                "start_time": pd.to_datetime(r.info.start_time, unit="ms", utc=True) if r.info.start_time else pd.NaT,
+                "end_time": pd.to_datetime(r.info.end_time, unit="ms", utc=True) if r.info.end_time else pd.NaT,
+            }
+        )
     runs = pd.DataFrame(rows)
     runs["include"] = runs["status"].eq("FINISHED") | bool(include_unfinished)
     # duplicates of one (algorithm, model, seed): keep the newest
     runs = runs.sort_values("start_time", ascending=False)
     dup = runs.duplicated(["algorithm", "model", "seed"], keep="first") & runs["include"]
     for _, r in runs[dup].iterrows():
-        data.issue("general", f"Run `{r.run_id}` ({r.algorithm}, {r.model}, seed {r.seed}) duplicates a newer run and is left out.", r.run_id)
+        data.issue(
+            "general",
+            f"Run `{r.run_id}` ({r.algorithm}, {r.model}, seed {r.seed}) duplicates a newer run and is left out.",
+            r.run_id,
+        )
     runs.loc[dup, "include"] = False
     finished_keys = {(r.algorithm, r.model, r.seed): r.run_id for r in runs[runs["status"].eq("FINISHED")].itertuples()}
     for _, r in runs[~runs["status"].eq("FINISHED")].iterrows():
         newer = finished_keys.get((r.algorithm, r.model, r.seed))
         if newer and not include_unfinished:
-            data.issue("general", f"Run `{r.run_id}` ({r.algorithm}, {r.model}, seed {r.seed}) ended with status **{r.status}**; "
-                                  f"it is superseded by the finished run `{newer}`.", r.run_id, severity="note")
+            data.issue(
+                "general",
+                f"Run `{r.run_id}` ({r.algorithm}, {r.model}, seed {r.seed}) ended with status **{r.status}**; it is "
+                f"superseded by the finished run `{newer}`.",
+                r.run_id,
+                severity="note",
+            )
             continue
-        what = "left out of every aggregate" if not include_unfinished else "included although unfinished (--include-unfinished)"
-        data.issue("general", f"Run `{r.run_id}` ({r.algorithm}, {r.model}, seed {r.seed}) ended with status **{r.status}**: {what}.", r.run_id)
+        what = (
+            "left out of every aggregate"
+            if not include_unfinished
+            else "included although unfinished (--include-unfinished)"
+        )
+        data.issue(
+            "general",
+            f"Run `{r.run_id}` ({r.algorithm}, {r.model}, seed {r.seed}) ended with status **{r.status}**: {what}.",
+            r.run_id,
+        )
     runs["_base"] = runs["algorithm"].ne("grpo")
     data.runs = runs.sort_values(["model", "_base", "algorithm", "seed"]).drop(columns="_base").reset_index(drop=True)
     data.params = pd.DataFrame({r.info.run_id: r.data.params for r in members}).T
@@ -292,7 +413,8 @@ def _fill_runs(data: ExperimentData, client, members: list, include_unfinished: 
 
 
 def _bulk_sql_metrics(client, run_ids: list[str]) -> list[tuple] | None:
-    """Every metric point of ``run_ids`` in one query when the store is MLflow's SQL store (None otherwise or on error)."""
+    """Every metric point of ``run_ids`` in one query when the store is MLflow's SQL store (None otherwise or on
+    error)."""
     try:
         from mlflow.store.tracking.dbmodels.models import SqlMetric
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -303,9 +425,19 @@ def _bulk_sql_metrics(client, run_ids: list[str]) -> list[tuple] | None:
         out = []
         with store.ManagedSessionMaker() as session:
             for i in range(0, len(run_ids), 200):
-                q = session.query(SqlMetric.run_uuid, SqlMetric.key, SqlMetric.step, SqlMetric.value, SqlMetric.timestamp, SqlMetric.is_nan) \
-                    .filter(SqlMetric.run_uuid.in_(run_ids[i:i + 200]))
-                out.extend((r, k, int(st), float("nan") if nan else float(v), int(ts)) for r, k, st, v, ts, nan in q if k.startswith(HISTORY_PREFIXES))
+                q = session.query(
+                    SqlMetric.run_uuid,
+                    SqlMetric.key,
+                    SqlMetric.step,
+                    SqlMetric.value,
+                    SqlMetric.timestamp,
+                    SqlMetric.is_nan,
+                ).filter(SqlMetric.run_uuid.in_(run_ids[i : i + 200]))
+                out.extend(
+                    (r, k, int(st), float("nan") if nan else float(v), int(ts))
+                    for r, k, st, v, ts, nan in q
+                    if k.startswith(HISTORY_PREFIXES)
+                )
         return out
     except Exception:  # noqa: BLE001 - internal API changed: use the public client
         return None
@@ -355,13 +487,17 @@ def _fill_artifacts(data: ExperimentData, client, runs: pd.DataFrame, load_sampl
             _, path, tag = max(cands)
             sample_jobs.append((rid, path, tag, final))
         elif bool(runs.set_index("run_id").at[rid, "include"]):
-            data.issue("accuracy", f"Run `{rid}` has no per-sample eval artifact for its final evaluation (step {final}): its CIs use the logged "
-                                   f"accuracy only (seed-level resampling).", rid, severity="note")
+            data.issue(
+                "accuracy",
+                f"Run `{rid}` has no per-sample eval artifact for its final evaluation (step {final}): its CIs use the "
+                "logged accuracy only (seed-level resampling).",
+                rid,
+                severity="note",
+            )
 
     def read_samples(job):
-        rid, path, tag, step = job
-        text = _download_text(client, rid, path)
-        return job, text
+        rid, path, _, _ = job
+        return job, _download_text(client, rid, path)
 
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         loaded = list(pool.map(read_samples, sample_jobs))
@@ -388,7 +524,11 @@ def _fill_artifacts(data: ExperimentData, client, runs: pd.DataFrame, load_sampl
         df.insert(0, "tag", tag)
         df.insert(0, "run_id", rid)
         frames.append(df)
-    data.samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "tag", "step", "benchmark", "id", "sample", "reward"])
+    data.samples = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["run_id", "tag", "step", "benchmark", "id", "sample", "reward"])
+    )
 
 
 def _check_planned(data: ExperimentData, client, parent_id: str) -> None:
@@ -399,7 +539,9 @@ def _check_planned(data: ExperimentData, client, parent_id: str) -> None:
     try:
         planned = json.loads(text).get("members") or []
     except (json.JSONDecodeError, AttributeError):
-        data.issue("provenance", f"Parent run `{parent_id}`: matrix.json is not valid JSON.", parent_id, severity="note")
+        data.issue(
+            "provenance", f"Parent run `{parent_id}`: matrix.json is not valid JSON.", parent_id, severity="note"
+        )
         return
     have = set()
     if not data.runs.empty:
@@ -423,7 +565,10 @@ def _sweep_artifact(client, rid: str, name: str) -> str | None:
 
 def _load_sweep(client, run, children: list, data: ExperimentData) -> SweepData:
     rid = run.info.run_id
-    sw = SweepData(rid, run.data.tags.get("harness.sweep") or run.info.run_name or rid[:8], run.info.status, dict(run.data.tags))
+    sw = SweepData(
+        rid, run.data.tags.get("harness.sweep") or run.info.run_name or rid[:8], run.info.status, dict(run.data.tags)
+    )
+
     def parsed(name: str, parse, problem: str, required: bool = True):
         """A sweep summary file parsed, or None with the reason recorded in the report's caveats."""
         text = _sweep_artifact(client, rid, name)
@@ -446,13 +591,15 @@ def _load_sweep(client, run, children: list, data: ExperimentData) -> SweepData:
         if isinstance(imp, dict) and isinstance(imp.get("importances"), dict):
             imp = imp["importances"]  # `harness sweep` writes {"evaluator": ..., "importances": {...}}
         if not isinstance(imp, dict):
-            raise ValueError("expected a mapping")
+            raise TypeError("expected a mapping")
         return {str(k): float(v) for k, v in imp.items() if isinstance(v, (int, float))}
 
     sw.trials = parsed("trials.csv", read_trials, "could not be parsed")
     sw.best = parsed("best_trial.json", json.loads, "is not valid JSON")
     sw.importances = parsed("importances.json", read_importances, "is not a name -> importance mapping", required=False)
-    direction = (sw.best or {}).get("direction") or run.data.tags.get("optuna.direction") or run.data.params.get("direction")
+    direction = (
+        (sw.best or {}).get("direction") or run.data.tags.get("optuna.direction") or run.data.params.get("direction")
+    )
     if isinstance(direction, list):
         direction = direction[0] if direction else None
     if direction:
@@ -462,8 +609,17 @@ def _load_sweep(client, run, children: list, data: ExperimentData) -> SweepData:
         if np.isclose(float(sw.best["value"]), vals.min()) and not np.isclose(float(sw.best["value"]), vals.max()):
             sw.direction = "minimize"
     if children:
-        sw.trial_runs = pd.DataFrame([{"run_id": c.info.run_id, "run_name": c.info.run_name, "status": c.info.status,
-                                       "trial": _as_int(c.data.tags.get("optuna.trial_number"))} for c in children]).sort_values("trial")
+        sw.trial_runs = pd.DataFrame(
+            [
+                {
+                    "run_id": c.info.run_id,
+                    "run_name": c.info.run_name,
+                    "status": c.info.status,
+                    "trial": _as_int(c.data.tags.get("optuna.trial_number")),
+                }
+                for c in children
+            ]
+        ).sort_values("trial")
     return sw
 
 

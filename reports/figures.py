@@ -1,6 +1,9 @@
-"""Seaborn/matplotlib figures (Agg backend). Each function returns a Figure, or None when there is nothing to draw."""
+"""Seaborn/matplotlib figures (Agg backend). Each figure function returns a Figure, or None when there is nothing
+to draw; `save` writes one."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import matplotlib
 
@@ -15,12 +18,28 @@ from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 from reports.analysis import PAPER_COMPUTE_OVERHEAD, PAPER_EFFECTIVE_GAIN, mean_curves  # noqa: E402
 from reports.data import algorithm_order  # noqa: E402
 
-PAPER_STYLE = dict(color="0.25", linestyle="--", linewidth=1.2)
+PAPER_STYLE = {"color": "0.25", "linestyle": "--", "linewidth": 1.2}
 
 
 def setup() -> None:
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.95)
-    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 110, "axes.titleweight": "bold", "legend.frameon": True, "svg.fonttype": "none"})
+    plt.rcParams.update(
+        {
+            "figure.dpi": 100,
+            "savefig.dpi": 110,
+            "axes.titleweight": "bold",
+            "legend.frameon": True,
+            "svg.fonttype": "none",
+        }
+    )
+
+
+def save(fig: plt.Figure, path: Path, svg: bool = False) -> None:
+    """Write ``fig`` as PNG at ``path`` (and as SVG next to it with ``svg``), then close it."""
+    fig.savefig(path)
+    if svg:
+        fig.savefig(path.with_suffix(".svg"))
+    plt.close(fig)
 
 
 def palette(algorithms) -> dict[str, tuple]:
@@ -48,10 +67,18 @@ def accuracy_bars(acc: pd.DataFrame, colors: dict) -> plt.Figure | None:
     if acc.empty:
         return None
     models = sorted(acc["model"].unique())
-    fig, axes = plt.subplots(len(models), 1, figsize=(max(6.5, 1.6 * acc["benchmark"].nunique() + 3), 3.6 * len(models)), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(models),
+        1,
+        figsize=(max(6.5, 1.6 * acc["benchmark"].nunique() + 3), 3.6 * len(models)),
+        squeeze=False,
+        layout="constrained",
+    )
     for ax, model in zip(axes[:, 0], models):
         a = acc[acc["model"] == model]
-        benches = [b for b in sorted(a["benchmark"].unique()) if b != "macro"] + (["macro"] if "macro" in set(a["benchmark"]) else [])
+        benches = [b for b in sorted(a["benchmark"].unique()) if b != "macro"] + (
+            ["macro"] if "macro" in set(a["benchmark"]) else []
+        )
         algos = algorithm_order(a["algorithm"])
         w = 0.8 / max(len(algos), 1)
         for i, algo in enumerate(algos):
@@ -60,17 +87,39 @@ def accuracy_bars(acc: pd.DataFrame, colors: dict) -> plt.Figure | None:
             y = 100 * sub["mean"].to_numpy(dtype=float)
             lo = np.clip(y - 100 * sub["ci_low"].to_numpy(dtype=float), 0, None)
             hi = np.clip(100 * sub["ci_high"].to_numpy(dtype=float) - y, 0, None)
-            ax.bar(x, y, w * 0.95, color=colors[algo], label=algo, yerr=np.nan_to_num(np.vstack([lo, hi])), capsize=3, error_kw={"elinewidth": 1})
+            ax.bar(
+                x,
+                y,
+                w * 0.95,
+                color=colors[algo],
+                label=algo,
+                yerr=np.nan_to_num(np.vstack([lo, hi])),
+                capsize=3,
+                error_kw={"elinewidth": 1},
+            )
         starts = a.drop_duplicates("benchmark").set_index("benchmark").reindex(benches)["start"].to_numpy(dtype=float)
         if np.isfinite(starts).any():
             xs = np.arange(len(benches))
-            ax.hlines(100 * starts, xs - 0.42, xs + 0.42, colors="black", linestyles="-", linewidth=2, zorder=5, label="before training")
+            ax.hlines(
+                100 * starts,
+                xs - 0.42,
+                xs + 0.42,
+                colors="black",
+                linestyles="-",
+                linewidth=2,
+                zorder=5,
+                label="before training",
+            )
         ax.grid(axis="x", visible=False)
         ax.set_xticks(np.arange(len(benches)), ["macro avg" if b == "macro" else b for b in benches])
         ax.set_ylabel("final accuracy (%)")
         ax.set_title(f"{model}: final accuracy (95% bootstrap CI over seeds and prompts)")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
+
+
+# the phases of the stacked cost-per-step bars, bottom to top (each with its own colour)
+PHASES = ["generate", "score", "logprob", "ref", "train", "build_batch", "after_step", "other"]
 
 
 def compute_phases(phases: pd.DataFrame, overhead: pd.DataFrame, baseline: str, colors: dict) -> plt.Figure | None:
@@ -82,92 +131,185 @@ def compute_phases(phases: pd.DataFrame, overhead: pd.DataFrame, baseline: str, 
     ncols = len(kinds) + (1 if not overhead.empty and overhead["overhead"].notna().any() else 0)
     if ncols == 0:
         return None
-    fig, axes = plt.subplots(len(models), ncols, figsize=(4.6 * ncols + 1.5, 3.8 * len(models)), squeeze=False, layout="constrained")
-    phase_colors = dict(zip(["generate", "score", "logprob", "ref", "train", "build_batch", "after_step", "other"], sns.color_palette("Set2", 8)))
+    fig, axes = plt.subplots(
+        len(models), ncols, figsize=(4.6 * ncols + 1.5, 3.8 * len(models)), squeeze=False, layout="constrained"
+    )
+    phase_colors = dict(zip(PHASES, sns.color_palette("Set2", 8)))
     for row, model in enumerate(models):
         for col, kind in enumerate(kinds):
-            ax = axes[row, col]
             p = phases[(phases["model"] == model) & (phases["kind"] == kind)]
-            algos = algorithm_order(p["algorithm"])
-            bottom = np.zeros(len(algos))
-            for phase in [ph for ph in phase_colors if ph in set(p["phase"])]:
-                vals = p[p["phase"] == phase].set_index("algorithm").reindex(algos)["per_step"].fillna(0).to_numpy()
-                if not vals.any():
-                    continue
-                ax.bar(algos, vals, 0.6, bottom=bottom, color=phase_colors[phase], label=phase, edgecolor="white", linewidth=0.5)
-                bottom += vals
-            if baseline in algos:
-                b = bottom[algos.index(baseline)]
-                ax.axhline(b * (1 + PAPER_COMPUTE_OVERHEAD), **PAPER_STYLE, label=f"{baseline} +15% (paper)")
-                for i, a in enumerate(algos):
-                    if a != baseline and b > 0:
-                        ax.text(i, bottom[i] * 0.98, _pct_label(bottom[i] / b - 1), ha="center", va="top", fontsize=8, fontweight="bold",
-                                bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
-            ax.set_title(f"{model}: {kind} per step by phase")
-            ax.set_ylabel(f"{kind} / step")
-            if kind == "FLOPs":
-                ax.yaxis.set_major_formatter(FuncFormatter(_si))
-            ax.tick_params(axis="x", rotation=30, labelsize=8)
-            for lab in ax.get_xticklabels():
-                lab.set_horizontalalignment("right")
-            ax.grid(axis="x", visible=False)
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+            _phase_bars(axes[row, col], p, f"{model}: {kind} per step by phase", kind, baseline, phase_colors)
         if ncols > len(kinds):
-            ax = axes[row, -1]
             o = overhead[(overhead["model"] == model) & overhead["overhead"].notna()]
-            if o.empty:
-                ax.set_axis_off()
-                ax.text(0.5, 0.5, f"no {baseline} baseline", ha="center", transform=ax.transAxes)
-                continue
-            sns.barplot(o, x="unit", y="overhead", hue="algorithm", palette=colors, ax=ax, hue_order=algorithm_order(o["algorithm"]), saturation=1)
-            _vs_baseline_axes(ax, PAPER_COMPUTE_OVERHEAD, "paper: +15%", f"{model}: cost per step vs {baseline}", f"overhead vs {baseline}")
-            ax.tick_params(axis="x", rotation=20, labelsize=8)
-            ax.legend(fontsize=7)
+            _overhead_bars(axes[row, -1], o, model, baseline, colors)
     return fig
 
 
-def effective_steps(curves: pd.DataFrame, summary: pd.DataFrame, baseline: str, colors: dict, smooth: int = 5) -> plt.Figure | None:
-    """Cumulative effective steps and zero-variance group fraction over training; gain vs baseline with the paper's +48%."""
+def _phase_bars(ax, p: pd.DataFrame, title: str, kind: str, baseline: str, phase_colors: dict) -> None:
+    """One model's cost per step in one unit (``kind``), stacked by phase, one bar per algorithm; labels: the
+    overhead vs ``baseline``, dashed: ``baseline`` + the paper's overhead."""
+    algos = algorithm_order(p["algorithm"])
+    bottom = np.zeros(len(algos))
+    for phase in [ph for ph in phase_colors if ph in set(p["phase"])]:
+        vals = p[p["phase"] == phase].set_index("algorithm").reindex(algos)["per_step"].fillna(0).to_numpy()
+        if not vals.any():
+            continue
+        ax.bar(
+            algos, vals, 0.6, bottom=bottom, color=phase_colors[phase], label=phase, edgecolor="white", linewidth=0.5
+        )
+        bottom += vals
+    if baseline in algos:
+        b = bottom[algos.index(baseline)]
+        ax.axhline(b * (1 + PAPER_COMPUTE_OVERHEAD), **PAPER_STYLE, label=f"{baseline} +15% (paper)")
+        label_box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
+        for i, a in enumerate(algos):
+            if a != baseline and b > 0:
+                ax.text(
+                    i,
+                    bottom[i] * 0.98,
+                    _pct_label(bottom[i] / b - 1),
+                    ha="center",
+                    va="top",
+                    fontsize=8,
+                    fontweight="bold",
+                    bbox=label_box,
+                )
+    ax.set_title(title)
+    ax.set_ylabel(f"{kind} / step")
+    if kind == "FLOPs":
+        ax.yaxis.set_major_formatter(FuncFormatter(_si))
+    ax.tick_params(axis="x", rotation=30, labelsize=8)
+    for lab in ax.get_xticklabels():
+        lab.set_horizontalalignment("right")
+    ax.grid(axis="x", visible=False)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+
+
+def _overhead_bars(ax, o: pd.DataFrame, model: str, baseline: str, colors: dict) -> None:
+    """One model's overhead per step vs ``baseline`` in every unit (``o``: its overhead rows), the paper's dashed."""
+    if o.empty:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, f"no {baseline} baseline", ha="center", transform=ax.transAxes)
+        return
+    sns.barplot(
+        o,
+        x="unit",
+        y="overhead",
+        hue="algorithm",
+        palette=colors,
+        ax=ax,
+        hue_order=algorithm_order(o["algorithm"]),
+        saturation=1,
+    )
+    _vs_baseline_axes(
+        ax, PAPER_COMPUTE_OVERHEAD, "paper: +15%", f"{model}: cost per step vs {baseline}", f"overhead vs {baseline}"
+    )
+    ax.tick_params(axis="x", rotation=20, labelsize=8)
+    ax.legend(fontsize=7)
+
+
+def effective_steps(
+    curves: pd.DataFrame, summary: pd.DataFrame, baseline: str, colors: dict, smooth: int = 5
+) -> plt.Figure | None:
+    """Cumulative effective steps and zero-variance group fraction over training; gain vs baseline with the paper's
+    +48%."""
     if curves.empty or curves["effective_steps_total"].isna().all():
         return None
     models = sorted(curves["model"].unique())
     has_gain = not summary.empty and summary["gain_per_step"].notna().any()
     ncols = 3 if has_gain else 2
-    fig, axes = plt.subplots(len(models), ncols, figsize=(4.8 * ncols + 1, 3.8 * len(models)), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(models), ncols, figsize=(4.8 * ncols + 1, 3.8 * len(models)), squeeze=False, layout="constrained"
+    )
     for row, model in enumerate(models):
         c = curves[curves["model"] == model].copy()
         order = algorithm_order(c["algorithm"])
-        ax = axes[row, 0]
-        sns.lineplot(c, x="step", y="effective_steps_total", hue="algorithm", hue_order=order, palette=colors, errorbar=("pi", 100), ax=ax)
-        ax.plot([0, c["step"].max()], [0, c["step"].max()], color="0.6", linestyle=":", linewidth=1, label="every group effective")
-        ax.set_title(f"{model}: cumulative effective steps")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("effective steps (full-step units)")
-        ax.legend(fontsize=8)
-        ax = axes[row, 1]
-        c = c.sort_values("step")
-        c["zero_std_smooth"] = c.groupby("run_id")["zero_std_frac"].transform(lambda s: s.rolling(smooth, min_periods=1).mean())
-        if c["zero_std_smooth"].notna().any():
-            sns.lineplot(c, x="step", y="zero_std_smooth", hue="algorithm", hue_order=order, palette=colors, errorbar=("pi", 100), ax=ax)
-            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-            ax.set_ylim(0, 1)
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "groups/zero_std_frac not logged", ha="center", transform=ax.transAxes)
-        ax.set_title(f"{model}: zero-variance groups (rolling {smooth})")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("fraction of prompt groups")
+        _cumulative_effective(axes[row, 0], c, model, order, colors)
+        _zero_variance(axes[row, 1], c, model, order, colors, smooth)
         if has_gain:
-            ax = axes[row, 2]
             s = summary[(summary["model"] == model) & summary["gain_per_step"].notna()]
-            if s.empty:
-                ax.set_axis_off()
-                continue
-            long = pd.concat([s.assign(kind="per step", gain=s["gain_per_step"]), s.assign(kind="total (matched budget)", gain=s["gain_total"])])
-            sns.barplot(long, x="kind", y="gain", hue="algorithm", hue_order=algorithm_order(s["algorithm"]), palette=colors, ax=ax, saturation=1)
-            _vs_baseline_axes(ax, PAPER_EFFECTIVE_GAIN, "paper: +48%", f"{model}: effective steps vs {baseline}", f"gain vs {baseline}")
-            ax.legend(fontsize=8)
+            _effective_gain(axes[row, 2], s, model, baseline, colors)
     return fig
+
+
+def _cumulative_effective(ax, c: pd.DataFrame, model: str, order: list[str], colors: dict) -> None:
+    """Cumulative effective steps per algorithm (band: range over seeds) against the steps taken (dotted)."""
+    sns.lineplot(
+        c,
+        x="step",
+        y="effective_steps_total",
+        hue="algorithm",
+        hue_order=order,
+        palette=colors,
+        errorbar=("pi", 100),
+        ax=ax,
+    )
+    ax.plot(
+        [0, c["step"].max()],
+        [0, c["step"].max()],
+        color="0.6",
+        linestyle=":",
+        linewidth=1,
+        label="every group effective",
+    )
+    ax.set_title(f"{model}: cumulative effective steps")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("effective steps (full-step units)")
+    ax.legend(fontsize=8)
+
+
+def _zero_variance(ax, c: pd.DataFrame, model: str, order: list[str], colors: dict, smooth: int) -> None:
+    """The fraction of zero-variance prompt groups per step (rolling mean over ``smooth`` steps)."""
+    c = c.sort_values("step")
+    c["zero_std_smooth"] = c.groupby("run_id")["zero_std_frac"].transform(
+        lambda s: s.rolling(smooth, min_periods=1).mean()
+    )
+    if c["zero_std_smooth"].notna().any():
+        sns.lineplot(
+            c,
+            x="step",
+            y="zero_std_smooth",
+            hue="algorithm",
+            hue_order=order,
+            palette=colors,
+            errorbar=("pi", 100),
+            ax=ax,
+        )
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "groups/zero_std_frac not logged", ha="center", transform=ax.transAxes)
+    ax.set_title(f"{model}: zero-variance groups (rolling {smooth})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("fraction of prompt groups")
+
+
+def _effective_gain(ax, s: pd.DataFrame, model: str, baseline: str, colors: dict) -> None:
+    """Effective-step gain vs ``baseline`` per step and in total (``s``: the model's summary rows with a gain)."""
+    if s.empty:
+        ax.set_axis_off()
+        return
+    long = pd.concat(
+        [
+            s.assign(kind="per step", gain=s["gain_per_step"]),
+            s.assign(kind="total (matched budget)", gain=s["gain_total"]),
+        ]
+    )
+    sns.barplot(
+        long,
+        x="kind",
+        y="gain",
+        hue="algorithm",
+        hue_order=algorithm_order(s["algorithm"]),
+        palette=colors,
+        ax=ax,
+        saturation=1,
+    )
+    _vs_baseline_axes(
+        ax, PAPER_EFFECTIVE_GAIN, "paper: +48%", f"{model}: effective steps vs {baseline}", f"gain vs {baseline}"
+    )
+    ax.legend(fontsize=8)
 
 
 def _vs_baseline_axes(ax, paper_value: float, paper_label: str, title: str, ylabel: str) -> None:
@@ -181,12 +323,17 @@ def _vs_baseline_axes(ax, paper_value: float, paper_label: str, title: str, ylab
     ax.set_ylabel(ylabel)
 
 
-def accuracy_vs_compute(curves: pd.DataFrame, unit: str, label: str, colors: dict, budget: float | None = None) -> plt.Figure | None:
-    """Macro accuracy at each evaluation against cumulative compute, one panel per model, one line per run."""
+def accuracy_vs_compute(
+    curves: pd.DataFrame, unit: str, label: str, colors: dict, budget: float | None = None
+) -> plt.Figure | None:
+    """Macro accuracy at each evaluation against cumulative compute, one panel per model: a thin line per run and a
+    thick one per algorithm (the seed mean, as in the tables); dashed: ``budget``."""
     if curves.empty or unit not in curves or curves[unit].isna().all():
         return None
     models = sorted(curves["model"].unique())
-    fig, axes = plt.subplots(1, len(models), figsize=(6.2 * len(models) + 1.5, 4.2), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(models), figsize=(6.2 * len(models) + 1.5, 4.2), squeeze=False, layout="constrained"
+    )
     for ax, model in zip(axes[0], models):
         c = curves[(curves["model"] == model)].dropna(subset=[unit]).sort_values(["run_id", "step"])
         c = c.assign(acc=100 * c["macro_accuracy"])
@@ -196,7 +343,15 @@ def accuracy_vs_compute(curves: pd.DataFrame, unit: str, label: str, colors: dic
                 ax.plot(run[unit], run["acc"], color=colors[algo], alpha=0.35, linewidth=1, marker=".", markersize=4)
             m = mean_curves(a).assign(acc=lambda d: 100 * d["macro_accuracy"])  # the seed mean the tables use
             n = a["run_id"].nunique()
-            ax.plot(m[unit], m["acc"], color=colors[algo], linewidth=2.4, marker="o", markersize=6, label=f"{algo} (mean of {n})")
+            ax.plot(
+                m[unit],
+                m["acc"],
+                color=colors[algo],
+                linewidth=2.4,
+                marker="o",
+                markersize=6,
+                label=f"{algo} (mean of {n})",
+            )
         if budget:
             ax.axvline(budget, **PAPER_STYLE, label="budget")
         if unit != "steps":
@@ -209,14 +364,25 @@ def accuracy_vs_compute(curves: pd.DataFrame, unit: str, label: str, colors: dic
 
 
 def ablation(table: pd.DataFrame, colors: dict) -> plt.Figure | None:
-    """Replay strategies side by side: accuracy (CI), effective steps per step, wall seconds per step, replay hit rate."""
+    """Replay strategies side by side: accuracy (CI), effective steps per step, wall seconds per step, replay hit
+    rate (the panels some run recorded)."""
     if table.empty or len(table) < 2:
         return None
-    panels = [("accuracy", "final macro accuracy", PercentFormatter(1.0)), ("effective_per_step", "effective steps per step", PercentFormatter(1.0)),
-              ("wall_s_per_step", "wall seconds per step", None), ("hit_rate", "replay hit rate", PercentFormatter(1.0))]
+    panels = [
+        ("accuracy", "final macro accuracy", PercentFormatter(1.0)),
+        ("effective_per_step", "effective steps per step", PercentFormatter(1.0)),
+        ("wall_s_per_step", "wall seconds per step", None),
+        ("hit_rate", "replay hit rate", PercentFormatter(1.0)),
+    ]
     panels = [p for p in panels if table[p[0]].notna().any()]
     models = sorted(table["model"].unique())
-    fig, axes = plt.subplots(len(models), len(panels), figsize=(3.3 * len(panels) + 1, 3.6 * len(models)), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(models),
+        len(panels),
+        figsize=(3.3 * len(panels) + 1, 3.6 * len(models)),
+        squeeze=False,
+        layout="constrained",
+    )
     for row, model in enumerate(models):
         t = table[table["model"] == model]
         labels = [f"{a}" for a in t["algorithm"]]
@@ -228,7 +394,15 @@ def ablation(table: pd.DataFrame, colors: dict) -> plt.Figure | None:
             if key == "accuracy":
                 lo = np.clip(y - t["ci_low"].to_numpy(dtype=float), 0, None)
                 hi = np.clip(t["ci_high"].to_numpy(dtype=float) - y, 0, None)
-                ax.errorbar(labels, np.nan_to_num(y), yerr=np.nan_to_num(np.vstack([lo, hi])), fmt="none", ecolor="black", capsize=3, elinewidth=1)
+                ax.errorbar(
+                    labels,
+                    np.nan_to_num(y),
+                    yerr=np.nan_to_num(np.vstack([lo, hi])),
+                    fmt="none",
+                    ecolor="black",
+                    capsize=3,
+                    elinewidth=1,
+                )
             for i, v in enumerate(y):
                 if not np.isfinite(v):
                     ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8)
@@ -253,14 +427,25 @@ def sweep(trials: pd.DataFrame, importances: dict | None, direction: str, best_n
     if t.empty:
         return None
     has_imp = bool(importances)
-    fig, axes = plt.subplots(1, 2 if has_imp else 1, figsize=(11 if has_imp else 6.5, 3.8), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, 2 if has_imp else 1, figsize=(11 if has_imp else 6.5, 3.8), squeeze=False, layout="constrained"
+    )
     ax = axes[0, 0]
     best = t["value"].cummax() if direction == "maximize" else t["value"].cummin()
     ax.scatter(t["number"], t["value"], color=sns.color_palette("tab10")[0], label="trial", zorder=3)
     ax.step(t["number"], best, where="post", color=sns.color_palette("tab10")[3], label="best so far")
     if best_number is not None and best_number in set(t["number"]):
         b = t[t["number"] == best_number].iloc[0]
-        ax.scatter([b["number"]], [b["value"]], s=160, facecolors="none", edgecolors="black", linewidths=1.5, label=f"best: trial {best_number}", zorder=4)
+        ax.scatter(
+            [b["number"]],
+            [b["value"]],
+            s=160,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=1.5,
+            label=f"best: trial {best_number}",
+            zorder=4,
+        )
     ax.set_xlabel("trial")
     ax.set_ylabel("objective")
     ax.set_title(f"optimization history ({direction})")

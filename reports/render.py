@@ -41,7 +41,9 @@ class Document:
         if items:
             self.blocks.append(Block("list", items=list(items), css=css))
 
-    def table(self, df: pd.DataFrame, *, highlight: pd.DataFrame | None = None, csv: str | None = None, caption: str = "") -> None:
+    def table(
+        self, df: pd.DataFrame, *, highlight: pd.DataFrame | None = None, csv: str | None = None, caption: str = ""
+    ) -> None:
         self.blocks.append(Block("table", caption, table=df, highlight=highlight, csv=csv))
 
     def figure(self, path: str, caption: str) -> None:
@@ -80,7 +82,13 @@ def to_markdown(doc: Document) -> str:
             out.append("|" + "|".join("---" for _ in cols) + "|")
             for i in range(len(df)):
                 hl = b.highlight.iloc[i] if b.highlight is not None else None
-                out.append("| " + " | ".join(_md_cell(df.iat[i, j], bool(hl.iat[j]) if hl is not None else False) for j in range(len(cols))) + " |")
+                out.append(
+                    "| "
+                    + " | ".join(
+                        _md_cell(df.iat[i, j], bool(hl.iat[j]) if hl is not None else False) for j in range(len(cols))
+                    )
+                    + " |"
+                )
             if b.csv:
                 out += ["", f"Data: [`{b.csv}`]({b.csv})"]
             out.append("")
@@ -112,11 +120,17 @@ def inline_html(text: str) -> str:
         s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", s)
         s = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", s)
         out.append(s)
-    return re.sub("\x00(\\d+)\x00", lambda m: f'<a href="{html.escape(links[int(m[1])][1])}">{inline_html(links[int(m[1])][0])}</a>', "".join(out))
+    return re.sub(
+        "\x00(\\d+)\x00",
+        lambda m: f'<a href="{html.escape(links[int(m[1])][1])}">{inline_html(links[int(m[1])][0])}</a>',
+        "".join(out),
+    )
 
 
+# a backslash at a line's end continues that CSS line (no newline in the string there)
 CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;max-width:1280px;margin:2em auto;padding:0 1.5em;color:#1d1d1f;line-height:1.45}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;max-width:1280px;\
+margin:2em auto;padding:0 1.5em;color:#1d1d1f;line-height:1.45}
 h1{border-bottom:2px solid #333;padding-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.15em;margin-top:2em}
 code{background:#f3f3f3;padding:0 .25em;border-radius:3px;font-size:.92em}
 table{border-collapse:collapse;margin:.6em 0 .3em;font-size:.86em}
@@ -124,7 +138,8 @@ th,td{border:1px solid #d0d0d0;padding:.25em .55em;text-align:left;vertical-alig
 th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.best{background:#dff3df;font-weight:600}
 .tablewrap{overflow-x:auto}.caption{font-style:italic;color:#444;margin:.2em 0}.csv{font-size:.85em;color:#555}
-figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #e2e2e2}figcaption{font-style:italic;color:#444;font-size:.9em}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #e2e2e2}\
+figcaption{font-style:italic;color:#444;font-size:.9em}
 ul.issues li{margin:.15em 0}.warning{color:#8a4b00}.toc{font-size:.92em}
 """
 
@@ -166,7 +181,11 @@ def to_html(doc: Document, root: Path, generated: str = "") -> str:
     body = [f"<h1>{inline_html(doc.title)}</h1>"]
     heads = [b for b in doc.blocks if b.kind == "h" and b.level == 2]
     if heads:
-        body.append('<nav class="toc"><strong>Contents:</strong> ' + " · ".join(f'<a href="#{b.anchor}">{inline_html(b.text)}</a>' for b in heads) + "</nav>")
+        body.append(
+            '<nav class="toc"><strong>Contents:</strong> '
+            + " · ".join(f'<a href="#{b.anchor}">{inline_html(b.text)}</a>' for b in heads)
+            + "</nav>"
+        )
     for b in doc.blocks:
         if b.kind == "h":
             body.append(f'<h{b.level} id="{b.anchor}">{inline_html(b.text)}</h{b.level}>')
@@ -185,16 +204,37 @@ def to_html(doc: Document, root: Path, generated: str = "") -> str:
             rows = []
             for i in range(len(df)):
                 hl = b.highlight.iloc[i] if b.highlight is not None else None
-                rows.append("<tr>" + "".join(_cell_html(df.iat[i, j], bool(hl.iat[j]) if hl is not None else False) for j in range(df.shape[1])) + "</tr>")
-            parts.append(f'<div class="tablewrap"><table data-csv="{html.escape(b.csv or "")}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
+                rows.append(
+                    "<tr>"
+                    + "".join(
+                        _cell_html(df.iat[i, j], bool(hl.iat[j]) if hl is not None else False)
+                        for j in range(df.shape[1])
+                    )
+                    + "</tr>"
+                )
+            parts.append(
+                '<div class="tablewrap">'
+                f'<table data-csv="{html.escape(b.csv or "")}"><thead><tr>{head}</tr></thead>'
+                f"<tbody>{''.join(rows)}</tbody></table></div>"
+            )
             if b.csv:
-                parts.append(f'<div class="csv">Data: <a href="{html.escape(b.csv)}"><code>{html.escape(b.csv)}</code></a></div>')
+                parts.append(
+                    f'<div class="csv">Data: <a href="{html.escape(b.csv)}"><code>{html.escape(b.csv)}</code></a></div>'
+                )
             body.append("\n".join(parts))
         elif b.kind == "figure":
             data = base64.b64encode((root / b.path).read_bytes()).decode("ascii")
-            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b.text)}" data-file="{html.escape(b.path)}">'
-                        f"<figcaption>{inline_html(b.text)}</figcaption></figure>")
+            body.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b.text)}" '
+                f'data-file="{html.escape(b.path)}"><figcaption>{inline_html(b.text)}</figcaption></figure>'
+            )
     if generated:
         body.append(f'<p class="csv">{inline_html(generated)}</p>')
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{html.escape(doc.title)}</title><style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + IMAGE_CHECK + "</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(doc.title)}</title><style>{CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + IMAGE_CHECK
+        + "</body></html>\n"
+    )

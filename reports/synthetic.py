@@ -15,7 +15,8 @@ Layout (the producer contract the report reads):
   ``..._ci_low/high``, ``pass_at_<k>``, ``num_prompts``, ``eval/macro_accuracy``, ``eval/budget_fraction``),
   artifacts ``summary.json``, ``config.yaml`` and ``eval/<tag>-step<N>.jsonl`` (per-sample records);
 * a sweep parent (``harness.role=sweep``, ``harness.sweep``) with trial children (``harness.role=trial``,
-  ``optuna.trial_number``) and artifacts ``sweep/trials.csv``, ``sweep/best_trial.json``, ``sweep/importances.json`` (as `harness sweep` logs them).
+  ``optuna.trial_number``) and artifacts ``sweep/trials.csv``, ``sweep/best_trial.json``,
+  ``sweep/importances.json`` (as `harness sweep` logs them).
 
 Every number is drawn from a seeded generator, and logged eval accuracies are computed from the very
 per-sample records that are logged, so tests can check the report against the store exactly.
@@ -37,9 +38,19 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.metrics import aggregate_benchmark
+
 # Per-step FLOPs per phase (GRPO); RePO trains on G + k rows, so its train/logprob phases cost more.
 _FLOPS = {"generate": 6.0e11, "train": 3.0e11, "logprob": 1.0e11, "ref": 0.0}
-_TIMES = {"generate_s": 1.2, "score_s": 0.08, "logprob_s": 0.15, "ref_s": 0.0, "train_s": 0.6, "build_batch_s": 0.02, "after_step_s": 0.01}
+_TIMES = {
+    "generate_s": 1.2,
+    "score_s": 0.08,
+    "logprob_s": 0.15,
+    "ref_s": 0.0,
+    "train_s": 0.6,
+    "build_batch_s": 0.02,
+    "after_step_s": 0.01,
+}
 _PROFILE = {  # algorithm -> (train-phase multiplier, final accuracy gain, replay hit rate, zero-variance rescue)
     "grpo": (1.0, 0.16, 0.0, 0.0),
     "repo:recent_k": (1.38, 0.22, 0.8, 0.62),
@@ -68,7 +79,7 @@ def _log_metrics(client, run_id: str, rows: list[tuple[str, float, int]]) -> Non
     ts = int(time.time() * 1000)
     items = [Metric(k, float(v), ts, int(s)) for k, v, s in rows if v is not None and math.isfinite(float(v))]
     for i in range(0, len(items), 1000):
-        client.log_batch(run_id, metrics=items[i:i + 1000])
+        client.log_batch(run_id, metrics=items[i : i + 1000])
 
 
 def _log_text(client, run_id: str, text: str, name: str) -> None:
@@ -85,80 +96,141 @@ def _params(client, run_id: str, params: dict[str, Any]) -> None:
 
     items = [Param(k, str(v)) for k, v in params.items()]
     for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i:i + 100])
+        client.log_batch(run_id, params=items[i : i + 100])
 
 
-def _config(algo: str, model: str, seed: int, budget: str, benchmarks: dict[str, tuple[int, int]], run_name: str) -> dict[str, Any]:
+def _config(
+    algo: str, model: str, seed: int, budget: str, benchmarks: dict[str, tuple[int, int]], run_name: str
+) -> dict[str, Any]:
     name, _, variant = algo.partition(":")
     cfg = {
-        "model.name": model, "model.dtype": "float32", "data.train": "arith", "data.train_size": 1024, "data.shuffle_seed": 42,
-        "generation.engine": "hf", "generation.num_generations": 8, "generation.max_completion_length": 32, "generation.temperature": 1.0,
-        "train.seed": seed, "train.prompts_per_step": 4, "train.learning_rate": 1e-6, "train.budget": budget, "train.max_steps": -1,
-        "train.output_dir": f"runs/{run_name}", "eval.benchmarks": str(list(benchmarks)), "eval.at_budget_fractions": "[0.25, 0.5, 0.75]",
-        "eval.seed": 1234, "tracking.experiment_name": "synthetic", "tracking.run_name": "None", "algorithm.name": algo,
-        "algorithm.beta": 0.0, "algorithm.epsilon_low": 0.2, "algorithm.epsilon_high": 0.2,
+        "model.name": model,
+        "model.dtype": "float32",
+        "data.train": "arith",
+        "data.train_size": 1024,
+        "data.shuffle_seed": 42,
+        "generation.engine": "hf",
+        "generation.num_generations": 8,
+        "generation.max_completion_length": 32,
+        "generation.temperature": 1.0,
+        "train.seed": seed,
+        "train.prompts_per_step": 4,
+        "train.learning_rate": 1e-6,
+        "train.budget": budget,
+        "train.max_steps": -1,
+        "train.output_dir": f"runs/{run_name}",
+        "eval.benchmarks": str(list(benchmarks)),
+        "eval.at_budget_fractions": "[0.25, 0.5, 0.75]",
+        "eval.seed": 1234,
+        "tracking.experiment_name": "synthetic",
+        "tracking.run_name": "None",
+        "algorithm.name": algo,
+        "algorithm.beta": 0.0,
+        "algorithm.epsilon_low": 0.2,
+        "algorithm.epsilon_high": 0.2,
     }
     if name == "repo":
-        cfg.update({"algorithm.strategy": variant or "highest_k", "algorithm.num_replays": 8, "algorithm.max_cache_size": 16,
-                    "algorithm.min_cache_to_replay": 8})
+        cfg.update(
+            {
+                "algorithm.strategy": variant or "highest_k",
+                "algorithm.num_replays": 8,
+                "algorithm.max_cache_size": 16,
+                "algorithm.min_cache_to_replay": 8,
+            }
+        )
     return cfg
 
 
-def _eval_samples(rng: np.random.Generator, benchmarks: dict[str, tuple[int, int]], difficulty: dict[str, np.ndarray], skill: float):
+def _eval_samples(
+    rng: np.random.Generator, benchmarks: dict[str, tuple[int, int]], difficulty: dict[str, np.ndarray], skill: float
+):
     """Per-sample records + per-benchmark metrics computed from them (what benchmarks.evaluation logs)."""
-    from benchmarks.metrics import aggregate_benchmark
-
     records, metrics = [], {}
     for b, (n_prompts, n_samples) in benchmarks.items():
         p = 1.0 / (1.0 + np.exp(-(skill - difficulty[b])))
         correct = rng.random((n_prompts, n_samples)) < p[:, None]
         ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= n_samples]
         agg = aggregate_benchmark(correct.astype(float).tolist(), ks=ks, num_resamples=200)
-        m = {"accuracy": agg["avg@n"]["mean"], "accuracy_ci_low": agg["avg@n"]["ci_low"], "accuracy_ci_high": agg["avg@n"]["ci_high"],
-             "num_prompts": n_prompts, "num_samples": n_samples, "num_rows": n_prompts, "skipped_too_long": 0}
+        m = {
+            "accuracy": agg["avg@n"]["mean"],
+            "accuracy_ci_low": agg["avg@n"]["ci_low"],
+            "accuracy_ci_high": agg["avg@n"]["ci_high"],
+            "num_prompts": n_prompts,
+            "num_samples": n_samples,
+            "num_rows": n_prompts,
+            "skipped_too_long": 0,
+        }
         for k, v in agg["pass@k"].items():
             m[f"pass_at_{k}"] = v["mean"]
         metrics[b] = m
         for i in range(n_prompts):
             for j in range(n_samples):
                 ok = bool(correct[i, j])
-                records.append({"benchmark": b, "id": f"{b}-{i}", "sample": j, "problem": f"problem {i}", "gold": str(i), "completion": f"\\boxed{{{i if ok else -1}}}",
-                                "extracted": str(i if ok else -1), "reward": 1.0 if ok else 0.0, "correct": ok, "reason": "", "finish_reason": "stop",
-                                "completion_tokens": 12, "reused": False})
+                records.append(
+                    {
+                        "benchmark": b,
+                        "id": f"{b}-{i}",
+                        "sample": j,
+                        "problem": f"problem {i}",
+                        "gold": str(i),
+                        "completion": f"\\boxed{{{i if ok else -1}}}",
+                        "extracted": str(i if ok else -1),
+                        "reward": 1.0 if ok else 0.0,
+                        "correct": ok,
+                        "reason": "",
+                        "finish_reason": "stop",
+                        "completion_tokens": 12,
+                        "reused": False,
+                    }
+                )
     macro = float(np.mean([m["accuracy"] for m in metrics.values()]))
     return records, metrics, macro
 
 
-def _member(client, exp_id: str, parent_id: str, algo: str, model: str, seed: int, *, rng: np.random.Generator, budget_flops: float,
-            benchmarks: dict[str, tuple[int, int]], difficulty: dict[str, np.ndarray], fail_at: float | None, samples: bool,
-            experiment: str) -> str:
-    mult, gain, hit, rescue = _PROFILE.get(algo, _PROFILE["repo:random_k"])
+def _member(
+    client,
+    exp_id: str,
+    parent_id: str,
+    algo: str,
+    model: str,
+    seed: int,
+    *,
+    rng: np.random.Generator,
+    budget_flops: float,
+    benchmarks: dict[str, tuple[int, int]],
+    difficulty: dict[str, np.ndarray],
+    fail_at: float | None,
+    samples: bool,
+    experiment: str,
+) -> str:
+    """One member run: params, config.yaml, per-step metrics, evaluations, summary.json; returns its run id."""
+    mult, gain, _, _ = _PROFILE.get(algo, _PROFILE["repo:random_k"])
     run_name = f"{algo.replace(':', '-')}-{model}-s{seed}"
-    tags = {"mlflow.parentRunId": parent_id, "harness.role": "member", "harness.experiment": experiment, "algorithm": algo, "model": model,
-            "seed": str(seed), "engine": "hf", "torch": "2.13.0+cpu", "num_processes": "1", "harness.budget_unit": "flops",
-            "harness.budget_value": f"{budget_flops:g}", "train_set": "arith", "hardware": "cpu: synthetic (2 cores)",
-            "transformers": "5.17.0", "python": "3.11.2"}
+    tags = _member_tags(parent_id, experiment, algo, model, seed, budget_flops)
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
     rid = run.info.run_id
     budget = f"flops:{budget_flops:g}"
     _params(client, rid, _config(algo, model, seed, budget, benchmarks, run_name))
-    _log_text(client, rid, "\n".join(f"{k}: {v}" for k, v in _config(algo, model, seed, budget, benchmarks, run_name).items()) + "\n", "config.yaml")
+    _log_text(
+        client,
+        rid,
+        "\n".join(f"{k}: {v}" for k, v in _config(algo, model, seed, budget, benchmarks, run_name).items()) + "\n",
+        "config.yaml",
+    )
 
-    is_repo = algo.startswith("repo")
     flops_step = {k: v * (mult if k in ("train", "logprob") else 1.0) for k, v in _FLOPS.items()}
-    per_step = sum(flops_step.values())
-    total_steps = int(math.ceil(budget_flops / per_step))
+    total_steps = math.ceil(budget_flops / sum(flops_step.values()))
     stop = total_steps if fail_at is None else int(total_steps * fail_at)
     seed_skill = rng.normal(0, 0.08)
     fractions = [0.0, 0.25, 0.5, 0.75, 1.0]
-    eval_steps = {int(round(f * total_steps)): f for f in fractions}
+    eval_steps = {round(f * total_steps): f for f in fractions}
     rows: list[tuple[str, float, int]] = []
     totals: dict[str, float] = {}
     evals = []
     cum = {"flops": 0.0}
 
     def do_eval(step: int, frac: float, tag: str) -> None:
-        skill = -0.3 + seed_skill * (frac > 0) + gain * 10 * frac ** 0.7
+        skill = -0.3 + seed_skill * (frac > 0) + gain * 10 * frac**0.7
         # the starting model and eval seed are shared, so every run's step-0 evaluation is the same draw
         draw = np.random.default_rng(zlib.crc32(model.encode()) + 7) if step == 0 else rng
         recs, metrics, macro = _eval_samples(draw, benchmarks, difficulty, skill)
@@ -166,38 +238,16 @@ def _member(client, exp_id: str, parent_id: str, algo: str, model: str, seed: in
             rows.extend((f"eval/{b}/{k}", v, step) for k, v in m.items())
         rows.append(("eval/macro_accuracy", macro, step))
         rows.append(("eval/budget_fraction", frac, step))
-        evals.append({"tag": tag, "step": step, "macro_accuracy": macro, "budget_fraction": frac, "benchmarks": metrics})
+        evals.append(
+            {"tag": tag, "step": step, "macro_accuracy": macro, "budget_fraction": frac, "benchmarks": metrics}
+        )
         if samples:
             _log_text(client, rid, "\n".join(json.dumps(r) for r in recs) + "\n", f"eval/{tag}-step{step}.jsonl")
 
     do_eval(0, 0.0, "before")
     for step in range(1, stop + 1):
         frac = step / total_steps
-        zero = float(np.clip(0.55 - 0.15 * frac + rng.normal(0, 0.06), 0.05, 0.95))
-        eff = 1.0 - zero * (1.0 - rescue * (frac > 0.1))
-        m: dict[str, float] = {"reward/mean": float(np.clip(0.3 + gain * 2 * frac + rng.normal(0, 0.04), 0, 1)), "groups/zero_std_frac": zero,
-                               "effective/step": eff}
-        m["reward/accuracy"] = m["reward/mean"]
-        for k, v in _TIMES.items():
-            v = v * (mult if k in ("train_s", "logprob_s") else 1.0) * (1 + rng.normal(0, 0.05))
-            m[f"time/{k}"] = max(v, 0.0)
-        m["time/step_s"] = sum(m[f"time/{k}"] for k in _TIMES) + 0.03
-        m["tokens/generated"] = 4 * 8 * 20.0 + rng.integers(-20, 20)
-        m["tokens/prompt"] = 4 * 8 * 15.0
-        m["tokens/trained"] = m["tokens/generated"] * (1.0 + (0.9 if is_repo and frac > 0.1 else 0.0))
-        for k, v in flops_step.items():
-            m[f"flops/{k}"] = v
-        m["flops/total"] = per_step
-        cum["flops"] += per_step
-        m["flops/total_cum"] = cum["flops"]
-        m["budget/fraction"] = min(cum["flops"] / budget_flops, 1.0)
-        for k in ("tokens/generated", "tokens/trained", "tokens/prompt", "time/step_s", "time/generate_s", "time/train_s"):
-            totals[k] = totals.get(k, 0.0) + m[k]
-            m[f"{k}_total"] = totals[k]
-        totals["effective/step"] = totals.get("effective/step", 0.0) + eff
-        m["effective/steps_total"] = totals["effective/step"]
-        if is_repo:
-            m.update({"replay/hit_rate": hit * (frac > 0.1), "replay/staleness_mean": 3.0 + rng.normal(0, 0.3), "replay/rows": 32.0 * (frac > 0.1)})
+        m = _step_metrics(rng, algo, frac, flops_step, budget_flops, totals, cum)
         rows.extend((k, v, step) for k, v in m.items())
         if step in eval_steps and step > 0:
             do_eval(step, eval_steps[step], "after" if step == total_steps else "during")
@@ -208,21 +258,109 @@ def _member(client, exp_id: str, parent_id: str, algo: str, model: str, seed: in
     return rid
 
 
+def _member_tags(parent_id: str, experiment: str, algo: str, model: str, seed: int, budget_flops: float) -> dict:
+    """A member run's tags, as `harness run` sets them."""
+    return {
+        "mlflow.parentRunId": parent_id,
+        "harness.role": "member",
+        "harness.experiment": experiment,
+        "algorithm": algo,
+        "model": model,
+        "seed": str(seed),
+        "engine": "hf",
+        "torch": "2.13.0+cpu",
+        "num_processes": "1",
+        "harness.budget_unit": "flops",
+        "harness.budget_value": f"{budget_flops:g}",
+        "train_set": "arith",
+        "hardware": "cpu: synthetic (2 cores)",
+        "transformers": "5.17.0",
+        "python": "3.11.2",
+    }
+
+
+def _step_metrics(
+    rng: np.random.Generator,
+    algo: str,
+    frac: float,
+    flops_step: dict[str, float],
+    budget_flops: float,
+    totals: dict[str, float],
+    cum: dict[str, float],
+) -> dict[str, float]:
+    """One training step's metrics at budget fraction ``frac``; ``totals`` (summary.json's running sums) and
+    ``cum`` (cumulative FLOPs) are updated."""
+    mult, gain, hit, rescue = _PROFILE.get(algo, _PROFILE["repo:random_k"])
+    is_repo = algo.startswith("repo")
+    per_step = sum(flops_step.values())
+    zero = float(np.clip(0.55 - 0.15 * frac + rng.normal(0, 0.06), 0.05, 0.95))
+    eff = 1.0 - zero * (1.0 - rescue * (frac > 0.1))
+    m: dict[str, float] = {
+        "reward/mean": float(np.clip(0.3 + gain * 2 * frac + rng.normal(0, 0.04), 0, 1)),
+        "groups/zero_std_frac": zero,
+        "effective/step": eff,
+    }
+    m["reward/accuracy"] = m["reward/mean"]
+    for k, v in _TIMES.items():
+        v = v * (mult if k in ("train_s", "logprob_s") else 1.0) * (1 + rng.normal(0, 0.05))
+        m[f"time/{k}"] = max(v, 0.0)
+    m["time/step_s"] = sum(m[f"time/{k}"] for k in _TIMES) + 0.03
+    m["tokens/generated"] = 4 * 8 * 20.0 + rng.integers(-20, 20)
+    m["tokens/prompt"] = 4 * 8 * 15.0
+    m["tokens/trained"] = m["tokens/generated"] * (1.0 + (0.9 if is_repo and frac > 0.1 else 0.0))
+    for k, v in flops_step.items():
+        m[f"flops/{k}"] = v
+    m["flops/total"] = per_step
+    cum["flops"] += per_step
+    m["flops/total_cum"] = cum["flops"]
+    m["budget/fraction"] = min(cum["flops"] / budget_flops, 1.0)
+    for k in ("tokens/generated", "tokens/trained", "tokens/prompt", "time/step_s", "time/generate_s", "time/train_s"):
+        totals[k] = totals.get(k, 0.0) + m[k]
+        m[f"{k}_total"] = totals[k]
+    totals["effective/step"] = totals.get("effective/step", 0.0) + eff
+    m["effective/steps_total"] = totals["effective/step"]
+    if is_repo:
+        m.update(
+            {
+                "replay/hit_rate": hit * (frac > 0.1),
+                "replay/staleness_mean": 3.0 + rng.normal(0, 0.3),
+                "replay/rows": 32.0 * (frac > 0.1),
+            }
+        )
+    return m
+
+
 def _sweep(client, exp_id: str, rng: np.random.Generator, n_trials: int = 6) -> tuple[str, list[str]]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    parent = client.create_run(exp_id, run_name="sweep-replay", tags={"harness.role": "sweep", "harness.sweep": "replay-k", "algorithm": "repo:recent_k"})
+    parent = client.create_run(
+        exp_id,
+        run_name="sweep-replay",
+        tags={"harness.role": "sweep", "harness.sweep": "replay-k", "algorithm": "repo:recent_k"},
+    )
     pid = parent.info.run_id
-    study = optuna.create_study(direction="maximize", study_name="replay-k", sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        direction="maximize", study_name="replay-k", sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     trial_ids = []
     for _ in range(n_trials):
         t = study.ask()
         k = t.suggest_int("algorithm.num_replays", 1, 8)
         lr = t.suggest_float("train.learning_rate", 1e-7, 1e-5, log=True)
         value = float(0.3 + 0.02 * k - 0.05 * abs(math.log10(lr) + 6) + rng.normal(0, 0.01))
-        run = client.create_run(exp_id, run_name=f"trial-{t.number}", tags={"mlflow.parentRunId": pid, "harness.role": "trial", "optuna.trial_number": str(t.number),
-                                                                           "algorithm": "repo:recent_k", "model": "tiny", "seed": "42"})
+        run = client.create_run(
+            exp_id,
+            run_name=f"trial-{t.number}",
+            tags={
+                "mlflow.parentRunId": pid,
+                "harness.role": "trial",
+                "optuna.trial_number": str(t.number),
+                "algorithm": "repo:recent_k",
+                "model": "tiny",
+                "seed": "42",
+            },
+        )
         rid = run.info.run_id
         _params(client, rid, {"algorithm.num_replays": k, "train.learning_rate": lr, "algorithm.name": "repo:recent_k"})
         _log_metrics(client, rid, [("eval/macro_accuracy", value, 10)])
@@ -232,19 +370,45 @@ def _sweep(client, exp_id: str, rng: np.random.Generator, n_trials: int = 6) -> 
         trial_ids.append(rid)
     best = study.best_trial
     _log_text(client, pid, study.trials_dataframe().to_csv(index=False), "sweep/trials.csv")
-    _log_text(client, pid, json.dumps({"number": best.number, "value": best.value, "params": best.params, "run_id": best.user_attrs["run_id"],
-                                       "direction": "maximize", "metric": "eval/macro_accuracy"}, indent=2), "sweep/best_trial.json")
-    _log_text(client, pid, json.dumps({"algorithm.num_replays": 0.81, "train.learning_rate": 0.19}), "sweep/importances.json")
+    _log_text(
+        client,
+        pid,
+        json.dumps(
+            {
+                "number": best.number,
+                "value": best.value,
+                "params": best.params,
+                "run_id": best.user_attrs["run_id"],
+                "direction": "maximize",
+                "metric": "eval/macro_accuracy",
+            },
+            indent=2,
+        ),
+        "sweep/best_trial.json",
+    )
+    _log_text(
+        client, pid, json.dumps({"algorithm.num_replays": 0.81, "train.learning_rate": 0.19}), "sweep/importances.json"
+    )
     _log_metrics(client, pid, [("best_value", best.value, 0)])
     client.set_terminated(pid)
     return pid, trial_ids
 
 
-def build_synthetic_store(tracking_uri: str, artifact_root: str | Path, experiment: str = "synthetic", *,
-                          algorithms: tuple[str, ...] = ("grpo", "repo:recent_k", "repo:highest_k"), models: tuple[str, ...] = ("tiny",),
-                          seeds: tuple[int, ...] = (42, 43), benchmarks: dict[str, tuple[int, int]] | None = None,
-                          failed: tuple[str, int] | None = ("repo:highest_k", 43), without_samples: tuple[str, int] | None = ("grpo", 43),
-                          sweep: bool = True, budget_flops: float = 3.0e13, seed: int = 0) -> SyntheticStore:
+def build_synthetic_store(
+    tracking_uri: str,
+    artifact_root: str | Path,
+    experiment: str = "synthetic",
+    *,
+    algorithms: tuple[str, ...] = ("grpo", "repo:recent_k", "repo:highest_k"),
+    models: tuple[str, ...] = ("tiny",),
+    seeds: tuple[int, ...] = (42, 43),
+    benchmarks: dict[str, tuple[int, int]] | None = None,
+    failed: tuple[str, int] | None = ("repo:highest_k", 43),
+    without_samples: tuple[str, int] | None = ("grpo", 43),
+    sweep: bool = True,
+    budget_flops: float = 3.0e13,
+    seed: int = 0,
+) -> SyntheticStore:
     """Write the synthetic experiment (and sweep) into ``tracking_uri``; artifacts under ``artifact_root``."""
     from mlflow.tracking import MlflowClient
 
@@ -252,17 +416,42 @@ def build_synthetic_store(tracking_uri: str, artifact_root: str | Path, experime
     rng = np.random.default_rng(seed)
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=Path(artifact_root).resolve().as_uri())
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else client.create_experiment(experiment, artifact_location=Path(artifact_root).resolve().as_uri())
+    )
     difficulty = {b: rng.normal(0.5, 1.0, n) for b, (n, _) in benchmarks.items()}
-    parent = client.create_run(exp_id, run_name=f"{experiment}-matrix", tags={"harness.role": "experiment", "harness.experiment": experiment}) if algorithms else None
+    parent = (
+        client.create_run(
+            exp_id,
+            run_name=f"{experiment}-matrix",
+            tags={"harness.role": "experiment", "harness.experiment": experiment},
+        )
+        if algorithms
+        else None
+    )
     store = SyntheticStore(tracking_uri, experiment, exp_id, parent.info.run_id if parent else None)
     for model in models if parent else ():
         for algo in algorithms:
             for s in seeds:
                 fail = 0.6 if failed and (algo, s) == tuple(failed) else None
                 nos = bool(without_samples and (algo, s) == tuple(without_samples))
-                rid = _member(client, exp_id, parent.info.run_id, algo, model, s, rng=rng, budget_flops=budget_flops, benchmarks=benchmarks,
-                              difficulty=difficulty, fail_at=fail, samples=not nos, experiment=experiment)
+                rid = _member(
+                    client,
+                    exp_id,
+                    parent.info.run_id,
+                    algo,
+                    model,
+                    s,
+                    rng=rng,
+                    budget_flops=budget_flops,
+                    benchmarks=benchmarks,
+                    difficulty=difficulty,
+                    fail_at=fail,
+                    samples=not nos,
+                    experiment=experiment,
+                )
                 store.members[(algo, model, s)] = rid
                 if fail is not None:
                     store.failed.append(rid)
@@ -270,7 +459,12 @@ def build_synthetic_store(tracking_uri: str, artifact_root: str | Path, experime
                     store.without_samples.append(rid)
     if parent:
         planned = [f"{a}|{m}|{sd}" for m in models for a in algorithms for sd in seeds]
-        _log_text(client, parent.info.run_id, json.dumps({"members": planned, "budget": f"flops:{budget_flops:g}"}, indent=2), "matrix.json")
+        _log_text(
+            client,
+            parent.info.run_id,
+            json.dumps({"members": planned, "budget": f"flops:{budget_flops:g}"}, indent=2),
+            "matrix.json",
+        )
         client.set_terminated(parent.info.run_id)
     if sweep:
         store.sweep_run_id, store.trial_run_ids = _sweep(client, exp_id, rng)
@@ -283,7 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     store = build_synthetic_store(uri, root / "artifacts")
-    print(f"tracking uri: {uri}\nexperiment:   {store.experiment}\nparent run:   {store.parent_run_id}\nsweep run:    {store.sweep_run_id}")
+    print(
+        f"tracking uri: {uri}\nexperiment:   {store.experiment}\nparent run:   {store.parent_run_id}\nsweep run:    "
+        f"{store.sweep_run_id}"
+    )
     return 0
 
 
