@@ -22,8 +22,15 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from benchmarks.datasets import REFERENCE_SAMPLES, expand_benchmarks, load_benchmark, rows_fingerprint
+from benchmarks.datasets import (
+    REFERENCE_SAMPLES,
+    expand_benchmarks,
+    load_benchmark,
+    rows_fingerprint,
+)
+from benchmarks.metrics import aggregate_benchmark
 from harness.rollout import SamplingParams
 from harness.sampling import decode_progress
 
@@ -87,10 +94,6 @@ def evaluate(engine, tokenizer, benchmarks: list[str], settings: EvalSettings, s
     With ``cache``, prompts already generated with identical prompt ids and sampling settings reuse
     their stored completions (only the rest is generated).
     """
-    from tqdm.auto import tqdm
-
-    from benchmarks.metrics import aggregate_benchmark
-
     names = expand_benchmarks(benchmarks)
     results: dict[str, Any] = {"benchmarks": {}, "samples": [], "skipped": {}, "data": {}, "settings": settings.to_dict()}
     per_prompt_all: list[np.ndarray] = []
@@ -107,73 +110,15 @@ def evaluate(engine, tokenizer, benchmarks: list[str], settings: EvalSettings, s
             kept.append(r)
             prompts.append(ids)
         params = SamplingParams(n=n, temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens)
-        comps: list[list[dict] | None] = [None] * len(prompts)
-        keys: list[str] = []
-        if cache is not None:
-            keys = [cache.key(p, params, settings.seed) for p in prompts]
-            comps = [cache.get(name, k) for k in keys]
-            comps = [c if c is not None and len(c) == n else None for c in comps]
-        todo = [i for i, c in enumerate(comps) if c is None]
-        todo_set = set(todo)
-        reused = len(prompts) - len(todo)
-        if todo:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(settings.seed)
-                # Counted in completions, advanced as each one ends where the engine decodes in this process (hf), else per batch:
-                # a batch of 64 prompts x 2,048 tokens takes minutes on a CPU.
-                bar = tqdm(total=len(todo) * n, desc=f"eval {name}", unit="completion", disable=not progress, leave=False)
-                tokens_done = [0]
-
-                def on_step(new_tokens: int, finished: int) -> None:
-                    tokens_done[0] += new_tokens
-                    if finished:
-                        bar.update(finished)
-                    bar.set_postfix(tokens=tokens_done[0], refresh=False)
-
-                try:
-                    for s in range(0, len(todo), settings.batch_size):
-                        chunk = todo[s:s + settings.batch_size]
-                        with decode_progress(on_step):
-                            outs = engine.generate([prompts[i] for i in chunk], params)
-                        bar.update(min(s + len(chunk), len(todo)) * n - bar.n)
-                        new = []
-                        for i, group in zip(chunk, outs):
-                            comps[i] = [{"text": tokenizer.decode(c.token_ids, skip_special_tokens=True), "finish_reason": c.finish_reason,
-                                         "num_tokens": int(len(c.token_ids))} for c in group]
-                            if cache is not None:
-                                new.append((keys[i], kept[i]["id"], comps[i]))
-                        if cache is not None:
-                            cache.put(name, new)
-                finally:
-                    bar.close()
+        comps, generated = _completions(engine, tokenizer, name, kept, prompts, params, settings, cache, progress)
         texts = [c["text"] for group in comps for c in group]
         golds = [r["answer"] for r in kept for _ in range(n)]
         scored = scorer.score_batch(texts, golds) if texts else []
         correct = np.array([s.reward for s in scored], dtype=np.float64).reshape(len(kept), n) if kept else np.zeros((0, n))
-        flat = [c for group in comps for c in group]
-        metrics: dict[str, Any] = {"num_rows": len(rows), "num_prompts": len(kept), "num_samples": n, "skipped_too_long": len(skipped)}
+        metrics = _benchmark_metrics(correct, scored, comps, num_rows=len(rows), skipped=len(skipped))
+        metrics.update(reused_prompts=len(prompts) - len(generated), seconds=time.perf_counter() - t0)
         if kept:
-            ks = [k for k in (2 ** i for i in range(12)) if k <= n]
-            agg = aggregate_benchmark(correct.tolist(), ks=ks)
-            metrics.update(accuracy=agg["avg@n"]["mean"], accuracy_ci_low=agg["avg@n"]["ci_low"], accuracy_ci_high=agg["avg@n"]["ci_high"])
-            for k, v in agg["pass@k"].items():
-                metrics[f"pass_at_{k}"] = v["mean"]
-                if k > 1:
-                    metrics[f"pass_at_{k}_ci_low"], metrics[f"pass_at_{k}_ci_high"] = v["ci_low"], v["ci_high"]
             per_prompt_all.append(correct.mean(axis=1))
-        else:
-            metrics.update(accuracy=float("nan"), accuracy_ci_low=float("nan"), accuracy_ci_high=float("nan"))
-        reasons = [s.reason for s in scored]
-        metrics.update(
-            truncated_completions_frac=float(np.mean([c["finish_reason"] == "length" for c in flat])) if flat else 0.0,
-            no_answer_frac=float(np.mean([r == "no_answer" for r in reasons])) if reasons else 0.0,
-            gold_unparseable=int(sum(r == "gold_unparseable" for r in reasons)),
-            scoring_timeouts=int(sum(r == "timeout" for r in reasons)),
-            scoring_errors=int(sum(bool(r) and r.startswith("error") for r in reasons)),
-            mean_completion_tokens=float(np.mean([c["num_tokens"] for c in flat])) if flat else 0.0,
-            reused_prompts=reused,
-            seconds=time.perf_counter() - t0,
-        )
         results["benchmarks"][name] = metrics
         results["skipped"][name] = skipped
         results["data"][name] = {"num_rows": len(rows), "content_hash": rows_fingerprint(rows)}
@@ -183,13 +128,86 @@ def evaluate(engine, tokenizer, benchmarks: list[str], settings: EvalSettings, s
                 s, c = scored[i * n + j], comps[i][j]
                 results["samples"].append({"benchmark": name, "id": r["id"], "sample": j, "problem": r["problem"], "prompt": prompt_text, "gold": r["answer"],
                                            "completion": c["text"], "extracted": s.extracted, "reward": s.reward, "correct": s.reward > 0.5, "reason": s.reason,
-                                           "finish_reason": c["finish_reason"], "completion_tokens": c["num_tokens"], "reused": i not in todo_set})
+                                           "finish_reason": c["finish_reason"], "completion_tokens": c["num_tokens"], "reused": i not in generated})
     accs = [m["accuracy"] for m in results["benchmarks"].values() if m["num_prompts"]]
     results["macro_accuracy"] = float(np.mean(accs)) if accs else float("nan")
     lo, hi = _macro_ci(per_prompt_all) if per_prompt_all else (float("nan"), float("nan"))
     results["macro_accuracy_ci_low"], results["macro_accuracy_ci_high"] = lo, hi
     results["macro_num_benchmarks"] = len(accs)
     return results
+
+
+def _completions(engine, tokenizer, name: str, kept: list[dict], prompts: list[list[int]], params: SamplingParams, settings: EvalSettings,
+                 cache: CompletionStore | None, progress: bool) -> tuple[list[list[dict]], set[int]]:
+    """The n completions of every prompt (``{"text", "finish_reason", "num_tokens"}``): stored ones from ``cache`` where it
+    has them, the rest generated in batches (and stored); returns them and the indices of the prompts generated."""
+    n = params.n
+    comps: list[list[dict] | None] = [None] * len(prompts)
+    keys: list[str] = []
+    if cache is not None:
+        keys = [cache.key(p, params, settings.seed) for p in prompts]
+        comps = [cache.get(name, k) for k in keys]
+        comps = [c if c is not None and len(c) == n else None for c in comps]
+    todo = [i for i, c in enumerate(comps) if c is None]
+    if not todo:
+        return comps, set()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        # Counted in completions, advanced as each one ends where the engine decodes in this process (hf), else per batch:
+        # a batch of 64 prompts x 2,048 tokens takes minutes on a CPU.
+        bar = tqdm(total=len(todo) * n, desc=f"eval {name}", unit="completion", disable=not progress, leave=False)
+        tokens_done = [0]
+
+        def on_step(new_tokens: int, finished: int) -> None:
+            tokens_done[0] += new_tokens
+            if finished:
+                bar.update(finished)
+            bar.set_postfix(tokens=tokens_done[0], refresh=False)
+
+        try:
+            for s in range(0, len(todo), settings.batch_size):
+                chunk = todo[s:s + settings.batch_size]
+                with decode_progress(on_step):
+                    outs = engine.generate([prompts[i] for i in chunk], params)
+                bar.update(min(s + len(chunk), len(todo)) * n - bar.n)
+                new = []
+                for i, group in zip(chunk, outs):
+                    comps[i] = [{"text": tokenizer.decode(c.token_ids, skip_special_tokens=True), "finish_reason": c.finish_reason,
+                                 "num_tokens": int(len(c.token_ids))} for c in group]
+                    if cache is not None:
+                        new.append((keys[i], kept[i]["id"], comps[i]))
+                if cache is not None:
+                    cache.put(name, new)
+        finally:
+            bar.close()
+    return comps, set(todo)
+
+
+def _benchmark_metrics(correct: np.ndarray, scored: list, comps: list[list[dict]], *, num_rows: int, skipped: int) -> dict[str, Any]:
+    """A benchmark's metrics from its [prompts, n] correctness: avg@n and pass@k with CIs, and what went wrong how often."""
+    num_prompts, n = correct.shape
+    flat = [c for group in comps for c in group]
+    metrics: dict[str, Any] = {"num_rows": num_rows, "num_prompts": num_prompts, "num_samples": n, "skipped_too_long": skipped}
+    if num_prompts:
+        ks = [k for k in (2 ** i for i in range(12)) if k <= n]
+        agg = aggregate_benchmark(correct.tolist(), ks=ks)
+        metrics.update(accuracy=agg["avg@n"]["mean"], accuracy_ci_low=agg["avg@n"]["ci_low"], accuracy_ci_high=agg["avg@n"]["ci_high"])
+        for k, v in agg["pass@k"].items():
+            metrics[f"pass_at_{k}"] = v["mean"]
+            if k > 1:
+                metrics[f"pass_at_{k}_ci_low"], metrics[f"pass_at_{k}_ci_high"] = v["ci_low"], v["ci_high"]
+    else:
+        metrics.update(accuracy=float("nan"), accuracy_ci_low=float("nan"), accuracy_ci_high=float("nan"))
+    reasons = [s.reason for s in scored]
+    metrics.update(
+        truncated_completions_frac=float(np.mean([c["finish_reason"] == "length" for c in flat])) if flat else 0.0,
+        no_answer_frac=float(np.mean([r == "no_answer" for r in reasons])) if reasons else 0.0,
+        gold_unparseable=int(sum(r == "gold_unparseable" for r in reasons)),
+        scoring_timeouts=int(sum(r == "timeout" for r in reasons)),
+        scoring_errors=int(sum(bool(r) and r.startswith("error") for r in reasons)),
+        mean_completion_tokens=float(np.mean([c["num_tokens"] for c in flat])) if flat else 0.0,
+    )
+    return metrics
 
 
 def metric_label(benchmark: str) -> str:

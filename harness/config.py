@@ -16,6 +16,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from algorithms import resolve_algorithm
+from benchmarks.scoring import ANSWER_FALLBACKS
 from harness.budget import BUDGET_UNITS, parse_budget  # noqa: F401  (re-exported: config users read budgets here)
 from harness.io import atomic_write_text
 from harness.schema import ConfigError, check_bounds, coerce, describe_fields  # noqa: F401  (describe_fields: re-exported)
@@ -47,7 +48,7 @@ class DataConfig:
     answer_fallback: str = _f("none", "How training rewards and evaluation read an answer a model did not box (used only when the normal "
                                       "\\boxed{}/LaTeX extraction finds none): none (the paper's scoring), answer_is ('the answer is X', "
                                       "'Answer: X'), last_number (the completion's last number). README: 'Answer scoring'.",
-                              choices=("none", "answer_is", "last_number"))  # = benchmarks.scoring.ANSWER_FALLBACKS
+                              choices=ANSWER_FALLBACKS)
 
 
 ENGINE_CHOICES = ("hf", "hf-generate", "vllm", "vllm-server", "auto")
