@@ -3,28 +3,47 @@
 Config is layered: paper defaults <- the model's preset (tiny: harness/presets/tiny.yaml) <- --config
 YAML <- explicit flags <- --set section.key=value overrides. The resolved config is printed with
 --dry-run and saved with every run.
+
+Start-up stays light (``harness --help``): modules that import torch (models, algorithms, the trainer,
+the engines, evaluation) are imported by the commands that need them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from benchmarks.prepare import add_data_parser, cmd_data
+from harness import checkpoint as ckpt
+from harness.cli_common import add_config_flags, add_data_dir_flag, add_report_flags, run_command
+from harness.config import ConfigError, HarnessConfig, build_config, config_from_dict, describe_fields, parse_budget
+from harness.experiment import Member, matrix_name, name_members, print_matrix, run_matrix
+from harness.preflight import preflight
+from harness.secrets import mask_secrets
+from harness.summary import compare_to_baseline, format_summary
+from reports.cli import add_report_parser, cmd_report, report_at_end
+from sweeps.cli import add_sweep_parser, cmd_sweep
 
 RUN_EPILOG = """examples:
   harness run --algos grpo --models tiny --benchmarks arith
   harness run --algos grpo,repo:recent_k --models tiny --benchmarks arith --seeds 2
   harness run --algos repo --models tiny --set algorithm.num_replays=4 --set train.max_steps=20
   harness run --config tiny-matched --algos grpo,repo --models tiny --seeds 2     # matched FLOPs, report at the end
-  harness run --algos grpo,repo --models tiny --budget flops:1.2e12 --set eval.at_budget_fractions=[0.25,0.5,0.75] --dry-run
+  harness run --algos grpo,repo --models tiny --budget flops:1.2e12 \
+--set eval.at_budget_fractions=[0.25,0.5,0.75] --dry-run
   harness run --config paper-qwen3-1.7b --models qwen3-1.7b --algos grpo,repo:highest_k --seeds 3
   harness run --config my.yaml --resume runs/grpo-tiny-s42
   harness run --algos grpo,repo --models smollm2-135m-gguf --seeds 2    # a real pretrained model on CPU (~27 min)
   harness models prepare smollm2-135m-gguf                              # dequantise the GGUF once, ahead of time
 
-presets (harness/presets, --config NAME): tiny, tiny-matched, smollm2-cpu, paper-qwen2.5-math-1.5b, paper-qwen2.5-math-7b,
+presets (harness/presets, --config NAME): tiny, tiny-matched, smollm2-cpu, paper-qwen2.5-math-1.5b, \
+paper-qwen2.5-math-7b,
 paper-qwen3-1.7b. In a mixed matrix --set algorithm.<field> applies to the algorithms that have the field.
 
 algorithm specs: NAME or NAME:VARIANT, e.g. grpo, repo, repo:recent_k, repo:highest_k,
@@ -44,61 +63,112 @@ def _positive_int(text: str) -> int:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file (or a preset name from harness/presets) applied over the model's preset.")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="Override one config field, e.g. --set train.learning_rate=1e-5 (repeatable).")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")
-    p.add_argument("--experiment", help="MLflow experiment name (default: harness).")
+    """The config, tracking and progress flags of `harness run` and `harness eval`."""
+    add_config_flags(
+        p,
+        config_help="YAML config file (or a preset name from harness/presets) applied over the model's preset.",
+        set_help="Override one config field, e.g. --set train.learning_rate=1e-5 (repeatable).",
+        tracking_uri_help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
+        experiment_help="MLflow experiment name (default: harness).",
+    )
     p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="Compare RL algorithms (GRPO, RePO and replay variants) that train LLMs to reason.",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Run `harness <command> --help` for each command's options.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="Train (and evaluate before/after) every algorithm x model x seed.", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EPILOG)
+def _add_run_parser(sub: Any) -> None:
+    run = sub.add_parser(
+        "run",
+        help="Train (and evaluate before/after) every algorithm x model x seed.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=RUN_EPILOG,
+    )
     run.add_argument("--algos", default="grpo", help="Comma-separated algorithm specs (default: grpo).")
-    run.add_argument("--models", default="tiny", help="Comma-separated models: registry names, hub ids or local paths (default: tiny).")
+    run.add_argument(
+        "--models",
+        default="tiny",
+        help="Comma-separated models: registry names, hub ids or local paths (default: tiny).",
+    )
     run.add_argument("--benchmarks", help="Comma-separated evaluation benchmarks (default: the preset's).")
-    run.add_argument("--seeds", type=_positive_int, default=1, help="Number of seeds per (algorithm, model), starting at train.seed (default: 1).")
+    run.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        help="Number of seeds per (algorithm, model), starting at train.seed (default: 1).",
+    )
     run.add_argument("--steps", type=_positive_int, help="Shortcut for --set train.max_steps=N.")
-    run.add_argument("--engine", help="Rollout engine for training and evaluation: hf (the config default), hf-generate, vllm (colocated), "
-                                      "vllm-server (own process; attach with --set generation.server_url=...), auto (vllm when it imports, else hf). "
-                                      "README: 'Rollout engines'.")
-    run.add_argument("--resume", metavar="PATH", help="Resume one run from a checkpoint folder or its output folder (latest checkpoint).")
-    run.add_argument("--budget", metavar="UNIT:VALUE", help="Matched compute: every run stops once this is spent. Units: steps, generated_tokens, trained_tokens, flops, wall_seconds.")
-    run.add_argument("--name", help="Experiment (matrix) name; default: a hash of the matrix, so re-running the same command resumes it.")
-    run.add_argument("--dry-run", action="store_true", help="Print the matrix with estimated compute and exit (--verbose: also each resolved config).")
+    run.add_argument(
+        "--engine",
+        help="Rollout engine for training and evaluation: hf (the config default), hf-generate, vllm (colocated), "
+        "vllm-server (own process; attach with --set generation.server_url=...), "
+        "auto (vllm when it imports, else hf). README: 'Rollout engines'.",
+    )
+    run.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="Resume one run from a checkpoint folder or its output folder (latest checkpoint).",
+    )
+    run.add_argument(
+        "--budget",
+        metavar="UNIT:VALUE",
+        help="Matched compute: every run stops once this is spent. "
+        "Units: steps, generated_tokens, trained_tokens, flops, wall_seconds.",
+    )
+    run.add_argument(
+        "--name",
+        help="Experiment (matrix) name; default: a hash of the matrix, so re-running the same command resumes it.",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Print the matrix with estimated compute and exit (--verbose: also each resolved config).",
+    )
     run.add_argument("--verbose", action="store_true", help="With --dry-run, print every resolved config.")
-    run.add_argument("--data-dir", help="Prepared benchmark/training files (from `harness data prepare`); default $HARNESS_DATA_DIR or the cache.")
-    run.add_argument("--report-dir", metavar="DIR", help="Where the comparison report is written at the end (default: reports/<matrix>/).")
-    run.add_argument("--no-report", action="store_true", help="Do not write the report at the end (run `harness report` later).")
+    add_data_dir_flag(
+        run,
+        data_dir_help="Prepared benchmark/training files (from `harness data prepare`); "
+        "default $HARNESS_DATA_DIR or the cache.",
+    )
+    add_report_flags(
+        run,
+        report_dir_help="Where the comparison report is written at the end (default: reports/<matrix>/).",
+        no_report_help="Do not write the report at the end (run `harness report` later).",
+    )
     _add_common(run)
 
-    ev = sub.add_parser("eval", help="Evaluate models on benchmarks with the reference protocol.",
-                        epilog="Protocol defaults (reference): temperature 0.2, top_p 0.95, top_k 50, 2048 new tokens, 32 samples for "
-                               "AIME24/AIME25/AMC23 and 1 otherwise; change with --set eval.<field>=...")
-    ev.add_argument("--models", default="tiny", help="Comma-separated models: registry names (`all` = the paper's five), hub ids or local paths (default: tiny).")
-    ev.add_argument("--benchmarks", default="arith", help="Comma-separated benchmarks (`all` = the paper's seven; default: arith).")
-    ev.add_argument("--results-dir", default="eval_results", help="Local results: results.jsonl, per-sample JSONL, stored completions (default: eval_results).")
-    ev.add_argument("--no-reuse", action="store_true", help="Regenerate even if completions for the same weights, prompts and settings are stored.")
-    ev.add_argument("--data-dir", help="Prepared benchmark files (from `harness data prepare`); default $HARNESS_DATA_DIR or the cache.")
+
+def _add_eval_parser(sub: Any) -> None:
+    ev = sub.add_parser(
+        "eval",
+        help="Evaluate models on benchmarks with the reference protocol.",
+        epilog="Protocol defaults (reference): temperature 0.2, top_p 0.95, top_k 50, 2048 new tokens, 32 samples for "
+        "AIME24/AIME25/AMC23 and 1 otherwise; change with --set eval.<field>=...",
+    )
+    ev.add_argument(
+        "--models",
+        default="tiny",
+        help="Comma-separated models: registry names (`all` = the paper's five), hub ids or local paths "
+        "(default: tiny).",
+    )
+    ev.add_argument(
+        "--benchmarks", default="arith", help="Comma-separated benchmarks (`all` = the paper's seven; default: arith)."
+    )
+    ev.add_argument(
+        "--results-dir",
+        default="eval_results",
+        help="Local results: results.jsonl, per-sample JSONL, stored completions (default: eval_results).",
+    )
+    ev.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="Regenerate even if completions for the same weights, prompts and settings are stored.",
+    )
+    add_data_dir_flag(
+        ev,
+        data_dir_help="Prepared benchmark files (from `harness data prepare`); default $HARNESS_DATA_DIR or the cache.",
+    )
     _add_common(ev)
 
-    from benchmarks.prepare import add_data_parser
 
-    add_data_parser(sub)
-
-    from harness.engines.server import add_serve_parser
-    from reports.cli import add_report_parser
-    from sweeps.cli import add_sweep_parser
-
-    add_sweep_parser(sub)
-    add_report_parser(sub)
-    add_serve_parser(sub)
-
+def _add_models_parser(sub: Any) -> None:
     models = sub.add_parser("models", help="List registered models, build the tiny one, prepare GGUF checkpoints.")
     msub = models.add_subparsers(dest="models_command", required=True)
     msub.add_parser("list", help="Show the model registry.")
@@ -106,32 +176,57 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("name", choices=["tiny"], help="Model to build.")
     build.add_argument("--force", action="store_true", help="Rebuild even if a cached build exists.")
     build.add_argument("--seed", type=int, help="Build seed (default: the build config's).")
-    prep = msub.add_parser("prepare", help="Make models loadable offline ahead of time: dequantise GGUF checkpoints into a cached "
-                                           "Hugging Face folder, build tiny. Runs do this on first use otherwise.",
-                           description="Dequantise GGUF checkpoints (e.g. smollm2-135m-gguf, or a path to a .gguf file) once into a plain "
-                                       "float32 Hugging Face folder under $HARNESS_CACHE/models, which training, checkpoints and every "
-                                       "engine (hf, vllm, vllm-server) load. Prints the folder.")
+    prep = msub.add_parser(
+        "prepare",
+        help="Make models loadable offline ahead of time: dequantise GGUF checkpoints into a cached "
+        "Hugging Face folder, build tiny. Runs do this on first use otherwise.",
+        description="Dequantise GGUF checkpoints (e.g. smollm2-135m-gguf, or a path to a .gguf file) once into a "
+        "plain float32 Hugging Face folder under $HARNESS_CACHE/models, which training, checkpoints and every "
+        "engine (hf, vllm, vllm-server) load. Prints the folder.",
+    )
     prep.add_argument("names", nargs="+", help="Registry names or .gguf paths (tiny is built).")
     prep.add_argument("--force", action="store_true", help="Prepare again even if a cached copy exists.")
 
+
+def _add_config_parser(sub: Any) -> None:
     cfg = sub.add_parser("config", help="Show every config field with its default and meaning.")
     csub = cfg.add_subparsers(dest="config_command", required=True)
     show = csub.add_parser("show", help="Print all fields (and an algorithm's own fields).")
     show.add_argument("--algo", default="grpo", help="Algorithm whose fields to include (default: grpo).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness.engines.server import add_serve_parser  # imports torch
+
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Compare RL algorithms (GRPO, RePO and replay variants) that train LLMs to reason.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `harness <command> --help` for each command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_parser(sub)
+    _add_eval_parser(sub)
+    add_data_parser(sub)
+    add_sweep_parser(sub)
+    add_report_parser(sub)
+    add_serve_parser(sub)
+    _add_models_parser(sub)
+    _add_config_parser(sub)
     return parser
 
 
 def _layers_for(model: str, args: argparse.Namespace) -> list[Any]:
-    from harness.models import get_spec
+    from harness.models import get_spec  # imports torch
 
     spec = get_spec(model)
     return [spec.preset, args.config]
 
 
-def resolve_run_config(model: str, algo: str, seed_offset: int, args: argparse.Namespace):
-    from harness.config import build_config
-
+def resolve_run_config(model: str, algo: str, seed_offset: int, args: argparse.Namespace) -> HarnessConfig:
+    """The config of one (model, algorithm, seed) of a `harness run` (or of a model of `harness eval`)."""
     flags: dict[str, Any] = {"model": {"name": model}, "algorithm": {"name": algo}}
+    # `harness eval` has no --steps, --engine or --budget
     if getattr(args, "benchmarks", None):
         flags["eval"] = {"benchmarks": [b.strip() for b in args.benchmarks.split(",") if b.strip()]}
     if getattr(args, "steps", None):
@@ -160,13 +255,11 @@ def _overrides_for(algo: str, args: argparse.Namespace) -> list[str]:
     have applies to those (``--set algorithm.num_replays=4`` sets RePO's k and leaves GRPO alone); a
     field that none of them has is still rejected by the config with the valid keys listed.
     """
-    from dataclasses import fields
-
-    from algorithms import get_algorithm_class
+    from algorithms import get_algorithm_class  # imports torch
     from algorithms.base import split_variant
 
-    overrides = list(getattr(args, "overrides", []) or [])
-    algos = [a.strip() for a in (getattr(args, "algos", None) or algo).split(",") if a.strip()]
+    overrides = list(args.overrides)
+    algos = [a.strip() for a in (getattr(args, "algos", None) or algo).split(",") if a.strip()]  # eval: no --algos
     if len(algos) < 2:
         return overrides
 
@@ -177,90 +270,105 @@ def _overrides_for(algo: str, args: argparse.Namespace) -> list[str]:
     kept = []
     for o in overrides:
         key = o.split("=", 1)[0].strip()
-        if key.startswith("algorithm.") and key.count(".") == 1 and key[len("algorithm."):] not in own and key[len("algorithm."):] in anyone:
+        field = key[len("algorithm.") :]
+        if key.startswith("algorithm.") and key.count(".") == 1 and field not in own and field in anyone:
             continue
         kept.append(o)
     return kept
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import yaml
+def _resume(args: argparse.Namespace, algos: list[str], models: list[str]) -> int:
+    """``harness run --resume PATH``: continue one run from its checkpoint."""
+    from harness.trainer import Trainer  # imports torch
 
-    from harness.config import ConfigError
-    from harness.experiment import Member, matrix_name, name_members, print_matrix, run_matrix
-    from harness.preflight import preflight
-    from harness.secrets import mask_secrets
-    from harness.models import expand_models
-    from harness.trainer import Trainer
+    if len(algos) > 1 or len(models) > 1 or args.seeds > 1:
+        print("error: --resume continues one run; give a single --algos/--models and --seeds 1", file=sys.stderr)
+        return 2
+    cfg = config_from_dict(ckpt.saved_config(args.resume))  # the trainer verifies the checkpoint it resumes from
+    if args.tracking_uri:  # the saved URI holds no password (harness.secrets): give the full one again
+        cfg.tracking.tracking_uri = args.tracking_uri
+    trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
+    summary = trainer.fit()
+    if trainer.is_main:
+        print(format_summary([(cfg.model.name, cfg.algorithm["name"], cfg.train.seed, summary)]))
+    return 0
+
+
+def _dry_run(name: str, members: list[Member], verbose: bool) -> int:
+    """``harness run --dry-run``: the matrix with its compute estimates and plan warnings; runs nothing."""
+    try:  # a dry run plans for any machine and loads no data: a model this machine cannot load is only noted
+        preflight([m.config for m in members], data=False)
+    except ConfigError as e:
+        print(f"note: a real run on this machine would stop: {e}", file=sys.stderr)
+    print_matrix(name, members)
+    for mem in members:
+        for warning in plan_warnings(mem.config):
+            print(f"warning: {mem.run_name}: {warning}")
+    if verbose:
+        for mem in members:
+            print(f"\n# {mem.run_name}")
+            print(yaml.safe_dump(mask_secrets(mem.config.to_dict()), sort_keys=False))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.models import expand_models  # imports torch
 
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     models = expand_models(args.models)
     if not algos or not models:
         raise ConfigError(f"--{'algos' if not algos else 'models'}: no {'algorithm' if not algos else 'model'} given")
     if args.resume:
-        if len(algos) > 1 or len(models) > 1 or args.seeds > 1:
-            print("error: --resume continues one run; give a single --algos/--models and --seeds 1", file=sys.stderr)
-            return 2
-        from harness import checkpoint as ckpt
-        from harness.config import config_from_dict
-
-        cfg = config_from_dict(ckpt.saved_config(args.resume))  # the trainer verifies the checkpoint it resumes from
-        if args.tracking_uri:  # the saved URI holds no password (harness.secrets): give the full one again
-            cfg.tracking.tracking_uri = args.tracking_uri
-        trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
-        summary = trainer.fit()
-        if trainer.is_main:
-            print(format_summary([(cfg.model.name, cfg.algorithm["name"], cfg.train.seed, summary)]))
-        return 0
+        return _resume(args, algos, models)
     # validate every member's config before running anything
-    members = name_members([Member(m, a, s, cfg) for m in models for a in algos for s in range(args.seeds) for cfg in [resolve_run_config(m, a, s, args)]])
+    members = name_members(
+        [Member(m, a, s, resolve_run_config(m, a, s, args)) for m in models for a in algos for s in range(args.seeds)]
+    )
     for mem in members:
         mem.seed = mem.config.train.seed
     name = matrix_name(members, args.name)
     if args.dry_run:
-        try:  # a dry run plans for any machine and loads no data: a model this machine cannot load is only noted
-            preflight([m.config for m in members], data=False)
-        except ConfigError as e:
-            print(f"note: a real run on this machine would stop: {e}", file=sys.stderr)
-        print_matrix(name, members)
-        for mem in members:
-            for warning in plan_warnings(mem.config):
-                print(f"warning: {mem.run_name}: {warning}")
-        if args.verbose:
-            for mem in members:
-                print(f"\n# {mem.run_name}")
-                print(yaml.safe_dump(mask_secrets(mem.config.to_dict()), sort_keys=False))
-        return 0
-    preflight([m.config for m in members])  # models, training sets and benchmarks resolve: before any MLflow run or folder exists
+        return _dry_run(name, members, args.verbose)
+    preflight([m.config for m in members])  # models, training sets and benchmarks resolve: before any MLflow run
     parent: dict[str, str] = {}
     try:
-        results = run_matrix(members, name=name, progress=not args.no_progress,
-                             on_parent=lambda uri, exp, run_id: parent.update(uri=uri, experiment=exp, run_id=run_id))
+        results = run_matrix(
+            members,
+            name=name,
+            progress=not args.no_progress,
+            on_parent=lambda uri, exp, run_id: parent.update(uri=uri, experiment=exp, run_id=run_id),
+        )
     finally:
         if parent and not args.no_report and _is_main_process():
-            from reports.cli import report_at_end
-
-            report_at_end(parent["uri"], parent["experiment"], args.report_dir or str(Path("reports") / name), parent_run_id=parent["run_id"],
-                          sweep_run_id=None, retry_hint=f"harness report --experiment {parent['experiment']} --parent {parent['run_id']}")
+            report_at_end(
+                parent["uri"],
+                parent["experiment"],
+                args.report_dir or str(Path("reports") / name),
+                parent_run_id=parent["run_id"],
+                sweep_run_id=None,
+                retry_hint=f"harness report --experiment {parent['experiment']} --parent {parent['run_id']}",
+            )
     print(format_summary(results))
     comparison = compare_to_baseline(results)
-    for line in ["", "vs the grpo run with the same model and seed:"] + ["  " + x for x in comparison] if comparison else []:
-        print(line)
-    print(f"\nMLflow experiment '{members[0].config.tracking.experiment_name}', matrix '{name}' (re-run the same command to resume or skip finished runs)")
+    if comparison:
+        for line in ["", "vs the grpo run with the same model and seed:"] + ["  " + x for x in comparison]:
+            print(line)
+    print(
+        f"\nMLflow experiment '{members[0].config.tracking.experiment_name}', matrix '{name}' "
+        "(re-run the same command to resume or skip finished runs)"
+    )
     return 0
 
 
 def _is_main_process() -> bool:
-    import os
-
     return os.environ.get("RANK", "0") == "0"
 
 
-def plan_warnings(cfg) -> list[str]:
-    """The algorithm's warnings about a planned run, when its length in visits per prompt is known before it starts
-    (a step budget, max_steps or epochs, and a known number of training prompts); the trainer repeats the check exactly."""
-    from algorithms import create_algorithm
-    from harness.config import parse_budget
+def plan_warnings(cfg: HarnessConfig) -> list[str]:
+    """The algorithm's warnings about a planned run, when its length in visits per prompt is known before it
+    starts (a step budget, max_steps or epochs, and a known number of training prompts); the trainer repeats
+    the check exactly."""
+    from algorithms import create_algorithm  # imports torch
 
     t = cfg.train
     unit, value = parse_budget(t.budget) if t.budget else (None, None)
@@ -277,54 +385,6 @@ def plan_warnings(cfg) -> list[str]:
     return algo.plan_warnings(num_generations=cfg.generation.num_generations, visits_per_prompt=visits)
 
 
-def format_summary(results: list[tuple[str, str, int, dict]]) -> str:
-    """A short table: accuracy before/after, effective steps, wall-clock per step."""
-    header = f"{'model':12s} {'algorithm':24s} {'seed':>4s} {'acc before':>10s} {'acc after':>10s} {'delta':>7s} {'eff. steps':>10s} {'steps':>5s} {'s/step':>7s}"
-    lines = ["", header, "-" * len(header)]
-    for m, a, seed, s in results:
-        evals = {e["tag"]: e["macro_accuracy"] for e in s.get("evals", [])}
-        before, after = evals.get("before"), evals.get("after")
-        delta = (after - before) * 100 if before is not None and after is not None else None
-        steps = s.get("steps", 0)
-        tot = s.get("totals", {})
-        sps = tot.get("time/step_s", 0.0) / steps if steps else float("nan")
-        fmt = lambda v: f"{100 * v:9.1f}%" if v is not None else f"{'-':>10s}"
-        lines.append(f"{m[:12]:12s} {a:24s} {seed:4d} {fmt(before)} {fmt(after)} {(f'{delta:+6.1f}' if delta is not None else '-'):>7s} {tot.get('effective/step', 0.0):10.1f} {steps:5d} {sps:7.2f}")
-    lines.append("(accuracy = macro average over the evaluation benchmarks; eff. steps = cumulative fraction of prompt groups that carried gradient)")
-    return "\n".join(lines)
-
-
-def compare_to_baseline(results: list[tuple[str, str, int, dict]], baseline: str = "grpo") -> list[str]:
-    """Per (model, seed): accuracy delta, cost per step in each unit and effective steps vs ``baseline``.
-
-    Effective steps are given per step (what an algorithm buys per update) and in total (what it bought
-    with the run's budget: at matched compute a costlier step means fewer of them)."""
-    base = {(m, seed): s for m, a, seed, s in results if a == baseline}
-    units = (("time/step_s", "wall"), ("flops/total", "FLOPs"), ("tokens/trained", "trained tokens"))
-
-    def per_step(x: dict, key: str) -> float:
-        return x["totals"].get(key, 0.0) / max(x.get("steps", 0), 1)
-
-    def ratio(a: float, b: float) -> str:
-        return f"{100 * (a / b - 1):+.1f}%" if b else "n/a"
-
-    def final_acc(x: dict) -> float | None:
-        return {e["tag"]: e["macro_accuracy"] for e in x.get("evals", [])}.get("after")
-
-    lines = []
-    for m, a, seed, s in results:
-        b = base.get((m, seed))
-        if a == baseline or b is None:
-            continue
-        acc_a, acc_b = final_acc(s), final_acc(b)
-        acc = f"{100 * (acc_a - acc_b):+.1f} pts" if acc_a is not None and acc_b is not None else "n/a"
-        cost = ", ".join(f"{label} {ratio(per_step(s, key), per_step(b, key))}" for key, label in units)
-        eff = (f"effective steps per step {ratio(per_step(s, 'effective/step'), per_step(b, 'effective/step'))}, "
-               f"in total {ratio(s['totals'].get('effective/step', 0.0), b['totals'].get('effective/step', 0.0))} ({s.get('steps', 0)} vs {b.get('steps', 0)} steps)")
-        lines.append(f"{m} seed {seed}: {a}: accuracy {acc}; cost per step: {cost}; {eff}")
-    return lines
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from benchmarks.datasets import expand_benchmarks, load_benchmark
     from benchmarks.evaluation import run_eval
@@ -336,23 +396,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_model(model)
     for name in expand_benchmarks(args.benchmarks):
         load_benchmark(name, data_dir=args.data_dir)
-    run_eval(args.models, args.benchmarks, lambda m: resolve_run_config(m, "grpo", 0, args), results_dir=args.results_dir,
-             reuse=not args.no_reuse, data_dir=args.data_dir, progress=not args.no_progress)
+    run_eval(
+        args.models,
+        args.benchmarks,
+        lambda m: resolve_run_config(m, "grpo", 0, args),
+        results_dir=args.results_dir,
+        reuse=not args.no_reuse,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+    )
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from harness.models import REGISTRY, describe
+    from harness.models import REGISTRY, describe, get_spec, prepare_model, resolve_path  # imports torch
+    from harness.tiny_model import TinyBuildConfig, build_tiny_model
 
     if args.models_command == "list":
         for spec in REGISTRY.values():
             print(describe(spec))
         return 0
-    from harness.tiny_model import TinyBuildConfig, build_tiny_model
-
     if args.models_command == "prepare":
-        from harness.models import get_spec, prepare_model, resolve_path
-
         for name in args.names:
             spec = get_spec(name)
             if spec.source == "builtin":
@@ -369,63 +433,42 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from algorithms import get_algorithm_class
+    from algorithms import get_algorithm_class  # imports torch
     from algorithms.base import split_variant
-    from harness.config import HarnessConfig, describe_fields
 
     cfg = HarnessConfig()
     for key, default, help_ in describe_fields(cfg, ""):
         if key.startswith("algorithm"):
             continue
-        print(f"{key:36s} {str(default):24s} {help_}")
+        print(f"{key:36s} {default!s:24s} {help_}")
     cls = get_algorithm_class(split_variant(args.algo)[0])
     print(f"\n# algorithm '{cls.name}' (set with --set algorithm.<field>=...)")
     for key, default, help_ in describe_fields(cls.config_cls, "algorithm"):
-        print(f"{key:36s} {str(default):24s} {help_}")
+        print(f"{key:36s} {default!s:24s} {help_}")
     return 0
 
 
+COMMANDS = {
+    "run": cmd_run,
+    "eval": cmd_eval,
+    "models": cmd_models,
+    "config": cmd_config,
+    "data": cmd_data,
+    "sweep": cmd_sweep,
+    "report": cmd_report,
+}
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "sweep":
-        from sweeps.cli import cmd_sweep
-
-        return cmd_sweep(args)
-    if args.command == "report":
-        from reports.cli import cmd_report
-
-        return cmd_report(args)
     if args.command == "serve":
-        from harness.engines.server import cmd_serve
+        from harness.engines.server import cmd_serve  # imports torch
 
         return cmd_serve(args)
-    from benchmarks.prepare import cmd_data
-
-    return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models, "config": cmd_config, "data": cmd_data}[args.command](args)
+    return COMMANDS[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.config import ConfigError
-
-    import os
-
-    from benchmarks.datasets import DatasetError
-    from harness.checkpoint import CheckpointError
-    from harness.secrets import SecretMissingError
-
-    args = build_parser().parse_args(argv)
-    if getattr(args, "data_dir", None):
-        os.environ["HARNESS_DATA_DIR"] = args.data_dir  # read by every loader (trainer and eval alike)
-    try:
-        return _dispatch(args)
-    except DatasetError as e:
-        print(f"data error: {e}", file=sys.stderr)
-        return 2
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except (CheckpointError, SecretMissingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(_dispatch, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

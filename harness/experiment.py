@@ -148,7 +148,7 @@ def run_matrix(members: list[Member], *, name: str, progress: bool = True, on_pa
             results.append((m.model, m.algorithm, m.seed, trainer.fit()))
         status = "FINISHED"
     finally:
-        from harness.cli import compare_to_baseline, format_summary
+        from harness.summary import compare_to_baseline, format_summary
 
         tracker.finish(status, format_summary(results) + "\n" + "\n".join(compare_to_baseline(results)))
     return results

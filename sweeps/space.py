@@ -25,8 +25,6 @@ trials fail with the reason recorded, and the study goes on.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any
 import yaml
 
 from harness.config import SECTIONS, ConfigError, HarnessConfig, build_config
+from harness.tracking import flatten
 
 PARAM_TYPES = ("categorical", "int", "float")
 PARAM_FIELDS = {
@@ -44,8 +43,14 @@ PARAM_FIELDS = {
 }
 TOP_LEVEL = {"base", "objective", "params", "sampler", "pruner"}
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler"}
-PRUNERS = {"median": "MedianPruner", "percentile": "PercentilePruner", "hyperband": "HyperbandPruner", "successive_halving": "SuccessiveHalvingPruner",
-           "threshold": "ThresholdPruner", "none": "NopPruner"}
+PRUNERS = {
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "hyperband": "HyperbandPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "threshold": "ThresholdPruner",
+    "none": "NopPruner",
+}
 DIRECTIONS = ("maximize", "minimize")
 DEFAULT_OBJECTIVE = {"metric": "eval/macro_accuracy", "direction": "maximize"}
 VALIDATION_DRAWS = 64
@@ -120,7 +125,6 @@ class SearchSpace:
     direction: str = DEFAULT_OBJECTIVE["direction"]
     sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe"})
     pruner: dict[str, Any] = field(default_factory=lambda: {"type": "median"})
-    raw: dict[str, Any] = field(default_factory=dict)
     source: str = "<space>"
 
     # ----------------------------------------------------------------------------------------
@@ -133,9 +137,6 @@ class SearchSpace:
             "pruner": self.pruner,
             "params": {p.key: _param_to_dict(p) for p in self.params},
         }
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
     def is_eval_metric(self) -> bool:
@@ -168,14 +169,14 @@ class SearchSpace:
                 out[p.key] = ctx[p.key] = p.random(rng)
         return out
 
-    def make_sampler(self, seed_offset: int = 0, parallel: bool = True):
+    def make_sampler(self, seed_offset: int = 0):
         import optuna
 
         kw = {k: v for k, v in self.sampler.items() if k != "type"}
         if kw.get("seed") is not None:
             # Every worker seeded alike would draw the same "random" start-up trials.
             kw["seed"] = int(kw["seed"]) + seed_offset
-        if self.sampler["type"] == "tpe" and parallel:
+        if self.sampler["type"] == "tpe":
             kw.setdefault("constant_liar", True)  # running trials count as pessimistic results: workers spread out
         return getattr(optuna.samplers, SAMPLERS[self.sampler["type"]])(**kw)
 
@@ -232,10 +233,15 @@ def parse_param(key: str, spec: Any) -> Param:
         raise SpaceError(f"params.{key}.type: unknown parameter type {ptype!r}; valid types: {', '.join(PARAM_TYPES)}")
     unknown = set(spec) - PARAM_FIELDS[ptype]
     if unknown:
-        raise SpaceError(f"params.{key}: unknown field(s) {', '.join(sorted(map(str, unknown)))} for type {ptype}; valid: {', '.join(sorted(PARAM_FIELDS[ptype]))}")
+        raise SpaceError(
+            f"params.{key}: unknown field(s) {', '.join(sorted(map(str, unknown)))} for type {ptype}; "
+            f"valid: {', '.join(sorted(PARAM_FIELDS[ptype]))}"
+        )
     when = spec.get("when") or {}
     if not isinstance(when, dict) or not all(isinstance(k, str) and "." in k for k in when):
-        raise SpaceError(f"params.{key}.when: expected a mapping of dotted config keys to a value or a list of values, got {when!r}")
+        raise SpaceError(
+            f"params.{key}.when: expected a mapping of dotted config keys to a value or a list of values, got {when!r}"
+        )
     when = {k: (list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in when.items()}
     if ptype == "categorical":
         choices = spec.get("choices")
@@ -243,7 +249,10 @@ def parse_param(key: str, spec: Any) -> Param:
             raise SpaceError(f"params.{key}.choices: expected a non-empty list, got {choices!r}")
         for c in choices:
             if c is not None and not isinstance(c, (bool, int, float, str)):
-                raise SpaceError(f"params.{key}.choices: choices must be strings, numbers, booleans or null (Optuna stores them), got {c!r}")
+                raise SpaceError(
+                    f"params.{key}.choices: choices must be strings, numbers, booleans or null (Optuna stores them), "
+                    f"got {c!r}"
+                )
         if len(set(map(repr, choices))) != len(choices):
             raise SpaceError(f"params.{key}.choices: duplicate choices in {choices!r}")
         return Param(key, ptype, choices=list(choices), when=when)
@@ -263,7 +272,9 @@ def parse_param(key: str, spec: Any) -> Param:
         if step <= 0:
             raise SpaceError(f"params.{key}.step: must be > 0, got {step}")
         if log and (not integer or step != 1):
-            raise SpaceError(f"params.{key}: 'step' and 'log: true' cannot be combined (Optuna samples log ranges continuously)")
+            raise SpaceError(
+                f"params.{key}: 'step' and 'log: true' cannot be combined (Optuna samples log ranges continuously)"
+            )
         if step > high - low and high > low:
             raise SpaceError(f"params.{key}.step: {step} is larger than the range [{low}, {high}]")
     if log and low <= 0:
@@ -273,10 +284,15 @@ def parse_param(key: str, spec: Any) -> Param:
 
 def parse_space(data: dict[str, Any], source: str = "<space>") -> SearchSpace:
     if not isinstance(data, dict):
-        raise SpaceError(f"{source}: expected a mapping with 'params' (and optionally base, objective, sampler, pruner)")
+        raise SpaceError(
+            f"{source}: expected a mapping with 'params' (and optionally base, objective, sampler, pruner)"
+        )
     unknown = set(data) - TOP_LEVEL
     if unknown:
-        raise SpaceError(f"{source}: unknown top-level key(s) {', '.join(sorted(map(str, unknown)))}; valid: {', '.join(sorted(TOP_LEVEL))}")
+        raise SpaceError(
+            f"{source}: unknown top-level key(s) {', '.join(sorted(map(str, unknown)))}; "
+            f"valid: {', '.join(sorted(TOP_LEVEL))}"
+        )
     params_raw = data.get("params")
     if not isinstance(params_raw, dict) or not params_raw:
         raise SpaceError(f"{source}: 'params' must be a non-empty mapping of dotted config keys to parameter specs")
@@ -289,9 +305,14 @@ def parse_space(data: dict[str, Any], source: str = "<space>") -> SearchSpace:
             raise SpaceError(f"base: unknown config section '{sect}'; valid sections: {', '.join(SECTIONS)}")
     objective = {**DEFAULT_OBJECTIVE, **(data.get("objective") or {})}
     if set(objective) - {"metric", "direction"}:
-        raise SpaceError(f"objective: unknown key(s) {', '.join(sorted(set(objective) - {'metric', 'direction'}))}; valid: metric, direction")
+        raise SpaceError(
+            f"objective: unknown key(s) {', '.join(sorted(set(objective) - {'metric', 'direction'}))}; "
+            "valid: metric, direction"
+        )
     if not isinstance(objective["metric"], str) or not objective["metric"]:
-        raise SpaceError(f"objective.metric: expected a metric name such as eval/macro_accuracy, got {objective['metric']!r}")
+        raise SpaceError(
+            f"objective.metric: expected a metric name such as eval/macro_accuracy, got {objective['metric']!r}"
+        )
     if objective["direction"] not in DIRECTIONS:
         raise SpaceError(f"objective.direction: expected maximize or minimize, got {objective['direction']!r}")
     sampler = dict(data.get("sampler") or {"type": "tpe"})
@@ -302,13 +323,21 @@ def parse_space(data: dict[str, Any], source: str = "<space>") -> SearchSpace:
     pruner.setdefault("type", "median")
     if pruner["type"] not in PRUNERS:
         raise SpaceError(f"pruner.type: unknown pruner {pruner['type']!r}; valid: {', '.join(PRUNERS)}")
-    space = SearchSpace(params=params, base=base, metric=objective["metric"], direction=objective["direction"], sampler=sampler, pruner=pruner,
-                        raw=data, source=source)
+    space = SearchSpace(
+        params=params,
+        base=base,
+        metric=objective["metric"],
+        direction=objective["direction"],
+        sampler=sampler,
+        pruner=pruner,
+        source=source,
+    )
     for what, make in (("sampler", space.make_sampler), ("pruner", space.make_pruner)):
         try:
             make()
         except (TypeError, ValueError) as e:
-            raise SpaceError(f"{what}: {e} (options are passed to optuna.{what}s.{(SAMPLERS if what == 'sampler' else PRUNERS)[getattr(space, what)['type']]})") from None
+            cls = (SAMPLERS if what == "sampler" else PRUNERS)[getattr(space, what)["type"]]
+            raise SpaceError(f"{what}: {e} (options are passed to optuna.{what}s.{cls})") from None
     return space
 
 
@@ -319,7 +348,9 @@ def load_space(path: str | Path) -> SearchSpace:
         if bundled.exists():
             p = bundled
         else:
-            raise SpaceError(f"search-space file '{path}' not found (and no bundled space of that name in {bundled.parent})")
+            raise SpaceError(
+                f"search-space file '{path}' not found (and no bundled space of that name in {bundled.parent})"
+            )
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
@@ -344,8 +375,6 @@ def nested(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def flat_config(cfg: HarnessConfig) -> dict[str, Any]:
-    from harness.tracking import flatten
-
     return flatten(cfg.to_dict())
 
 
@@ -367,25 +396,40 @@ def _check_key(key: str, cfg: HarnessConfig, algorithm_names: list[str]) -> None
                 raise SpaceError(f"params.{key}: {e}") from None
             valid |= {f.name for f in fields(cls.config_cls)}
         if name not in valid:
-            raise SpaceError(f"params.{key}: unknown config key 'algorithm.{name}' for algorithm(s) {', '.join(map(str, algorithm_names))}; "
-                             f"valid keys: {', '.join(sorted(valid | {'name'}))}")
+            raise SpaceError(
+                f"params.{key}: unknown config key 'algorithm.{name}' "
+                f"for algorithm(s) {', '.join(map(str, algorithm_names))}; "
+                f"valid keys: {', '.join(sorted(valid | {'name'}))}"
+            )
         return
     obj = getattr(cfg, section)
     names = {f.name for f in fields(obj)}
     if name not in names:
-        raise SpaceError(f"params.{key}: unknown config key '{section}.{name}'; valid keys in '{section}': {', '.join(sorted(names))}")
+        raise SpaceError(
+            f"params.{key}: unknown config key '{section}.{name}'; "
+            f"valid keys in '{section}': {', '.join(sorted(names))}"
+        )
     if is_dataclass(getattr(obj, name)) or (len(parts) > 2 and not isinstance(getattr(obj, name), dict)):
         raise SpaceError(f"params.{key}: '{section}.{name}' is not a single value that can be sampled")
     if section == "tracking":
         raise SpaceError(f"params.{key}: tracking settings are fixed by the sweep and cannot be searched")
 
 
-def compose(pre: list[Any], space: SearchSpace, sets: list[dict[str, Any]], sampled: dict[str, Any] | None, forced: dict[str, Any] | None) -> HarnessConfig:
-    """The one layer order of a trial: pre-layers (preset, --config, sweep defaults) <- space base <- --set <- sampled params <- forced."""
+def compose(
+    pre: list[Any],
+    space: SearchSpace,
+    sets: list[dict[str, Any]],
+    sampled: dict[str, Any] | None,
+    forced: dict[str, Any] | None,
+) -> HarnessConfig:
+    """The one layer order of a trial: pre-layers (preset, --config, sweep defaults) <- space base <- --set
+    <- sampled params <- forced."""
     return build_config(*pre, space.base, *sets, nested(sampled or {}), forced or {})
 
 
-def check_space(space: SearchSpace, pre: list[Any], sets: list[dict[str, Any]] | None = None, forced: dict[str, Any] | None = None) -> tuple[HarnessConfig, list[str]]:
+def check_space(
+    space: SearchSpace, pre: list[Any], sets: list[dict[str, Any]] | None = None, forced: dict[str, Any] | None = None
+) -> tuple[HarnessConfig, list[str]]:
     """Validate ``space`` against the config schema; returns (the midpoint trial's config, warnings).
 
     Raises :class:`SpaceError` (a ConfigError) naming the key when a parameter can never work.
@@ -394,7 +438,9 @@ def check_space(space: SearchSpace, pre: list[Any], sets: list[dict[str, Any]] |
     try:
         probe = compose(pre, space, sets, None, forced)
     except ConfigError as e:
-        raise SpaceError(f"the sweep's base config (model preset + --config + space base + --set) is invalid: {e}") from None
+        raise SpaceError(
+            f"the sweep's base config (model preset + --config + space base + --set) is invalid: {e}"
+        ) from None
     algo_param = next((p for p in space.params if p.key == "algorithm.name"), None)
     algorithm_names = list(algo_param.choices) if algo_param else [probe.algorithm["name"]]
     for p in space.params:
@@ -415,12 +461,17 @@ def check_space(space: SearchSpace, pre: list[Any], sets: list[dict[str, Any]] |
                 cfg = compose(pre, space, sets, draw, forced)
             except ConfigError:
                 continue
-            warnings.append(f"the space's midpoint is not a valid config ({e}); e.g. {', '.join(f'{k}={v}' for k, v in draw.items())} is")
+            warnings.append(
+                f"the space's midpoint is not a valid config ({e}); "
+                f"e.g. {', '.join(f'{k}={v}' for k, v in draw.items())} is"
+            )
             mid = draw
             break
         else:
-            raise SpaceError(f"no valid config in the space: the midpoint ({', '.join(f'{k}={v}' for k, v in mid.items())}) and "
-                             f"{VALIDATION_DRAWS} random draws are all rejected, e.g. the midpoint: {e}") from None
+            raise SpaceError(
+                f"no valid config in the space: the midpoint ({', '.join(f'{k}={v}' for k, v in mid.items())}) and "
+                f"{VALIDATION_DRAWS} random draws are all rejected, e.g. the midpoint: {e}"
+            ) from None
     for p in space.params:
         if p.key not in mid:
             continue
@@ -430,5 +481,7 @@ def check_space(space: SearchSpace, pre: list[Any], sets: list[dict[str, Any]] |
             try:
                 compose(pre, space, sets, {**mid, p.key: end}, forced)
             except ConfigError as e:
-                warnings.append(f"{p.key}={end} (other parameters at their midpoint) is rejected, so such trials will fail: {e}")
+                warnings.append(
+                    f"{p.key}={end} (other parameters at their midpoint) is rejected, so such trials will fail: {e}"
+                )
     return cfg, warnings
