@@ -8,7 +8,7 @@ budget is the step count. One rule each, in one place:
   Every unit but ``steps`` is read from the trainer's running totals (:data:`UNIT_TOTALS`).
 - :func:`lr_factor`: the learning-rate multiplier as a function of the budget fraction spent.
 - :func:`step_flops`: FLOPs of one step from its token counts (2N per processed token, 6N per trained token).
-- :func:`planned_steps` / :func:`visits_per_prompt`: how long a run is, known before it starts (warnings).
+- :func:`planned_steps` / :func:`visits_per_prompt` / :func:`plan_warnings`: how long a run is, known before it starts.
 - :func:`param_count` / :func:`estimate`: the upper-bound compute of a planned run (``harness run --dry-run``).
 """
 
@@ -109,22 +109,41 @@ def step_flops(num_params: float, num_generations: int, tokens: dict[str, float]
     return out
 
 
-def planned_steps(train: Any, num_prompts: int | None, prompts_per_process: int | None = None) -> float | None:
+def planned_steps(train: Any, num_prompts: int | None) -> float | None:
     """Steps a run will take, when known before it starts: ``max_steps``, a steps budget (the smaller of the two), or
     epochs over ``num_prompts``; None for token/FLOPs/seconds budgets or an unknown number of prompts."""
     unit, value = parse_budget(train.budget) if train.budget else (None, None)
     if train.max_steps > 0 or unit == "steps":
         return float(min(v for v in (train.max_steps if train.max_steps > 0 else None, value if unit == "steps" else None) if v))
     if unit is None and num_prompts:
-        owned = prompts_per_process or num_prompts
-        return float(train.epochs * -(-owned // min(train.prompts_per_step, owned)))
+        return float(train.epochs * -(-num_prompts // train.prompts_per_step))
     return None
 
 
-def visits_per_prompt(steps: float, prompts_per_step: int, prompts_owned: int) -> float:
-    """How often each training prompt is sampled over ``steps``: each prompt belongs to one process, so it is
-    steps x prompts per step / the prompts that process owns."""
-    return steps * prompts_per_step / max(prompts_owned, 1)
+def visits_per_prompt(train: Any, prompts_owned: int | None) -> float | None:
+    """How often each training prompt is sampled over the whole run, when that is known before it starts.
+
+    Each prompt belongs to one process, so with a step count (``max_steps`` or a steps budget, the smaller) it is
+    steps x prompts per step / the prompts that process owns; with epochs, every prompt once per epoch. None for
+    token/FLOPs/seconds budgets (the step count is only known while training) or an unknown number of prompts."""
+    unit, value = parse_budget(train.budget) if train.budget else (None, None)
+    if train.max_steps > 0 or unit == "steps":
+        if not prompts_owned:
+            return None
+        steps = min(v for v in (train.max_steps if train.max_steps > 0 else None, value if unit == "steps" else None) if v)
+        return steps * train.prompts_per_step / prompts_owned
+    return float(train.epochs) if unit is None else None
+
+
+def plan_warnings(cfg: Any) -> list[str]:
+    """The algorithm's warnings about a planned run (``--dry-run``; the trainer repeats the check with its prompts)."""
+    from algorithms import create_algorithm  # imports torch
+
+    visits = visits_per_prompt(cfg.train, cfg.data.train_size)
+    if visits is None:
+        return []
+    algo = create_algorithm(cfg.algorithm, seed=cfg.train.seed, max_completion_length=cfg.generation.max_completion_length)
+    return algo.plan_warnings(num_generations=cfg.generation.num_generations, visits_per_prompt=visits)
 
 
 def param_count(model: str) -> float | None:

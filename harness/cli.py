@@ -22,7 +22,8 @@ import yaml
 from benchmarks.prepare import add_data_parser, cmd_data
 from harness import checkpoint as ckpt
 from harness.cli_common import add_config_flags, add_data_dir_flag, add_report_flags, run_command
-from harness.config import ConfigError, HarnessConfig, build_config, config_from_dict, describe_fields, parse_budget
+from harness.config import ConfigError, HarnessConfig, build_config, config_from_dict, describe_fields
+from harness.budget import plan_warnings
 from harness.experiment import Member, matrix_name, name_members, print_matrix, run_matrix
 from harness.preflight import preflight
 from harness.secrets import mask_secrets
@@ -364,30 +365,9 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def plan_warnings(cfg: HarnessConfig) -> list[str]:
-    """The algorithm's warnings about a planned run, when its length in visits per prompt is known before it
-    starts (a step budget, max_steps or epochs, and a known number of training prompts); the trainer repeats
-    the check exactly."""
-    from algorithms import create_algorithm  # imports torch
-
-    t = cfg.train
-    unit, value = parse_budget(t.budget) if t.budget else (None, None)
-    if t.max_steps > 0 or unit == "steps":
-        if not cfg.data.train_size:
-            return []
-        steps = min(v for v in (t.max_steps if t.max_steps > 0 else None, value if unit == "steps" else None) if v)
-        visits = steps * t.prompts_per_step / cfg.data.train_size
-    elif unit is None:
-        visits = float(t.epochs)  # every prompt once per epoch
-    else:
-        return []  # FLOPs/tokens/seconds budgets: the step count is only known while training
-    algo = create_algorithm(cfg.algorithm, seed=t.seed, max_completion_length=cfg.generation.max_completion_length)
-    return algo.plan_warnings(num_generations=cfg.generation.num_generations, visits_per_prompt=visits)
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from benchmarks.datasets import expand_benchmarks, load_benchmark
-    from benchmarks.evaluation import run_eval
+    from harness.evaluation import run_eval
     from harness.models import expand_models
     from harness.preflight import check_model
 

@@ -15,8 +15,6 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from algorithms import resolve_algorithm
-from benchmarks.scoring import ANSWER_FALLBACKS
 from harness.budget import BUDGET_UNITS, parse_budget  # noqa: F401  (re-exported: config users read budgets here)
 from harness.io import atomic_write_text
 from harness.schema import ConfigError, check_bounds, coerce, describe_fields  # noqa: F401  (describe_fields: re-exported)
@@ -47,8 +45,8 @@ class DataConfig:
                                          "answer within \\boxed{}.'. None = the model registry's; '' = none.")
     answer_fallback: str = _f("none", "How training rewards and evaluation read an answer a model did not box (used only when the normal "
                                       "\\boxed{}/LaTeX extraction finds none): none (the paper's scoring), answer_is ('the answer is X', "
-                                      "'Answer: X'), last_number (the completion's last number). README: 'Answer scoring'.",
-                              choices=ANSWER_FALLBACKS)
+                                      "'Answer: X'), last_number (the completion's last number). README: 'Answer scoring'.")
+    # (its values: benchmarks.scoring.ANSWER_FALLBACKS, checked in validate)
 
 
 ENGINE_CHOICES = ("hf", "hf-generate", "vllm", "vllm-server", "auto")
@@ -294,6 +292,12 @@ def validate(cfg: HarnessConfig) -> None:
     _check(all(0 < f < 1 for f in e.at_budget_fractions), f"eval.at_budget_fractions must lie strictly between 0 and 1, got {e.at_budget_fractions}")
     _check(all(v >= 1 for v in e.samples_per_benchmark.values()), "eval.samples_per_benchmark values must be >= 1")
     _check("name" in cfg.algorithm, "algorithm.name is required (e.g. grpo, repo:recent_k)")
+    from algorithms import resolve_algorithm  # here, not at the top: it imports torch, which `harness --help` need not wait for
+    from benchmarks.scoring import ANSWER_FALLBACKS  # (math-verify)
+
+    _check(cfg.data.answer_fallback in ANSWER_FALLBACKS,
+           f"data.answer_fallback: expected one of {', '.join(ANSWER_FALLBACKS)}, got {cfg.data.answer_fallback!r}")
+
     resolve_algorithm(cfg.algorithm)  # raises ConfigError on unknown names/keys/inconsistencies
 
 

@@ -35,7 +35,7 @@ from benchmarks.datasets import load_train_set
 from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics
 from benchmarks.scoring import get_default_scorer, has_boxed_answer
 from harness import checkpoint as ckpt
-from harness.budget import TOTALED, Budget, lr_factor, planned_steps, step_flops, total_name, visits_per_prompt
+from harness.budget import TOTALED, Budget, lr_factor, step_flops, total_name, visits_per_prompt
 from harness.checkpoint import TrainState
 from harness.config import HarnessConfig, save_config
 from harness.data import PromptSampler
@@ -268,9 +268,8 @@ class Trainer:
         self.train_rows = load_train_set(cfg.data.train, cfg.data.train_size, cfg.data.shuffle_seed)
         self.sampler = PromptSampler(len(self.train_rows), t.prompts_per_step, cfg.data.shuffle_seed, acc.process_index, acc.num_processes)
         self.budget = Budget.from_train(t, self.sampler.steps_per_epoch)
-        steps = planned_steps(t, len(self.train_rows), len(self.sampler.shard))
-        if self.is_main and steps is not None:
-            visits = visits_per_prompt(steps, t.prompts_per_step, len(self.sampler.shard))
+        visits = visits_per_prompt(t, len(self.sampler.shard))
+        if self.is_main and visits is not None:
             for warning in self.algorithm.plan_warnings(num_generations=cfg.generation.num_generations, visits_per_prompt=visits):
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
 
