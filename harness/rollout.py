@@ -82,8 +82,8 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         if s:
-            ids[i, width - len(s):] = torch.as_tensor(s, dtype=torch.long)
-            mask[i, width - len(s):] = 1
+            ids[i, width - len(s) :] = torch.as_tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
     return ids, mask
 
 
@@ -118,7 +118,7 @@ class HFEngine:
         self.model.eval()
         try:
             for start in range(0, len(prompts), self.batch_size):
-                chunk = prompts[start:start + self.batch_size]
+                chunk = prompts[start : start + self.batch_size]
                 tokens, lengths, logps = self._sample(chunk, params)
                 out.extend(self._to_completions(len(chunk), params, tokens, lengths, logps))
         finally:
@@ -132,11 +132,27 @@ class HFEngine:
         input_ids, attention_mask = left_pad(prompts, tok.pad_token_id)
         device = next(self.model.parameters()).device
         rep = params.n
-        return sample(self.model, input_ids.repeat_interleave(rep, 0).to(device), attention_mask.repeat_interleave(rep, 0).to(device),
-                      max_new_tokens=params.max_new_tokens, eos_ids=_eos_ids(self.model, tok), pad_id=tok.pad_token_id,
-                      temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, return_logprobs=params.return_logprobs)
+        return sample(
+            self.model,
+            input_ids.repeat_interleave(rep, 0).to(device),
+            attention_mask.repeat_interleave(rep, 0).to(device),
+            max_new_tokens=params.max_new_tokens,
+            eos_ids=_eos_ids(self.model, tok),
+            pad_id=tok.pad_token_id,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            return_logprobs=params.return_logprobs,
+        )
 
-    def _to_completions(self, num_prompts: int, params: SamplingParams, tokens: torch.Tensor, lengths: torch.Tensor, logps: torch.Tensor | None) -> list[list[Completion]]:
+    def _to_completions(
+        self,
+        num_prompts: int,
+        params: SamplingParams,
+        tokens: torch.Tensor,
+        lengths: torch.Tensor,
+        logps: torch.Tensor | None,
+    ) -> list[list[Completion]]:
         tokens, lengths = tokens.cpu(), lengths.cpu()
         eos = set(_eos_ids(self.model, self.tokenizer))
         groups = []
@@ -165,25 +181,34 @@ class HFGenerateEngine(HFEngine):
         eos_ids = _eos_ids(self.model, tok)
         input_ids, attention_mask = left_pad(prompts, tok.pad_token_id)
         device = next(self.model.parameters()).device
-        kwargs = dict(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), max_new_tokens=params.max_new_tokens,
-                      num_return_sequences=params.n, pad_token_id=tok.pad_token_id, eos_token_id=eos_ids, return_dict_in_generate=True,
-                      output_scores=params.return_logprobs)
+        kwargs = dict(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            max_new_tokens=params.max_new_tokens,
+            num_return_sequences=params.n,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=eos_ids,
+            return_dict_in_generate=True,
+            output_scores=params.return_logprobs,
+        )
         if params.temperature == 0:
             kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
         else:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_k=params.top_k or None, top_p=params.top_p)
+            kwargs.update(
+                do_sample=True, temperature=params.temperature, top_k=params.top_k or None, top_p=params.top_p
+            )
         res = self.model.generate(**kwargs)
-        new = res.sequences[:, input_ids.shape[1]:]
+        new = res.sequences[:, input_ids.shape[1] :]
         width = params.max_new_tokens
         tokens = torch.full((new.shape[0], width), tok.pad_token_id, dtype=torch.long)
-        tokens[:, :new.shape[1]] = new.cpu()
+        tokens[:, : new.shape[1]] = new.cpu()
         is_eos = torch.isin(tokens, torch.tensor(eos_ids))
         lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, torch.full((tokens.shape[0],), new.shape[1]))
         logps = None
         if params.return_logprobs:
             scores = torch.stack(res.scores, dim=1).float().cpu()
             logps = torch.zeros(tokens.shape)
-            logps[:, :scores.shape[1]] = torch.log_softmax(scores, -1).gather(-1, new.cpu().unsqueeze(-1)).squeeze(-1)
+            logps[:, : scores.shape[1]] = torch.log_softmax(scores, -1).gather(-1, new.cpu().unsqueeze(-1)).squeeze(-1)
         return tokens, lengths, logps
 
 

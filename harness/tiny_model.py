@@ -204,9 +204,7 @@ def make_untrained_model(cfg: TinyBuildConfig | None = None, tokenizer=None):
     )
     torch.manual_seed(cfg.seed)
     model = Qwen3ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id
-    )
+    model.generation_config = GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id)
     return model
 
 
@@ -284,8 +282,9 @@ def generate_completions(
                 eos_token_id=tokenizer.eos_token_id,
             )
             if temperature > 0:
-                kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                              num_return_sequences=num_samples)
+                kwargs.update(
+                    do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=num_samples
+                )
             else:
                 kwargs.update(do_sample=False)
             gen = model.generate(**enc, **kwargs)
@@ -313,8 +312,12 @@ def evaluate(
     """Accuracy (mean over samples) and pass@num_samples of ``model`` on ``rows``."""
     scorer = scorer or _CachedScorer()
     comps = generate_completions(
-        model, tokenizer, [r["problem"] for r in rows],
-        num_samples=num_samples, temperature=temperature, max_new_tokens=max_new_tokens,
+        model,
+        tokenizer,
+        [r["problem"] for r in rows],
+        num_samples=num_samples,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
     )
     per_problem = [[scorer(c, r["answer"]) for c in cs] for cs, r in zip(comps, rows)]
     n = max(1, len(rows))
@@ -363,7 +366,9 @@ class TinyBuildError(RuntimeError):
     """The warm start did not land in the target accuracy band."""
 
 
-def warm_start(model, tokenizer, cfg: TinyBuildConfig, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+def warm_start(
+    model, tokenizer, cfg: TinyBuildConfig, progress: bool = True, log: Callable[[str], None] | None = None
+) -> dict:
     """Supervised warm start of ``model`` in place; returns training info.
 
     Stops at the first evaluation (every ``cfg.eval_every`` steps) with greedy test
@@ -390,7 +395,12 @@ def warm_start(model, tokenizer, cfg: TinyBuildConfig, progress: bool = True, lo
     history: list[dict] = []
 
     def snapshot(step: int):
-        return (step, copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), copy.deepcopy(sched.state_dict()))
+        return (
+            step,
+            copy.deepcopy(model.state_dict()),
+            copy.deepcopy(opt.state_dict()),
+            copy.deepcopy(sched.state_dict()),
+        )
 
     eval_every = cfg.eval_every
     last = snapshot(0)
@@ -400,7 +410,9 @@ def warm_start(model, tokenizer, cfg: TinyBuildConfig, progress: bool = True, lo
     result: dict | None = None
     try:
         while step < cfg.max_steps:
-            batch = _collate([data[j] for j in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]], tokenizer.pad_token_id)
+            batch = _collate(
+                [data[j] for j in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]], tokenizer.pad_token_id
+            )
             loss = model(**batch).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -505,17 +517,23 @@ def build_tiny_model(
         if check_band:
             train_info = warm_start(model, tokenizer, cfg, progress=progress, log=log)
         else:
-            band_free = dataclasses.replace(cfg, target_min_acc=-1.0, target_max_acc=2.0, eval_every=max(1, cfg.max_steps))
+            band_free = dataclasses.replace(
+                cfg, target_min_acc=-1.0, target_max_acc=2.0, eval_every=max(1, cfg.max_steps)
+            )
             train_info = warm_start(model, tokenizer, band_free, progress=progress, log=log)
         train_seconds = time.time() - t0
         extra: dict = {}
         if cfg.pass_k > 0:
             torch.manual_seed(cfg.seed)
             test_rows = make_arith("test", n=cfg.eval_size)
-            ev = evaluate(model, tokenizer, test_rows, num_samples=cfg.pass_k, temperature=1.0,
-                          max_new_tokens=cfg.max_new_tokens)
-            extra = {"sample_acc_t1": ev["accuracy"], f"pass@{cfg.pass_k}_t1": ev[f"pass@{cfg.pass_k}"],
-                     "examples_t1": ev["examples"]}
+            ev = evaluate(
+                model, tokenizer, test_rows, num_samples=cfg.pass_k, temperature=1.0, max_new_tokens=cfg.max_new_tokens
+            )
+            extra = {
+                "sample_acc_t1": ev["accuracy"],
+                f"pass@{cfg.pass_k}_t1": ev[f"pass@{cfg.pass_k}"],
+                "examples_t1": ev["examples"],
+            }
         info = {
             "name": f"tiny-{cfg.key()}",
             "build_version": BUILD_VERSION,
@@ -537,7 +555,11 @@ def build_tiny_model(
             log(
                 f"done in {info['seconds']:.1f}s: {n_params} params, {info['steps']} steps, greedy acc "
                 f"{info['greedy_acc']:.3f}"
-                + (f", T=1 acc {extra['sample_acc_t1']:.3f}, pass@{cfg.pass_k} {extra[f'pass@{cfg.pass_k}_t1']:.3f}" if extra else "")
+                + (
+                    f", T=1 acc {extra['sample_acc_t1']:.3f}, pass@{cfg.pass_k} {extra[f'pass@{cfg.pass_k}_t1']:.3f}"
+                    if extra
+                    else ""
+                )
             )
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:

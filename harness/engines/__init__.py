@@ -60,7 +60,10 @@ def _make_auto(model, tokenizer, batch_size: int = 256, **options):
         try:
             engine = _make_vllm(model, tokenizer, batch_size, **options)
         except Exception as exc:  # vLLM rejects the model or a setting: fall back rather than abort the run
-            name, why = "hf", f"vllm failed to start on this model: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            name, why = (
+                "hf",
+                f"vllm failed to start on this model: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            )
         else:
             logger.info("engine auto -> vllm (%s)", why)
             engine.auto_reason = why
@@ -98,10 +101,16 @@ def engine_options(cfg) -> dict:
     g = cfg.generation
     opts = {dst: getattr(g, src) for src, dst in CONFIG_FIELDS.items() if hasattr(g, src)}
     if opts.get("max_model_len") is None:
-        opts["max_model_len"] = cfg.data.max_prompt_length + max(g.max_completion_length, getattr(cfg.eval, "max_new_tokens", 0) or 0)
+        opts["max_model_len"] = cfg.data.max_prompt_length + max(
+            g.max_completion_length, getattr(cfg.eval, "max_new_tokens", 0) or 0
+        )
     opts["seed"] = cfg.train.seed
     # Size vLLM for what the run generates at once, not for 256 full-length sequences (that default took 2.3x the
     # memory of the hf engine on SmolLM2-135M): a step's rows, or an evaluation batch with its most samples.
-    samples = max([getattr(cfg.eval, "num_samples", 1) or 1, *(getattr(cfg.eval, "samples_per_benchmark", {}) or {}).values()])
-    opts["max_num_seqs"] = int(min(256, max(cfg.train.prompts_per_step * g.num_generations, getattr(cfg.eval, "batch_size", 1) * samples)))
+    samples = max(
+        [getattr(cfg.eval, "num_samples", 1) or 1, *(getattr(cfg.eval, "samples_per_benchmark", {}) or {}).values()]
+    )
+    opts["max_num_seqs"] = int(
+        min(256, max(cfg.train.prompts_per_step * g.num_generations, getattr(cfg.eval, "batch_size", 1) * samples))
+    )
     return opts

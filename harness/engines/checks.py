@@ -64,7 +64,9 @@ def compare_probe(engine_lp: np.ndarray, trainer_lp: np.ndarray) -> dict[str, fl
     return {"engine/sync_probe_mean_abs": float(diff.mean()), "engine/sync_probe_max_abs": float(diff.max())}
 
 
-def check_sync(engine_lp: np.ndarray, trainer_lp: np.ndarray, tolerance: float, *, engine: str, version: int) -> dict[str, float]:
+def check_sync(
+    engine_lp: np.ndarray, trainer_lp: np.ndarray, tolerance: float, *, engine: str, version: int
+) -> dict[str, float]:
     """Raise :class:`WeightSyncError` when the mean absolute probe difference exceeds ``tolerance``."""
     stats = compare_probe(engine_lp, trainer_lp)
     if not np.isfinite(stats["engine/sync_probe_mean_abs"]) or stats["engine/sync_probe_mean_abs"] > tolerance:
@@ -72,7 +74,8 @@ def check_sync(engine_lp: np.ndarray, trainer_lp: np.ndarray, tolerance: float, 
             f"{engine}: weights at policy version {version} do not match the trainer's: mean |engine - trainer| log-prob on the "
             f"probe = {stats['engine/sync_probe_mean_abs']:.4g} (max {stats['engine/sync_probe_max_abs']:.4g}) > tolerance {tolerance:.3g}. "
             "The engine would sample from a different (stale or wrongly loaded) policy; stopping. Raise "
-            "generation.sync_check_tolerance only if this is dtype noise (bf16 engines differ by a few 1e-2).")
+            "generation.sync_check_tolerance only if this is dtype noise (bf16 engines differ by a few 1e-2)."
+        )
     return stats
 
 
@@ -94,11 +97,15 @@ def logprob_gap_metrics(trainer_lp: list[np.ndarray], engine_lp: list[np.ndarray
         "engine/logprob_gap_max_abs": float(np.abs(d).max()),
         "engine/logprob_gap_mean": float(d.mean()),  # > 0: the engine is more confident than the trainer
         "engine/prob_gap_mean_abs": float(np.abs(np.exp(ee) - np.exp(tt)).mean()),
-        "engine/kl_k3": float(np.mean(np.exp(-d) - 1 + d)),  # k3 estimate of KL(engine || trainer) on the sampled tokens
+        "engine/kl_k3": float(
+            np.mean(np.exp(-d) - 1 + d)
+        ),  # k3 estimate of KL(engine || trainer) on the sampled tokens
     }
 
 
-def truncated_is_weights(trainer_lp: torch.Tensor, engine_lp: torch.Tensor, mask: torch.Tensor, cap: float = 2.0) -> tuple[torch.Tensor, dict[str, float]]:
+def truncated_is_weights(
+    trainer_lp: torch.Tensor, engine_lp: torch.Tensor, mask: torch.Tensor, cap: float = 2.0
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-token TIS weights ``min(exp(trainer - engine), cap)`` (no gradient), zero outside ``mask``.
 
     ``trainer_lp`` are the trainer's log-probs of the sampled tokens before the update (the step's
