@@ -97,9 +97,10 @@ def main() -> None:
     import torch
 
     from benchmarks.arith import make_arith
+    from harness.engines import create_engine
     from harness.engines.checks import logprob_gap_metrics
     from harness.models import REGISTRY, encode_prompt, get_spec, instruction_for, load_model, load_tokenizer
-    from harness.rollout import SamplingParams, create_engine
+    from harness.rollout import SamplingParams
 
     if args.threads:
         torch.set_num_threads(args.threads)

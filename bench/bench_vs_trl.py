@@ -199,7 +199,7 @@ def run_ours(model_dir: str, schedule: list[list[dict]], warmup: int, seed: int,
 
 
 def _eos_ids_ours(tr) -> list[int]:
-    from harness.rollout import _eos_ids
+    from harness.rollout import eos_ids as _eos_ids
 
     return _eos_ids(tr.accelerator.unwrap_model(tr.model), tr.tokenizer)
 

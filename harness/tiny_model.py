@@ -21,7 +21,7 @@ small needs thousands of steps, with the chain it reaches the band in ~200 steps
 for this model needs ``max_new_tokens >= 32``.
 
 Defaults (seed 0): 538k parameters; stops after 175 steps at greedy test accuracy
-0.26, T=1 sample accuracy 0.13 and pass@8 (T=1) 0.51 on the first 256 test
+0.26, T=1 sample accuracy 0.12 and pass@8 (T=1) 0.51 on the first 256 test
 problems. A plain GRPO loop (16 prompts x 8 samples, T=1, lr 5e-5) raised greedy
 accuracy to ~0.40 in 100 steps (~75 s); lr >= 1e-4 was unstable.
 """
@@ -43,6 +43,9 @@ from typing import Callable
 import torch
 
 from benchmarks.arith import format_completion, make_arith, worked_solution
+from harness.engines.hf import HFEngine
+from harness.io import cache_root
+from harness.rollout import SamplingParams
 
 # Bump when the build recipe changes in a way that changes the result, so old
 # cached builds are not reused.
@@ -204,100 +207,18 @@ def make_untrained_model(cfg: TinyBuildConfig | None = None, tokenizer=None):
     )
     torch.manual_seed(cfg.seed)
     model = Qwen3ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id
-    )
+    model.generation_config = GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id)
     return model
 
 
 # ---------------------------------------------------------------------------
-# scoring / evaluation helpers
-
-
-def _scorer() -> Callable[[str, str], float]:
-    try:
-        from benchmarks.scoring import score  # type: ignore[attr-defined]
-
-        return score
-    except ImportError:  # pragma: no cover - scoring module not written yet
-        from math_verify import parse, verify
-
-        def score(completion: str, gold: str) -> float:
-            try:
-                return float(verify(parse(gold), parse(completion)))
-            except Exception:
-                return 0.0
-
-        return score
-
-
-class _CachedScorer:
-    """Memoises ``score(completion, gold)``: a tiny model repeats itself a lot."""
-
-    def __init__(self):
-        self._score = _scorer()
-        self._cache: dict[tuple[str, str], float] = {}
-
-    def __call__(self, completion: str, gold: str) -> float:
-        k = (completion, gold)
-        if k not in self._cache:
-            self._cache[k] = float(self._score(completion, gold))
-        return self._cache[k]
+# evaluation: the hf rollout engine and the project scorer
 
 
 def _prompt_text(tokenizer, problem: str) -> str:
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
     )
-
-
-@torch.no_grad()
-def generate_completions(
-    model,
-    tokenizer,
-    problems: list[str],
-    *,
-    num_samples: int = 1,
-    temperature: float = 0.0,
-    max_new_tokens: int = 32,
-    batch_size: int = 512,
-) -> list[list[str]]:
-    """Completions (special tokens stripped) for each problem: greedy when ``temperature == 0``."""
-    was_training = model.training
-    model.eval()
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    out: list[list[str]] = []
-    try:
-        per_batch = max(1, batch_size // num_samples)
-        for i in range(0, len(problems), per_batch):
-            chunk = problems[i : i + per_batch]
-            enc = tokenizer(
-                [_prompt_text(tokenizer, p) for p in chunk],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            )
-            kwargs = dict(
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            if temperature > 0:
-                kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                              num_return_sequences=num_samples)
-            else:
-                kwargs.update(do_sample=False)
-            gen = model.generate(**enc, **kwargs)
-            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            reps = num_samples if temperature > 0 else 1
-            for j in range(len(chunk)):
-                group = texts[j * reps : (j + 1) * reps]
-                out.append(group * (num_samples if reps == 1 else 1))
-    finally:
-        tokenizer.padding_side = old_side
-        model.train(was_training)
-    return out
 
 
 def evaluate(
@@ -308,15 +229,28 @@ def evaluate(
     num_samples: int = 1,
     temperature: float = 0.0,
     max_new_tokens: int = 32,
-    scorer: Callable[[str, str], float] | None = None,
+    batch_size: int = 512,
+    scorer=None,
 ) -> dict:
-    """Accuracy (mean over samples) and pass@num_samples of ``model`` on ``rows``."""
-    scorer = scorer or _CachedScorer()
-    comps = generate_completions(
-        model, tokenizer, [r["problem"] for r in rows],
-        num_samples=num_samples, temperature=temperature, max_new_tokens=max_new_tokens,
-    )
-    per_problem = [[scorer(c, r["answer"]) for c in cs] for cs, r in zip(comps, rows)]
+    """Accuracy (mean over samples) and pass@num_samples of ``model`` on ``rows``; greedy when ``temperature == 0``.
+
+    Completions come from the ``hf`` rollout engine (:class:`harness.engines.hf.HFEngine`, ``batch_size`` rows
+    per call) and are scored by ``scorer`` (default: :func:`benchmarks.scoring.get_default_scorer`).
+    """
+    if scorer is None:
+        # imported on use: math-verify and sympy take seconds to import, and harness.memory and
+        # harness.experiment import this module for TinyBuildConfig alone
+        from benchmarks.scoring import get_default_scorer
+
+        scorer = get_default_scorer()
+    engine = HFEngine(model, tokenizer, batch_size=max(1, batch_size // num_samples))
+    params = SamplingParams(n=num_samples, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens)
+    prompts = tokenizer([_prompt_text(tokenizer, r["problem"]) for r in rows], add_special_tokens=False)["input_ids"]
+    groups = engine.generate(prompts, params)
+    comps = [[tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in g] for g in groups]
+    golds = [r["answer"] for r in rows for _ in range(num_samples)]
+    rewards = [s.reward for s in scorer.score_batch([c for cs in comps for c in cs], golds)]
+    per_problem = [rewards[i * num_samples : (i + 1) * num_samples] for i in range(len(rows))]
     n = max(1, len(rows))
     return {
         "accuracy": sum(sum(s) / len(s) for s in per_problem) / n,
@@ -363,7 +297,57 @@ class TinyBuildError(RuntimeError):
     """The warm start did not land in the target accuracy band."""
 
 
-def warm_start(model, tokenizer, cfg: TinyBuildConfig, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+def _example_order(num_examples: int, cfg: TinyBuildConfig) -> list[int]:
+    """Training example indices for all ``cfg.max_steps`` batches: seeded permutations, one after another."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order: list[int] = []
+    need = cfg.max_steps * cfg.batch_size
+    while len(order) < need:
+        order.extend(torch.randperm(num_examples, generator=gen).tolist())
+    return order
+
+
+class _WarmStartRun:
+    """The supervised warm start's data, optimizer and schedule; one optimizer step at a time, with snapshots."""
+
+    def __init__(self, model, tokenizer, cfg: TinyBuildConfig):
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        train_rows = make_arith("train", n=cfg.train_size, seed=cfg.seed)
+        self.data = _encode_train(tokenizer, train_rows, cfg.completion_format)
+        self.order = _example_order(len(self.data), cfg)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+
+    def train_step(self, step: int) -> torch.Tensor:
+        """Optimizer step on batch ``step`` of the example order; returns its loss (before the update)."""
+        size = self.cfg.batch_size
+        batch = _collate(
+            [self.data[j] for j in self.order[step * size : (step + 1) * size]], self.tokenizer.pad_token_id
+        )
+        loss = self.model(**batch).loss
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.sched.step()
+        return loss
+
+    def snapshot(self, step: int) -> tuple:
+        states = (self.model.state_dict(), self.opt.state_dict(), self.sched.state_dict())
+        return (step, *(copy.deepcopy(s) for s in states))
+
+    def restore(self, snapshot: tuple) -> int:
+        """Back to ``snapshot``; returns its step."""
+        step, msd, osd, ssd = snapshot
+        self.model.load_state_dict(msd)
+        self.opt.load_state_dict(osd)
+        self.sched.load_state_dict(ssd)
+        return step
+
+
+def warm_start(
+    model, tokenizer, cfg: TinyBuildConfig, progress: bool = True, log: Callable[[str], None] | None = None
+) -> dict:
     """Supervised warm start of ``model`` in place; returns training info.
 
     Stops at the first evaluation (every ``cfg.eval_every`` steps) with greedy test
@@ -375,44 +359,23 @@ def warm_start(model, tokenizer, cfg: TinyBuildConfig, progress: bool = True, lo
     from tqdm.auto import tqdm
 
     log = log or (lambda s: None)
-    train_rows = make_arith("train", n=cfg.train_size, seed=cfg.seed)
+    run = _WarmStartRun(model, tokenizer, cfg)
     test_rows = make_arith("test", n=cfg.eval_size)  # the harness's arith benchmark order
-    data = _encode_train(tokenizer, train_rows, cfg.completion_format)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    order: list[int] = []
-    need = cfg.max_steps * cfg.batch_size
-    while len(order) < need:
-        order.extend(torch.randperm(len(data), generator=gen).tolist())
-
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
-    scorer = _CachedScorer()
     history: list[dict] = []
-
-    def snapshot(step: int):
-        return (step, copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), copy.deepcopy(sched.state_dict()))
-
     eval_every = cfg.eval_every
-    last = snapshot(0)
+    last = run.snapshot(0)
     step = 0
     model.train()
     bar = tqdm(total=cfg.max_steps, desc="tiny warm start", disable=not progress, leave=False)
     result: dict | None = None
     try:
         while step < cfg.max_steps:
-            batch = _collate([data[j] for j in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]], tokenizer.pad_token_id)
-            loss = model(**batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            loss = run.train_step(step)
             step += 1
             bar.update(1)
             if step % eval_every and step != cfg.max_steps:
                 continue
-            ev = evaluate(model, tokenizer, test_rows, max_new_tokens=cfg.max_new_tokens, scorer=scorer)
-            acc = ev["accuracy"]
+            acc = evaluate(model, tokenizer, test_rows, max_new_tokens=cfg.max_new_tokens)["accuracy"]
             history.append({"step": step, "loss": round(loss.item(), 4), "greedy_acc": acc})
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.3f}")
             log(f"step {step}: loss {loss.item():.4f} greedy test acc {acc:.3f}")
@@ -424,10 +387,7 @@ def warm_start(model, tokenizer, cfg: TinyBuildConfig, progress: bool = True, lo
                         "lower lr or widen the band"
                     )
                 # Rewind to the previous evaluation and replay with finer evaluations.
-                prev_step, msd, osd, ssd = last
-                model.load_state_dict(msd)
-                opt.load_state_dict(osd)
-                sched.load_state_dict(ssd)
+                prev_step = run.restore(last)
                 bar.n = prev_step
                 bar.refresh()
                 log(f"overshoot at step {step} (acc {acc:.3f}); replaying from step {prev_step}")
@@ -437,7 +397,7 @@ def warm_start(model, tokenizer, cfg: TinyBuildConfig, progress: bool = True, lo
             if acc >= cfg.target_min_acc:
                 result = {"steps": step, "greedy_acc": acc, "loss": loss.item()}
                 break
-            last = snapshot(step)
+            last = run.snapshot(step)
     finally:
         bar.close()
     if result is None:
@@ -451,14 +411,8 @@ def warm_start(model, tokenizer, cfg: TinyBuildConfig, progress: bool = True, lo
     return result
 
 
-def _default_cache_dir() -> Path:
-    from harness.io import cache_root  # one rule for $HARNESS_CACHE (prepared GGUF models live there too)
-
-    return cache_root()
-
-
 def _model_dir(cfg: TinyBuildConfig, cache_dir: str | os.PathLike | None) -> Path:
-    base = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    base = Path(cache_dir) if cache_dir is not None else cache_root()  # one rule for $HARNESS_CACHE
     return base / "models" / f"tiny-{cfg.key()}"
 
 
@@ -490,67 +444,96 @@ def build_tiny_model(
     old_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    t0 = time.time()
     try:
-        tokenizer = build_tokenizer(cfg.max_positions)
-        model = make_untrained_model(cfg, tokenizer)
-        n_params = sum(p.numel() for p in model.parameters())
-        if progress:
-            from tqdm.auto import tqdm
-
-            def log(msg: str) -> None:
-                tqdm.write(f"[tiny] {msg}")
-        else:
-            log = None
-        if check_band:
-            train_info = warm_start(model, tokenizer, cfg, progress=progress, log=log)
-        else:
-            band_free = dataclasses.replace(cfg, target_min_acc=-1.0, target_max_acc=2.0, eval_every=max(1, cfg.max_steps))
-            train_info = warm_start(model, tokenizer, band_free, progress=progress, log=log)
-        train_seconds = time.time() - t0
-        extra: dict = {}
-        if cfg.pass_k > 0:
-            torch.manual_seed(cfg.seed)
-            test_rows = make_arith("test", n=cfg.eval_size)
-            ev = evaluate(model, tokenizer, test_rows, num_samples=cfg.pass_k, temperature=1.0,
-                          max_new_tokens=cfg.max_new_tokens)
-            extra = {"sample_acc_t1": ev["accuracy"], f"pass@{cfg.pass_k}_t1": ev[f"pass@{cfg.pass_k}"],
-                     "examples_t1": ev["examples"]}
-        info = {
-            "name": f"tiny-{cfg.key()}",
-            "build_version": BUILD_VERSION,
-            "config": dataclasses.asdict(cfg),
-            "num_parameters": n_params,
-            "band_checked": check_band,
-            "steps": train_info["steps"],
-            "final_loss": train_info["loss"],
-            "greedy_acc": train_info["greedy_acc"],
-            **extra,
-            "eval_split": "test",
-            "eval_size": cfg.eval_size,
-            "history": train_info["history"],
-            "train_seconds": round(train_seconds, 2),
-            "seconds": round(time.time() - t0, 2),
-            "torch_threads": torch.get_num_threads(),
-        }
-        if log:
-            log(
-                f"done in {info['seconds']:.1f}s: {n_params} params, {info['steps']} steps, greedy acc "
-                f"{info['greedy_acc']:.3f}"
-                + (f", T=1 acc {extra['sample_acc_t1']:.3f}, pass@{cfg.pass_k} {extra[f'pass@{cfg.pass_k}_t1']:.3f}" if extra else "")
-            )
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        try:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
-            _install(tmp, final, force)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        model, tokenizer, info = _train_and_measure(cfg, progress, check_band)
+        _save(model, tokenizer, info, final, force)
     finally:
         torch.set_num_threads(old_threads)
     return final
+
+
+def _progress_log(progress: bool) -> Callable[[str], None] | None:
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    def log(msg: str) -> None:
+        tqdm.write(f"[tiny] {msg}")
+
+    return log
+
+
+def _train_and_measure(cfg: TinyBuildConfig, progress: bool, check_band: bool) -> tuple:
+    """(model, tokenizer, build info): the warm start, then the T=1 measurement of the final model."""
+    t0 = time.time()
+    tokenizer = build_tokenizer(cfg.max_positions)
+    model = make_untrained_model(cfg, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    log = _progress_log(progress)
+    if check_band:
+        train_info = warm_start(model, tokenizer, cfg, progress=progress, log=log)
+    else:
+        band_free = dataclasses.replace(cfg, target_min_acc=-1.0, target_max_acc=2.0, eval_every=max(1, cfg.max_steps))
+        train_info = warm_start(model, tokenizer, band_free, progress=progress, log=log)
+    train_seconds = time.time() - t0
+    extra = _sampled_eval(model, tokenizer, cfg)
+    info = {
+        "name": f"tiny-{cfg.key()}",
+        "build_version": BUILD_VERSION,
+        "config": dataclasses.asdict(cfg),
+        "num_parameters": n_params,
+        "band_checked": check_band,
+        "steps": train_info["steps"],
+        "final_loss": train_info["loss"],
+        "greedy_acc": train_info["greedy_acc"],
+        **extra,
+        "eval_split": "test",
+        "eval_size": cfg.eval_size,
+        "history": train_info["history"],
+        "train_seconds": round(train_seconds, 2),
+        "seconds": round(time.time() - t0, 2),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if log:
+        sampled = (
+            f", T=1 acc {extra['sample_acc_t1']:.3f}, pass@{cfg.pass_k} {extra[f'pass@{cfg.pass_k}_t1']:.3f}"
+            if extra
+            else ""
+        )
+        log(
+            f"done in {info['seconds']:.1f}s: {n_params} params, {info['steps']} steps, greedy acc "
+            f"{info['greedy_acc']:.3f}{sampled}"
+        )
+    return model, tokenizer, info
+
+
+def _sampled_eval(model, tokenizer, cfg: TinyBuildConfig) -> dict:
+    """T=1 sample accuracy and pass@k of the final model on the test problems ({} when ``cfg.pass_k`` is 0)."""
+    if cfg.pass_k <= 0:
+        return {}
+    torch.manual_seed(cfg.seed)
+    test_rows = make_arith("test", n=cfg.eval_size)
+    ev = evaluate(
+        model, tokenizer, test_rows, num_samples=cfg.pass_k, temperature=1.0, max_new_tokens=cfg.max_new_tokens
+    )
+    return {
+        "sample_acc_t1": ev["accuracy"],
+        f"pass@{cfg.pass_k}_t1": ev[f"pass@{cfg.pass_k}"],
+        "examples_t1": ev["examples"],
+    }
+
+
+def _save(model, tokenizer, info: dict, final: Path, force: bool) -> None:
+    """Write the model, tokenizer and ``build_info.json`` to a temporary folder and move it to ``final``."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        _install(tmp, final, force)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _install(tmp: Path, final: Path, force: bool) -> None:

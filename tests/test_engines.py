@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.rollout import Completion, SamplingParams, create_engine
+from harness.engines import create_engine
+from harness.rollout import Completion, SamplingParams
 
 ENGINES = ["hf", "vllm", "vllm-server"]
 REQUIRE_VLLM = os.environ.get("HARNESS_REQUIRE_VLLM") == "1"
@@ -125,7 +126,7 @@ def processed_logprobs(logits: torch.Tensor, ids: np.ndarray, temperature: float
 
 
 def eos_ids(model, tok) -> set[int]:
-    from harness.rollout import _eos_ids
+    from harness.rollout import eos_ids as _eos_ids
 
     return set(_eos_ids(model, tok))
 

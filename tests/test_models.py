@@ -141,7 +141,8 @@ def tiny_qwen2(qwen_tok, tmp_path_factory):
 
 def test_tiny_qwen2_with_real_tokenizer_evaluates(tiny_qwen2):
     from benchmarks.evaluation import EvalSettings, evaluate
-    from harness.rollout import SamplingParams, create_engine
+    from harness.engines import create_engine
+    from harness.rollout import SamplingParams
 
     name = str(tiny_qwen2)  # not in the registry: loaded as a local path
     tok = load_tokenizer(name)
@@ -178,7 +179,7 @@ def test_smollm2_gguf_eval_smoke():
     import torch
 
     from benchmarks.evaluation import EvalSettings, evaluate
-    from harness.rollout import create_engine
+    from harness.engines import create_engine
 
     torch.manual_seed(0)
     tok = load_tokenizer("smollm2-135m-gguf")

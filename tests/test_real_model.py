@@ -156,7 +156,7 @@ def test_auto_falls_back_to_hf_with_the_reason_when_vllm_fails_to_start(quick_mo
     import harness.engines as engines
     from harness.engines.vllm_local import vllm_importable
     from harness.models import load_model, load_tokenizer
-    from harness.rollout import create_engine
+    from harness.engines import create_engine
 
     if not vllm_importable()[0]:
         pytest.skip("vLLM not installed")
@@ -206,7 +206,8 @@ def test_run_name_from_the_config_names_matrix_runs(make_config):
 
 def test_decode_progress_reports_every_completion(quick_model_dir):
     from harness.models import load_model, load_tokenizer
-    from harness.rollout import SamplingParams, create_engine
+    from harness.engines import create_engine
+    from harness.rollout import SamplingParams
     from harness.sampling import decode_progress
 
     tok, model = load_tokenizer(str(quick_model_dir)), load_model(str(quick_model_dir))

@@ -277,7 +277,8 @@ def test_real_server_started_by_the_engine_needs_its_token(quick_model_dir, monk
             pytest.fail(f"HARNESS_REQUIRE_VLLM=1 but {why}")
         pytest.skip(why)
     from harness.models import encode_prompt, load_model, load_tokenizer
-    from harness.rollout import SamplingParams, create_engine
+    from harness.engines import create_engine
+    from harness.rollout import SamplingParams
 
     monkeypatch.setenv("HARNESS_SERVE_TOKEN", "shared-tok-9")
     tok = load_tokenizer(str(quick_model_dir))

