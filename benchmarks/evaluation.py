@@ -31,8 +31,7 @@ from benchmarks.datasets import (
     rows_fingerprint,
 )
 from benchmarks.metrics import aggregate_benchmark
-from harness.rollout import SamplingParams
-from harness.sampling import decode_progress
+from harness.rollout import SamplingParams, decode_progress
 
 
 class CompletionStore(Protocol):

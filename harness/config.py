@@ -16,6 +16,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from harness.budget import BUDGET_UNITS, parse_budget  # noqa: F401  (re-exported: config users read budgets here)
+from harness.engines import engine_names
 from harness.io import atomic_write_text
 from harness.schema import ConfigError, check_bounds, coerce, describe_fields  # noqa: F401  (describe_fields: re-exported)
 from harness.schema import config_field as _f
@@ -49,7 +50,7 @@ class DataConfig:
     # (its values: benchmarks.scoring.ANSWER_FALLBACKS, checked in validate)
 
 
-ENGINE_CHOICES = ("hf", "hf-generate", "vllm", "vllm-server", "auto")
+ENGINE_CHOICES = engine_names()  # the engine registry is the only list
 
 
 @dataclass

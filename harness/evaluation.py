@@ -18,9 +18,9 @@ from benchmarks.datasets import expand_benchmarks
 from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics, summary_table
 from benchmarks.scoring import get_default_scorer
 from harness.config import build_config
-from harness.engines import engine_options
+from harness.engines import create_engine, engine_options
 from harness.models import context_length, encode_prompt, expand_models, get_spec, instruction_for, load_model, load_tokenizer, resolve_path
-from harness.rollout import SamplingParams, create_engine
+from harness.rollout import SamplingParams
 from harness.tracking import Tracker
 
 

@@ -12,8 +12,10 @@ registry (``create_engine``, ``available_engines``) live in :mod:`harness.engine
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -71,3 +73,24 @@ def eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
     if not ids:
         raise ValueError("neither the tokenizer nor the generation config defines an eos token")
     return sorted(ids)
+
+
+# Progress of long generations (evaluation at 2,048 tokens): a callback(new_tokens, finished_rows) called after
+# every decoding step of an engine that decodes in this process (``harness.sampling.sample``) while :func:`decode_progress` is active. Engines that do not decode here
+# (vLLM) report nothing; callers then advance per batch.
+_PROGRESS: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar("decode_progress", default=None)
+
+
+@contextlib.contextmanager
+def decode_progress(callback: Callable[[int, int], None]) -> Iterator[None]:
+    """Call ``callback(new_tokens, finished_rows)`` after each decoding step of an in-process engine in this context."""
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def current_decode_progress() -> Callable[[int, int], None] | None:
+    """The callback an engine reports its decoding steps to, if a :func:`decode_progress` context is active."""
+    return _PROGRESS.get()

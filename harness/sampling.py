@@ -10,27 +10,10 @@ temperature -> top-k -> top-p.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from typing import Callable, Iterator
 
 import torch
 
-# Progress of long generations (evaluation at 2,048 tokens): a callback(new_tokens, finished_rows) called after
-# every decoding step of :func:`sample` while :func:`decode_progress` is active. Engines that do not decode here
-# (vLLM) report nothing; callers then advance per batch.
-_PROGRESS: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar("decode_progress", default=None)
-
-
-@contextlib.contextmanager
-def decode_progress(callback: Callable[[int, int], None]) -> Iterator[None]:
-    """Call ``callback(new_tokens, finished_rows)`` after each decoding step of :func:`sample` in this context."""
-    token = _PROGRESS.set(callback)
-    try:
-        yield
-    finally:
-        _PROGRESS.reset(token)
-
+from harness.rollout import current_decode_progress
 
 def process_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """Apply temperature, top-k and top-p (nucleus) filtering; filtered entries become -inf."""
@@ -72,7 +55,7 @@ def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
     alive = torch.arange(B, device=device)  # original row of each row still generating
     mask = attention_mask
     last_pos = positions[:, -1]
-    report = _PROGRESS.get()
+    report = current_decode_progress()
     for t in range(max_new_tokens):
         logits = out.logits[:, -1, :]
         if temperature == 0:

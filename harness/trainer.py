@@ -39,7 +39,7 @@ from harness.budget import TOTALED, Budget, lr_factor, step_flops, total_name, v
 from harness.checkpoint import TrainState
 from harness.config import HarnessConfig, save_config
 from harness.data import PromptSampler
-from harness.engines import engine_options
+from harness.engines import create_engine, engine_options
 from harness.engines.checks import logprob_gap_metrics, truncated_is_weights
 from harness.evaluation import CompletionCache, model_key, settings_from_config
 from harness.io import atomic_write_json, atomic_write_text, cache_root
@@ -47,7 +47,7 @@ from harness.logprobs import completion_logprobs
 from harness.memory import peak_rss_bytes, plan_microbatches, reset_peak_rss
 from harness.metrics import MetricSums, reduce_metrics
 from harness.models import encode_prompt, get_spec, instruction_for, load_model, load_tokenizer, resolve_path
-from harness.rollout import SamplingParams, create_engine
+from harness.rollout import SamplingParams
 from harness.secrets import mask_secrets
 from harness.tracking import Tracker, mark_run_failed
 

@@ -208,7 +208,7 @@ def test_decode_progress_reports_every_completion(quick_model_dir):
     from harness.models import load_model, load_tokenizer
     from harness.engines import create_engine
     from harness.rollout import SamplingParams
-    from harness.sampling import decode_progress
+    from harness.rollout import decode_progress
 
     tok, model = load_tokenizer(str(quick_model_dir)), load_model(str(quick_model_dir))
     engine = create_engine("hf", model=model, tokenizer=tok)
