@@ -61,6 +61,8 @@ from typing import Any, Sequence
 from latex2sympy2_extended import NormalizationConfig
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
+from benchmarks.answers import ANSWER_FALLBACKS, fallback_answer, has_boxed_answer
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -87,9 +89,6 @@ PRED_EXTRACTION_CONFIG = (
 # A gold is "wrapped" if it already carries a \boxed{} or an unescaped $ delimiter.
 _WRAPPED_GOLD_RE = re.compile(r"\\boxed|\\fbox|(?<!\\)\$")
 
-#: ``answer_fallback`` settings: what to read when a completion has no boxed / anchored LaTeX answer.
-ANSWER_FALLBACKS = ("none", "answer_is", "last_number")
-
 # number formatting, fixed in completions and golds before parsing (see _prepare_text)
 # (patterns start with a literal so the regex engine can skip ahead; the look-behinds check the digit before)
 _THOUSANDS_SPACE_RE = re.compile(r"\\(?<=\d\\)(?:[,;: ]|thinspace\s*)(?=\d{3}(?!\d))")
@@ -111,58 +110,6 @@ def _prepare_text(text: str) -> str:
     if "°" in text or "degree" in text:
         text = _DEGREE_RE.sub(r"^\\circ", text)
     return text
-
-
-_ANSWER_IS_RE = re.compile(r"\banswer\W{0,4}(?:is\b|:|=)\s*:?", re.IGNORECASE)
-_NUMBER_RE = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?(?![\w])")
-_MATH_SPAN_RE = re.compile(r"\$\$?(?P<m>[^$]+?)\$\$?|\\\((?P<p>.+?)\\\)")
-
-
-def fallback_answer(text: str, mode: str) -> str | None:
-    """The answer a completion gives without ``\\boxed{}``, under an ``answer_fallback`` mode.
-
-    * ``"none"``: None (the reference: no answer without LaTeX extraction).
-    * ``"answer_is"``: the text after the last "the answer is" / "final answer:" / "Answer:" up to
-      the end of its line or sentence; the first ``$...$`` / ``\\(...\\)`` span in it if it has one.
-    * ``"last_number"``: the last number of the text (``-3``, ``1,000``, ``2.5``, ``3/4``).
-
-    Pure and cheap; the scorer uses it only when the normal extraction finds nothing.
-    """
-    if mode == "none":
-        return None
-    if mode == "answer_is":
-        found = None
-        for found in _ANSWER_IS_RE.finditer(text):
-            pass
-        if found is None:
-            return None
-        ans = text[found.end() :].split("\n", 1)[0]
-        span = _MATH_SPAN_RE.search(ans)
-        if span:
-            ans = span.group("m") or span.group("p") or ""
-        else:
-            ans = re.split(r"\.(?:\s|$)|;|\s+(?:so|because|since|which)\s+", ans, maxsplit=1)[0]
-        ans = ans.strip().strip("*").strip().rstrip(".,;:!").strip()
-        return ans or None
-    if mode == "last_number":
-        found = None
-        for found in _NUMBER_RE.finditer(text):
-            pass
-        return re.sub(r"[\s,]", "", found.group(0)) if found else None
-    raise ValueError(f"answer_fallback must be one of {', '.join(ANSWER_FALLBACKS)}, got {mode!r}")
-
-
-def has_boxed_answer(text: str) -> bool:
-    """True when ``text`` has a closed ``\\boxed{...}`` (or ``\\fbox{...}``) with something inside:
-    what the format reward pays for (an empty ``\\boxed{}`` or one never closed earns nothing)."""
-    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0 and text[m.end() : i - 1].strip(" \t\n$~"):
-            return True
-    return False
 
 
 def _check_fallback(mode: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from benchmarks.answers import ANSWER_FALLBACKS
 from harness.budget import BUDGET_UNITS, parse_budget  # noqa: F401  (re-exported: config users read budgets here)
 from harness.engines import engine_names
 from harness.io import atomic_write_text
@@ -46,8 +47,8 @@ class DataConfig:
                                          "answer within \\boxed{}.'. None = the model registry's; '' = none.")
     answer_fallback: str = _f("none", "How training rewards and evaluation read an answer a model did not box (used only when the normal "
                                       "\\boxed{}/LaTeX extraction finds none): none (the paper's scoring), answer_is ('the answer is X', "
-                                      "'Answer: X'), last_number (the completion's last number). README: 'Answer scoring'.")
-    # (its values: benchmarks.scoring.ANSWER_FALLBACKS, checked in validate)
+                                      "'Answer: X'), last_number (the completion's last number). README: 'Answer scoring'.",
+                              choices=ANSWER_FALLBACKS)
 
 
 ENGINE_CHOICES = engine_names()  # the engine registry is the only list
@@ -293,11 +294,9 @@ def validate(cfg: HarnessConfig) -> None:
     _check(all(0 < f < 1 for f in e.at_budget_fractions), f"eval.at_budget_fractions must lie strictly between 0 and 1, got {e.at_budget_fractions}")
     _check(all(v >= 1 for v in e.samples_per_benchmark.values()), "eval.samples_per_benchmark values must be >= 1")
     _check("name" in cfg.algorithm, "algorithm.name is required (e.g. grpo, repo:recent_k)")
-    from algorithms import resolve_algorithm  # here, not at the top: it imports torch, which `harness --help` need not wait for
-    from benchmarks.scoring import ANSWER_FALLBACKS  # (math-verify)
-
-    _check(cfg.data.answer_fallback in ANSWER_FALLBACKS,
-           f"data.answer_fallback: expected one of {', '.join(ANSWER_FALLBACKS)}, got {cfg.data.answer_fallback!r}")
+    from algorithms import (
+        resolve_algorithm,  # here, not at the top: it imports torch, which `harness --help` need not wait for
+    )
 
     resolve_algorithm(cfg.algorithm)  # raises ConfigError on unknown names/keys/inconsistencies
 
