@@ -1,5 +1,6 @@
 """Algorithm plug-ins (GRPO, RePO) and RePO's replay strategies, each registered by name."""
 
+from algorithms import grpo, repo  # noqa: F401  (importing a plug-in's module registers it)
 from algorithms.base import (  # noqa: F401
     Algorithm,
     available_algorithms,
@@ -8,6 +9,4 @@ from algorithms.base import (  # noqa: F401
     register_algorithm,
     resolve_algorithm,
 )
-from algorithms import grpo  # noqa: F401  (registers "grpo")
-from algorithms.replay_strategies import get_strategy, register_strategy, available_strategies  # noqa: F401,E402
-from algorithms import repo  # noqa: F401,E402  (registers "repo")
+from algorithms.replay_strategies import available_strategies, get_strategy, register_strategy  # noqa: F401

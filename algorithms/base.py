@@ -99,7 +99,9 @@ class Algorithm:
     #: ``*/min`` take the extreme). The trainer's multi-process reduction reads it; nothing else lists them.
     summed_metrics: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: Any, *, seed: int, max_completion_length: int, process_index: int = 0, num_processes: int = 1):
+    def __init__(
+        self, config: Any, *, seed: int, max_completion_length: int, process_index: int = 0, num_processes: int = 1
+    ):
         self.config = config
         self.seed = seed
         self.max_completion_length = max_completion_length  # dr_grpo's constant normaliser
@@ -146,7 +148,9 @@ class Algorithm:
         """Return the loss to backpropagate and metrics as name -> (numerator, denominator)."""
         raise NotImplementedError
 
-    def after_step(self, groups: list[RolloutGroup], batch: TrainBatch, behaviour_logprobs: list[np.ndarray], step: int) -> dict[str, float]:
+    def after_step(
+        self, groups: list[RolloutGroup], batch: TrainBatch, behaviour_logprobs: list[np.ndarray], step: int
+    ) -> dict[str, float]:
         """Called after the optimizer step with the pre-step log-probs of every batch row."""
         return {}
 
@@ -213,7 +217,9 @@ def resolve_algorithm(section: dict[str, Any]) -> tuple[type[Algorithm], Any]:
     valid = {f.name for f in fields(config)}
     for key, value in values.items():
         if key not in valid:
-            raise ConfigError(f"unknown config key 'algorithm.{key}' for algorithm '{name}'; valid keys: {', '.join(sorted(valid))}")
+            raise ConfigError(
+                f"unknown config key 'algorithm.{key}' for algorithm '{name}'; valid keys: {', '.join(sorted(valid))}"
+            )
         choices = cls.config_cls.__dataclass_fields__[key].metadata.get("choices")
         coerced = coerce(value, hints[key], f"algorithm.{key}")
         if choices and coerced not in choices:
@@ -229,6 +235,14 @@ def algorithm_config_dict(section: dict[str, Any]) -> dict[str, Any]:
     return {"name": section["name"], **dataclasses.asdict(config)}
 
 
-def create_algorithm(section: dict[str, Any], *, seed: int, max_completion_length: int, process_index: int = 0, num_processes: int = 1) -> Algorithm:
+def create_algorithm(
+    section: dict[str, Any], *, seed: int, max_completion_length: int, process_index: int = 0, num_processes: int = 1
+) -> Algorithm:
     cls, config = resolve_algorithm(section)
-    return cls(config, seed=seed, max_completion_length=max_completion_length, process_index=process_index, num_processes=num_processes)
+    return cls(
+        config,
+        seed=seed,
+        max_completion_length=max_completion_length,
+        process_index=process_index,
+        num_processes=num_processes,
+    )

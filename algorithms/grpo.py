@@ -30,13 +30,38 @@ Metrics = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (numerator, de
 
 @dataclass
 class GRPOConfig:
-    beta: float = field(default=0.0, metadata={"help": "KL coefficient to the reference model (k3 estimator). The paper uses 0: no reference model is loaded."})
-    epsilon_low: float = field(default=0.2, metadata={"help": "Lower clip: ratios below 1 - epsilon_low are clipped (paper: 0.2)."})
-    epsilon_high: float = field(default=0.2, metadata={"help": "Upper clip: ratios above 1 + epsilon_high are clipped (paper: 0.2; DAPO's clip-higher uses 0.28)."})
-    loss_type: str = field(default="grpo", metadata={"help": "Loss aggregation: grpo (token mean per sequence, then mean), bnpo (token mean over the batch), dr_grpo (sum / (rows x max_completion_length)).", "choices": LOSS_TYPES})
-    scale_rewards: bool = field(default=True, metadata={"help": "Divide group-centred rewards by the group's std (+ std_eps). Off = Dr. GRPO."})
-    std_eps: float = field(default=1e-4, metadata={"help": "Added to the group std before dividing (the reference uses 1e-4)."})
-    num_iterations: int = field(default=1, metadata={"help": "mu: optimizer steps taken on each generated batch (paper: 1, so the clip never binds)."})
+    beta: float = field(
+        default=0.0,
+        metadata={
+            "help": "KL coefficient to the reference model (k3 estimator). The paper uses 0: no reference model is loaded."
+        },
+    )
+    epsilon_low: float = field(
+        default=0.2, metadata={"help": "Lower clip: ratios below 1 - epsilon_low are clipped (paper: 0.2)."}
+    )
+    epsilon_high: float = field(
+        default=0.2,
+        metadata={
+            "help": "Upper clip: ratios above 1 + epsilon_high are clipped (paper: 0.2; DAPO's clip-higher uses 0.28)."
+        },
+    )
+    loss_type: str = field(
+        default="grpo",
+        metadata={
+            "help": "Loss aggregation: grpo (token mean per sequence, then mean), bnpo (token mean over the batch), dr_grpo (sum / (rows x max_completion_length)).",
+            "choices": LOSS_TYPES,
+        },
+    )
+    scale_rewards: bool = field(
+        default=True, metadata={"help": "Divide group-centred rewards by the group's std (+ std_eps). Off = Dr. GRPO."}
+    )
+    std_eps: float = field(
+        default=1e-4, metadata={"help": "Added to the group std before dividing (the reference uses 1e-4)."}
+    )
+    num_iterations: int = field(
+        default=1,
+        metadata={"help": "mu: optimizer steps taken on each generated batch (paper: 1, so the clip never binds)."},
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -60,7 +85,9 @@ def group_advantages(rewards: np.ndarray, scale_rewards: bool = True, std_eps: f
     return centred.astype(np.float32)
 
 
-def row_weights_for(loss_type: str, lengths: np.ndarray, max_completion_length: int, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def row_weights_for(
+    loss_type: str, lengths: np.ndarray, max_completion_length: int, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-row weights and sum/mean flags that make ``aggregate`` equal the named loss type.
 
     ``lengths`` are the completion lengths of the rows that form one normalisation group;
@@ -78,7 +105,13 @@ def row_weights_for(loss_type: str, lengths: np.ndarray, max_completion_length: 
     raise ConfigError(f"algorithm.loss_type: expected one of {', '.join(LOSS_TYPES)}, got {loss_type!r}")
 
 
-def clipped_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, epsilon_low: float, epsilon_high: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def clipped_token_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon_low: float,
+    epsilon_high: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO-clip per-token loss -min(r A, clip(r, 1-el, 1+eh) A) with r = exp(logp - old_logp).
 
     Returns (loss [B,T], ratio [B,T], clipped_low [B,T] bool, clipped_high [B,T] bool); a token is
@@ -105,7 +138,9 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
-def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, row_weights: torch.Tensor, token_sum: torch.Tensor) -> torch.Tensor:
+def aggregate(
+    token_loss: torch.Tensor, mask: torch.Tensor, row_weights: torch.Tensor, token_sum: torch.Tensor
+) -> torch.Tensor:
     """sum_rows weight_row * (sum or mean of the row's masked token losses)."""
     per_row_sum = (token_loss * mask).sum(dim=1)
     per_row_mean = per_row_sum / mask.sum(dim=1).clamp(min=1)
@@ -134,7 +169,11 @@ def masked_mean_parts(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.T
 class GRPO(Algorithm):
     name = "grpo"
     config_cls = GRPOConfig
-    summed_metrics = ("samples/nonzero_adv", "groups/on_policy_nonzero_var", "groups/replay_nonzero_var")  # counts (effective_step_metrics)
+    summed_metrics = (
+        "samples/nonzero_adv",
+        "groups/on_policy_nonzero_var",
+        "groups/replay_nonzero_var",
+    )  # counts (effective_step_metrics)
 
     @classmethod
     def validate_config(cls, config: GRPOConfig) -> None:
@@ -209,16 +248,24 @@ class GRPO(Algorithm):
         total, metrics, _ = self.clipped_loss(inputs)
         return total, metrics
 
-    def clipped_loss(self, inputs: LossInputs, terms: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, Metrics, tuple[torch.Tensor, ...]]:
+    def clipped_loss(
+        self, inputs: LossInputs, terms: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, Metrics, tuple[torch.Tensor, ...]]:
         """The clipped surrogate (+ beta x KL), its metrics, and (ratio, clip_low, clip_high) for more ratio metrics.
 
         ``terms`` (name -> bool row mask) splits the policy loss into one aggregate per subset of rows, each logged as
         ``loss/<name>``, that add up to ``loss/policy``; the KL then applies to the first term's rows. GRPO has one
         term (every row); RePO has two (on-policy rows and replayed rows)."""
         cfg = self.config
-        token_loss, ratio, clip_low, clip_high = clipped_token_loss(inputs.logprobs, inputs.old_logprobs, inputs.advantages, cfg.epsilon_low, cfg.epsilon_high)
+        token_loss, ratio, clip_low, clip_high = clipped_token_loss(
+            inputs.logprobs, inputs.old_logprobs, inputs.advantages, cfg.epsilon_low, cfg.epsilon_high
+        )
         token_loss = apply_is_weights(token_loss, inputs.is_weights)
-        weights = {"policy": inputs.row_weights} if terms is None else {n: inputs.row_weights * rows for n, rows in terms.items()}
+        weights = (
+            {"policy": inputs.row_weights}
+            if terms is None
+            else {n: inputs.row_weights * rows for n, rows in terms.items()}
+        )
         losses = {n: aggregate(token_loss, inputs.mask, w, inputs.token_sum) for n, w in weights.items()}
         policy_loss = functools.reduce(operator.add, losses.values())
         total = policy_loss
@@ -229,7 +276,9 @@ class GRPO(Algorithm):
             kl = kl_k3(inputs.logprobs, inputs.ref_logprobs)
             kl_loss = aggregate_kl(kl, inputs, next(iter(weights.values())))
             total = total + cfg.beta * kl_loss
-            metrics["kl/mean"] = masked_mean_parts(kl, inputs.mask if kl_rows is None else inputs.mask * kl_rows.unsqueeze(1))
+            metrics["kl/mean"] = masked_mean_parts(
+                kl, inputs.mask if kl_rows is None else inputs.mask * kl_rows.unsqueeze(1)
+            )
             metrics["loss/kl"] = (kl_loss.detach(), torch.tensor(1.0))
         one = torch.tensor(1.0)
         if terms is not None:
@@ -240,7 +289,9 @@ class GRPO(Algorithm):
         return total, metrics, (ratio, clip_low, clip_high)
 
 
-def ratio_metrics(ratio: torch.Tensor, clip_low: torch.Tensor, clip_high: torch.Tensor, mask: torch.Tensor, prefix: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def ratio_metrics(
+    ratio: torch.Tensor, clip_low: torch.Tensor, clip_high: torch.Tensor, mask: torch.Tensor, prefix: str
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Clip fractions and importance-ratio statistics over the masked tokens."""
     m = mask.bool()
     out = {

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from harness.io import atomic_write
-
 import numpy as np
+
+from harness.io import atomic_write
 
 __all__ = ["ReplayEntry", "ReplayBuffer"]
 

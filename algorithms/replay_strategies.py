@@ -79,10 +79,7 @@ def register_strategy(name: str, fn: Optional[StrategyFn] = None, *, override: b
         if not callable(f):
             raise TypeError(f"strategy {name!r} must be callable, got {type(f).__name__}")
         if name in _REGISTRY and not override and _REGISTRY[name] is not f:
-            raise ValueError(
-                f"replay strategy {name!r} is already registered; "
-                f"pass override=True to replace it"
-            )
+            raise ValueError(f"replay strategy {name!r} is already registered; pass override=True to replace it")
         _REGISTRY[name] = f
         return f
 
@@ -106,14 +103,11 @@ def get_strategy(name: str) -> StrategyFn:
         return _REGISTRY[name]
     except (KeyError, TypeError):
         raise UnknownStrategyError(
-            f"unknown replay strategy {name!r}; valid strategies: "
-            + ", ".join(available_strategies())
+            f"unknown replay strategy {name!r}; valid strategies: " + ", ".join(available_strategies())
         ) from None
 
 
-def select_indices(
-    strategy: "str | StrategyFn", rewards: Sequence[float], k: int, rng: random.Random
-) -> list[int]:
+def select_indices(strategy: "str | StrategyFn", rewards: Sequence[float], k: int, rng: random.Random) -> list[int]:
     """Run a strategy (by name or function) and validate its output.
 
     Checks that the result is a list of distinct ints in ``range(len(rewards))``;

@@ -38,15 +38,39 @@ from harness.schema import ConfigError
 
 @dataclass
 class RePOConfig(GRPOConfig):
-    strategy: str = field(default="highest_k", metadata={"help": f"Replay strategy: {', '.join(available_strategies())} or one registered with "
-                                                                 "algorithms.register_strategy (reference script default: highest_k; Qwen2.5-Math runs used recent_k)."})
-    num_replays: int = field(default=8, metadata={"help": "k: replayed completions per prompt (paper: 8). `all` ignores it."})
-    min_cache_to_replay: int = field(default=16, metadata={"help": "Replay a prompt only once its buffer holds this many entries (reference: 16, so replay starts in epoch 3 with G=8)."})
+    strategy: str = field(
+        default="highest_k",
+        metadata={
+            "help": f"Replay strategy: {', '.join(available_strategies())} or one registered with "
+            "algorithms.register_strategy (reference script default: highest_k; Qwen2.5-Math runs used recent_k)."
+        },
+    )
+    num_replays: int = field(
+        default=8, metadata={"help": "k: replayed completions per prompt (paper: 8). `all` ignores it."}
+    )
+    min_cache_to_replay: int = field(
+        default=16,
+        metadata={
+            "help": "Replay a prompt only once its buffer holds this many entries (reference: 16, so replay starts in epoch 3 with G=8)."
+        },
+    )
     max_cache_size: int = field(default=16, metadata={"help": "Per-prompt FIFO capacity (reference: 16)."})
-    adv_norm: str = field(default="split", metadata={"help": "split: replayed group normalised on its own (reference); mixed: one group of G+k.", "choices": ("split", "mixed")})
+    adv_norm: str = field(
+        default="split",
+        metadata={
+            "help": "split: replayed group normalised on its own (reference); mixed: one group of G+k.",
+            "choices": ("split", "mixed"),
+        },
+    )
     off_policy_loss_coef: float = field(default=1.0, metadata={"help": "Weight of the off-policy term (paper: 1.0)."})
-    loss_weighting: str = field(default="reference", metadata={"help": "reference: as the reference code (grpo/dr_grpo: both terms over all G+k rows, its implicit 1/2; bnpo: each term over its own tokens; "
-                                                                       "KL: one token mean over the fresh tokens); paper: each term over its own rows, KL like the on-policy term.", "choices": ("reference", "paper")})
+    loss_weighting: str = field(
+        default="reference",
+        metadata={
+            "help": "reference: as the reference code (grpo/dr_grpo: both terms over all G+k rows, its implicit 1/2; bnpo: each term over its own tokens; "
+            "KL: one token mean over the fresh tokens); paper: each term over its own rows, KL like the on-policy term.",
+            "choices": ("reference", "paper"),
+        },
+    )
 
 
 @register_algorithm
@@ -70,16 +94,22 @@ class RePO(GRPO):
     def validate_config(cls, c: RePOConfig) -> None:
         super().validate_config(c)
         if c.strategy not in available_strategies():
-            raise ConfigError(f"algorithm.strategy: unknown replay strategy '{c.strategy}'; available: {', '.join(available_strategies())}")
+            raise ConfigError(
+                f"algorithm.strategy: unknown replay strategy '{c.strategy}'; available: {', '.join(available_strategies())}"
+            )
         if c.max_cache_size < 1:
             raise ConfigError(f"algorithm.max_cache_size must be >= 1, got {c.max_cache_size}")
         if c.min_cache_to_replay < 1:
             raise ConfigError(f"algorithm.min_cache_to_replay must be >= 1, got {c.min_cache_to_replay}")
         if c.min_cache_to_replay > c.max_cache_size:
-            raise ConfigError(f"algorithm.min_cache_to_replay ({c.min_cache_to_replay}) > algorithm.max_cache_size ({c.max_cache_size}): the buffer can never "
-                              "hold enough entries, so replay would silently never happen (the reference code's defaults have this bug)")
+            raise ConfigError(
+                f"algorithm.min_cache_to_replay ({c.min_cache_to_replay}) > algorithm.max_cache_size ({c.max_cache_size}): the buffer can never "
+                "hold enough entries, so replay would silently never happen (the reference code's defaults have this bug)"
+            )
         if c.strategy not in ("none", "all") and not 1 <= c.num_replays <= c.max_cache_size:
-            raise ConfigError(f"algorithm.num_replays must be in [1, max_cache_size={c.max_cache_size}], got {c.num_replays}")
+            raise ConfigError(
+                f"algorithm.num_replays must be in [1, max_cache_size={c.max_cache_size}], got {c.num_replays}"
+            )
         if c.off_policy_loss_coef < 0:
             raise ConfigError(f"algorithm.off_policy_loss_coef must be >= 0, got {c.off_policy_loss_coef}")
 
@@ -105,7 +135,9 @@ class RePO(GRPO):
             if cfg.strategy == "none" or size < cfg.min_cache_to_replay:
                 continue
             stored = self.buffer.rewards(g.prompt_id)
-            picked = select_indices(self.select, stored.tolist(), min(size, cfg.num_replays), self.rng)  # a user strategy's output checked
+            picked = select_indices(
+                self.select, stored.tolist(), min(size, cfg.num_replays), self.rng
+            )  # a user strategy's output checked
             if not picked:
                 continue
             entries = self.buffer.get(g.prompt_id, list(picked))
@@ -114,7 +146,7 @@ class RePO(GRPO):
                 adv = group_advantages(rewards, cfg.scale_rewards, cfg.std_eps)
             else:  # mixed: one group of G + k, fresh advantages recomputed too
                 both = group_advantages(np.concatenate([g.rewards, rewards]), cfg.scale_rewards, cfg.std_eps)
-                on_adv[gi * G:(gi + 1) * G] = both[:G]
+                on_adv[gi * G : (gi + 1) * G] = both[:G]
                 adv = both[G:]
             off_signal[gi] = bool(np.any(adv != 0))
             for e, a in zip(entries, adv):
@@ -125,22 +157,32 @@ class RePO(GRPO):
                 off_group.append(gi)
                 off_version.append(e.policy_version)
                 staleness.append(g.policy_version - e.policy_version)
-        on_signal = on["group_has_signal"] if cfg.adv_norm == "split" else np.array([np.any(on_adv[i * G:(i + 1) * G] != 0) for i in range(len(groups))], dtype=bool)
+        on_signal = (
+            on["group_has_signal"]
+            if cfg.adv_norm == "split"
+            else np.array([np.any(on_adv[i * G : (i + 1) * G] != 0) for i in range(len(groups))], dtype=bool)
+        )
 
         n_on, n_off = len(on["completion_ids"]), len(off_completion)
         on_len = np.array([len(c) for c in on["completion_ids"]])
         off_len = np.array([len(c) for c in off_completion], dtype=np.int64)
         reference = cfg.loss_weighting == "reference"
-        if reference and cfg.loss_type != "bnpo":  # the reference's grpo / dr_grpo: one normaliser over all G+k rows of the batch
+        if (
+            reference and cfg.loss_type != "bnpo"
+        ):  # the reference's grpo / dr_grpo: one normaliser over all G+k rows of the batch
             w, ts = row_weights_for(cfg.loss_type, np.concatenate([on_len, off_len]), self.max_completion_length)
             w = w.copy()
             w[n_on:] *= cfg.off_policy_loss_coef
         else:  # each term over its own rows (paper); the reference's bnpo divides each term by its own token count
             w_on, ts_on = row_weights_for(cfg.loss_type, on_len, self.max_completion_length)
-            w_off, ts_off = row_weights_for(cfg.loss_type, off_len, self.max_completion_length, scale=cfg.off_policy_loss_coef)
+            w_off, ts_off = row_weights_for(
+                cfg.loss_type, off_len, self.max_completion_length, scale=cfg.off_policy_loss_coef
+            )
             w, ts = np.concatenate([w_on, w_off]), np.concatenate([ts_on, ts_off])
         kl_w = None  # paper: the KL is aggregated like the on-policy term (as in grpo)
-        if reference and cfg.beta > 0:  # the reference: one token mean of the KL over every fresh token, whatever the loss type
+        if (
+            reference and cfg.beta > 0
+        ):  # the reference: one token mean of the KL over every fresh token, whatever the loss type
             kl_w = np.concatenate([np.full(n_on, 1.0 / max(int(on_len.sum()), 1)), np.zeros(n_off)])
         batch = TrainBatch(
             prompt_ids=on["prompt_ids"] + off_prompt,
@@ -158,12 +200,14 @@ class RePO(GRPO):
         replayed = np.zeros(len(groups), dtype=bool)
         for gi in off_group:
             replayed[gi] = True
-        batch.metrics.update({
-            "replay/hit_rate": float(replayed.mean()) if len(groups) else 0.0,
-            "replay/rows": float(n_off),
-            "replay/staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
-            "replay/staleness_max": float(np.max(staleness)) if staleness else 0.0,
-        })
+        batch.metrics.update(
+            {
+                "replay/hit_rate": float(replayed.mean()) if len(groups) else 0.0,
+                "replay/rows": float(n_off),
+                "replay/staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
+                "replay/staleness_max": float(np.max(staleness)) if staleness else 0.0,
+            }
+        )
         return batch
 
     def rows_with_gradient(self, batch: TrainBatch) -> np.ndarray:
@@ -177,9 +221,11 @@ class RePO(GRPO):
             return []
         first = -(-cfg.min_cache_to_replay // num_generations) + 1
         if visits_per_prompt < first:
-            return [f"RePO replays a prompt from its visit {first} on (min_cache_to_replay {cfg.min_cache_to_replay}, G={num_generations}), but this run "
-                    f"visits each prompt ~{visits_per_prompt:.1f} times: it will train like GRPO. Train on fewer prompts (data.train_size), "
-                    f"for more steps, or lower algorithm.min_cache_to_replay."]
+            return [
+                f"RePO replays a prompt from its visit {first} on (min_cache_to_replay {cfg.min_cache_to_replay}, G={num_generations}), but this run "
+                f"visits each prompt ~{visits_per_prompt:.1f} times: it will train like GRPO. Train on fewer prompts (data.train_size), "
+                f"for more steps, or lower algorithm.min_cache_to_replay."
+            ]
         return []
 
     def rows_needing_logprobs(self, batch: TrainBatch) -> np.ndarray:
@@ -191,7 +237,9 @@ class RePO(GRPO):
         # GRPO's clipped loss with the rows split into two terms (the off-policy coefficient is inside the row weights;
         # the trainer gives replayed rows IS weight 1); the KL applies to the first term, the on-policy rows.
         is_on = inputs.source == 0
-        total, metrics, (ratio, clip_low, clip_high) = self.clipped_loss(inputs, {"on_policy": is_on, "off_policy": ~is_on})
+        total, metrics, (ratio, clip_low, clip_high) = self.clipped_loss(
+            inputs, {"on_policy": is_on, "off_policy": ~is_on}
+        )
         on_mask = inputs.mask * is_on.unsqueeze(1)
         off_mask = inputs.mask * (~is_on).unsqueeze(1)
         metrics.update(ratio_metrics(ratio, clip_low, clip_high, on_mask, prefix="on_"))
@@ -200,11 +248,19 @@ class RePO(GRPO):
         return total, metrics
 
     # -- buffer update --------------------------------------------------------------------------
-    def after_step(self, groups: list[RolloutGroup], batch: TrainBatch, behaviour_logprobs: list[np.ndarray], step: int) -> dict[str, float]:
+    def after_step(
+        self, groups: list[RolloutGroup], batch: TrainBatch, behaviour_logprobs: list[np.ndarray], step: int
+    ) -> dict[str, float]:
         if self.config.strategy != "none":
             G = len(groups[0].completion_ids) if groups else 0
             for gi, g in enumerate(groups):
-                self.buffer.add_many(g.prompt_id, g.completion_ids, behaviour_logprobs[gi * G:(gi + 1) * G], [float(r) for r in g.rewards], g.policy_version)
+                self.buffer.add_many(
+                    g.prompt_id,
+                    g.completion_ids,
+                    behaviour_logprobs[gi * G : (gi + 1) * G],
+                    [float(r) for r in g.rewards],
+                    g.policy_version,
+                )
         return {
             "replay/buffer_prompts": float(len(self.buffer)),
             "replay/buffer_entries": float(self.buffer.num_entries()),

@@ -55,11 +55,28 @@ def _status_kb(key: str) -> int:
     return value // 1024
 
 
-def model_config(vocab: int, hidden: int = 64, layers: int = 2, intermediate: int = 256, heads: int = 4, kv_heads: int = 2, arch: str | None = None):
+def model_config(
+    vocab: int,
+    hidden: int = 64,
+    layers: int = 2,
+    intermediate: int = 256,
+    heads: int = 4,
+    kv_heads: int = 2,
+    arch: str | None = None,
+):
     from transformers import AutoConfig
 
-    return AutoConfig.for_model(arch or ARCH.get(vocab, "qwen2"), vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                                num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096, tie_word_embeddings=True)
+    return AutoConfig.for_model(
+        arch or ARCH.get(vocab, "qwen2"),
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
 
 
 def child(spec: dict) -> dict:
@@ -73,8 +90,16 @@ def child(spec: dict) -> dict:
     torch.set_num_threads(spec.get("threads", 1))
     torch.manual_seed(0)
     base = _status_kb("VmRSS") * 1024
-    cfg = model_config(spec["vocab"], spec.get("hidden", 64), spec.get("layers", 2), spec.get("intermediate", 256), arch=spec.get("arch"))
-    model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, spec.get("dtype", "float32")), attn_implementation="sdpa")
+    cfg = model_config(
+        spec["vocab"],
+        spec.get("hidden", 64),
+        spec.get("layers", 2),
+        spec.get("intermediate", 256),
+        arch=spec.get("arch"),
+    )
+    model = AutoModelForCausalLM.from_config(
+        cfg, dtype=getattr(torch, spec.get("dtype", "float32")), attn_implementation="sdpa"
+    )
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for p in model.parameters():
@@ -108,7 +133,9 @@ def child(spec: dict) -> dict:
 
 def run_case(spec: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(spec.get("threads", 1)), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True, text=True, cwd=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True, text=True, cwd=str(ROOT)
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"case {spec} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -118,7 +145,9 @@ def full_path_fits(vocab: int, rows: int, length: int, available: float) -> tupl
     from harness.memory import arch_from_config, estimate_peak_memory
 
     arch = arch_from_config(model_config(vocab).to_dict())
-    need = estimate_peak_memory(arch, tokens=rows * (PROMPT + length), completion_tokens=rows * (length + 1), chunk_size=0)["total"]
+    need = estimate_peak_memory(
+        arch, tokens=rows * (PROMPT + length), completion_tokens=rows * (length + 1), chunk_size=0
+    )["total"]
     return need <= 0.7 * available, need
 
 
@@ -134,16 +163,29 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--length", type=int, default=1024, help="completion tokens per row (the prompt adds 16)")
     ap.add_argument("--vocabs", default="151936,49152")
-    ap.add_argument("--chunk", type=int, default=DEFAULT_CHUNK_SIZE, help="tokens per log-prob chunk (default: train.logprob_chunk_size's)")
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=DEFAULT_CHUNK_SIZE,
+        help="tokens per log-prob chunk (default: train.logprob_chunk_size's)",
+    )
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-guard", action="store_true", help="run the requested rows even if the full path looks too big for this machine")
+    ap.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="run the requested rows even if the full path looks too big for this machine",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
-    gb = lambda b: f"{b / 1e9:7.2f}"
-    print(f"one training step, {args.length} completion + {PROMPT} prompt tokens per row, float32, chunk {args.chunk} tokens; peak = process VmHWM, step = peak - RSS before the step")
+    def gb(b: float) -> str:
+        return f"{b / 1e9:7.2f}"
+
+    print(
+        f"one training step, {args.length} completion + {PROMPT} prompt tokens per row, float32, chunk {args.chunk} tokens; peak = process VmHWM, step = peak - RSS before the step"
+    )
     print(f"{'V':>8s} {'arch':6s} {'rows':>4s} {'path':8s} {'peak GB':>8s} {'step GB':>8s} {'time s':>7s}")
     ratios = {}
     for vocab in [int(v) for v in args.vocabs.split(",") if v.strip()]:
@@ -152,16 +194,24 @@ def main() -> None:
             fits, need = full_path_fits(vocab, rows, args.length, mem_available())
             if fits:
                 break
-            print(f"  (V={vocab}: the full path at {rows} rows needs ~{need / 1e9:.1f} GB, more than 70% of the {mem_available() / 1e9:.1f} GB available: halving the rows)")
+            print(
+                f"  (V={vocab}: the full path at {rows} rows needs ~{need / 1e9:.1f} GB, more than 70% of the {mem_available() / 1e9:.1f} GB available: halving the rows)"
+            )
             rows //= 2
         res = {}
         for path, chunk in (("full", 0), ("chunked", args.chunk)):
             r = run_case({"vocab": vocab, "rows": rows, "length": args.length, "chunk": chunk, "threads": args.threads})
             res[path] = r
-            print(f"{vocab:8d} {ARCH.get(vocab, 'qwen2'):6s} {rows:4d} {path:8s} {gb(r['peak'])} {gb(r['peak'] - r['pre_step'])} {r['seconds']:7.1f}", flush=True)
+            print(
+                f"{vocab:8d} {ARCH.get(vocab, 'qwen2'):6s} {rows:4d} {path:8s} {gb(r['peak'])} {gb(r['peak'] - r['pre_step'])} {r['seconds']:7.1f}",
+                flush=True,
+            )
         ratios[vocab] = res["chunked"]["peak"] / res["full"]["peak"]
-        print(f"  V={vocab}: chunked/full {ratios[vocab]:.3f} (step only: {(res['chunked']['peak'] - res['chunked']['pre_step']) / (res['full']['peak'] - res['full']['pre_step']):.3f}); "
-              f"loss full {res['full']['loss']:.6f} vs chunked {res['chunked']['loss']:.6f}", flush=True)
+        print(
+            f"  V={vocab}: chunked/full {ratios[vocab]:.3f} (step only: {(res['chunked']['peak'] - res['chunked']['pre_step']) / (res['full']['peak'] - res['full']['pre_step']):.3f}); "
+            f"loss full {res['full']['loss']:.6f} vs chunked {res['chunked']['loss']:.6f}",
+            flush=True,
+        )
     worst = max(ratios, key=ratios.get)
     print(f"worst vocabulary: V={worst} (the ratio below is the highest over {', '.join(str(v) for v in ratios)})")
     print(f"memory ratio chunked/full: {ratios[worst]:.2f}")

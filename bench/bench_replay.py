@@ -68,8 +68,10 @@ def bench_max_variance(seed: int) -> None:
     print("== max_variance_k: O(n log n) exact vs brute force over combinations ==")
     rng = random.Random(seed)
     for n, k in [(16, 8), (256, 128)]:
-        for label, draw in [("rewards in {0,0.5,1}", lambda: rng.choice([0.0, 0.5, 1.0])),
-                            ("uniform float rewards", rng.random)]:
+        for label, draw in [
+            ("rewards in {0,0.5,1}", lambda: rng.choice([0.0, 0.5, 1.0])),
+            ("uniform float rewards", rng.random),
+        ]:
             rewards = [draw() for _ in range(n)]
             fast = time_call(lambda: max_variance_k(rewards, k, rng))
             n_sub = math.comb(n, k)
@@ -80,16 +82,21 @@ def bench_max_variance(seed: int) -> None:
                 brute = time.perf_counter() - t0
                 got = max_variance_k(rewards, k, rng)
                 assert got == ref, (got, ref)
-                line += (f" | brute force over C({n},{k})={n_sub:,} subsets: {fmt_t(brute)}/call"
-                         f" ({brute / fast:,.0f}x slower, same answer)")
+                line += (
+                    f" | brute force over C({n},{k})={n_sub:,} subsets: {fmt_t(brute)}/call"
+                    f" ({brute / fast:,.0f}x slower, same answer)"
+                )
             else:
-                line += (f" | brute force SKIPPED: C({n},{k}) = {n_sub:.3e} subsets "
-                         f"({len(str(n_sub))} digits), infeasible to enumerate")
+                line += (
+                    f" | brute force SKIPPED: C({n},{k}) = {n_sub:.3e} subsets "
+                    f"({len(str(n_sub))} digits), infeasible to enumerate"
+                )
             print(line)
 
 
-def fill_buffer(n_prompts: int, n_entries: int, mean_len: int, max_cache: int, seed: int,
-                jitter: float = 0.5) -> tuple[ReplayBuffer, float]:
+def fill_buffer(
+    n_prompts: int, n_entries: int, mean_len: int, max_cache: int, seed: int, jitter: float = 0.5
+) -> tuple[ReplayBuffer, float]:
     rng = np.random.default_rng(seed)
     lo, hi = max(1, int(mean_len * (1 - jitter))), int(mean_len * (1 + jitter))
     buf = ReplayBuffer(max_cache)
@@ -100,15 +107,18 @@ def fill_buffer(n_prompts: int, n_entries: int, mean_len: int, max_cache: int, s
         ids = rng.integers(0, 151_000, size=total, dtype=np.int32)
         lps = -rng.exponential(0.7, size=total).astype(np.float32)
         cuts = np.cumsum(lengths)[:-1]
-        buf.add_many(f"prompt-{p:06d}", np.split(ids, cuts), np.split(lps, cuts),
-                     rng.integers(0, 3, size=n_entries) / 2, 0)
+        buf.add_many(
+            f"prompt-{p:06d}", np.split(ids, cuts), np.split(lps, cuts), rng.integers(0, 3, size=n_entries) / 2, 0
+        )
     return buf, time.perf_counter() - t0
 
 
 def bench_buffer(seed: int) -> None:
     print("\n== ReplayBuffer bytes per stored token ==")
-    print("(nbytes = stored array bytes: int32 ids + float32 logprobs per token, "
-          "int32 length + float64 reward + int64 version per entry)")
+    print(
+        "(nbytes = stored array bytes: int32 ids + float32 logprobs per token, "
+        "int32 length + float64 reward + int64 version per entry)"
+    )
     cases = [
         ("realistic: 1,024 prompts x 16 entries x ~300 tokens", 1024, 16, 300, 16),
         ("tiny model: 1 prompt x 16 entries x 12 tokens", 1, 16, 12, 16),
@@ -117,18 +127,27 @@ def bench_buffer(seed: int) -> None:
         jitter = 0.5 if mean_len > 12 else 0.0
         buf, secs = fill_buffer(n_prompts, n_entries, mean_len, cache, seed, jitter)
         print(f"{label}:")
-        print(f"   entries={buf.num_entries():,} tokens={buf.num_tokens():,} "
-              f"nbytes={buf.nbytes():,} ({buf.nbytes() / 2**20:.1f} MiB), fill {fmt_t(secs)}")
-        print(f"   bytes/token = {buf.bytes_per_token():.3f} (arrays); "
-              f"{buf.bytes_per_token(include_overhead=True):.3f} incl. Python object overhead")
+        print(
+            f"   entries={buf.num_entries():,} tokens={buf.num_tokens():,} "
+            f"nbytes={buf.nbytes():,} ({buf.nbytes() / 2**20:.1f} MiB), fill {fmt_t(secs)}"
+        )
+        print(
+            f"   bytes/token = {buf.bytes_per_token():.3f} (arrays); "
+            f"{buf.bytes_per_token(include_overhead=True):.3f} incl. Python object overhead"
+        )
         # FIFO eviction steady state: one more round of adds on a full buffer
         if n_prompts > 1:
             rng = np.random.default_rng(seed + 1)
             t0 = time.perf_counter()
             for p in range(n_prompts):
                 ln = int(rng.integers(150, 451))
-                buf.add(f"prompt-{p:06d}", rng.integers(0, 151_000, size=ln, dtype=np.int32),
-                        np.zeros(ln, np.float32), 1.0, 1)
+                buf.add(
+                    f"prompt-{p:06d}",
+                    rng.integers(0, 151_000, size=ln, dtype=np.int32),
+                    np.zeros(ln, np.float32),
+                    1.0,
+                    1,
+                )
             dt = (time.perf_counter() - t0) / n_prompts
             print(f"   add() with eviction on a full 16-entry prompt: {fmt_t(dt)}/call")
 

@@ -94,8 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     # (math-verify/sympy memoise parses); the Scorer's first call also starts workers.
     warm_comps, warm_golds = make_items(min(args.n, 200), seed=3, n_pathological=0)
     chars = sum(map(len, comps))
-    print(f"{args.n} items, {chars / 1e6:.1f} M chars, {args.pathological} pathological, "
-          f"timeout {args.timeout:g}s, os.cpu_count()={os.cpu_count()}")
+    print(
+        f"{args.n} items, {chars / 1e6:.1f} M chars, {args.pathological} pathological, "
+        f"timeout {args.timeout:g}s, os.cpu_count()={os.cpu_count()}"
+    )
 
     for c, g in zip(warm_comps, warm_golds):
         score(c, g, timeout_s=args.timeout)
@@ -123,11 +125,15 @@ def main(argv: list[str] | None = None) -> None:
         workers = scorer.num_workers
 
     mismatch = sum(a != b.reward for a, b in zip(seq, par))
-    print(f"accuracy: {sum(seq) / len(seq):.3f} (sequential), {sum(r.reward for r in par) / len(par):.3f} (batch); "
-          f"{mismatch} sequential/batch disagreements")
+    print(
+        f"accuracy: {sum(seq) / len(seq):.3f} (sequential), {sum(r.reward for r in par) / len(par):.3f} (batch); "
+        f"{mismatch} sequential/batch disagreements"
+    )
     print(f"reasons (batch): {_count(r.reason for r in par)}; scorer stats: {stats}")
-    print(f"Scorer start-up: first batch of {len(warm_comps)} took {t_cold:.2f}s "
-          f"(starting {workers} workers), not counted below")
+    print(
+        f"Scorer start-up: first batch of {len(warm_comps)} took {t_cold:.2f}s "
+        f"(starting {workers} workers), not counted below"
+    )
     n, nr = len(comps), len(regular)
     print(f"-- all {n} items (each pathological one costs ~timeout) --")
     print(f"sequential score():  {t_seq:7.2f}s  {n / t_seq:8.1f} items/s")

@@ -42,7 +42,6 @@ earlier one).
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import statistics
@@ -142,13 +141,46 @@ def run_ours(model_dir: str, schedule: list[list[dict]], warmup: int, seed: int,
     total = len(schedule)
     layer = {
         "model": {"name": model_dir, "dtype": "float32"},
-        "algorithm": {"name": "grpo", "beta": BETA, "epsilon_low": EPSILON, "epsilon_high": EPSILON, "loss_type": "grpo", "scale_rewards": True, "num_iterations": 1},
-        "data": {"train": TRAIN_SET, "train_size": TRAIN_SIZE, "max_prompt_length": MAX_PROMPT, "shuffle_seed": SHUFFLE_SEED,
-                 "system_prompt": "", "prompt_suffix": PROMPT_SUFFIX, "answer_fallback": ANSWER_FALLBACK},
-        "generation": {"engine": "hf", "num_generations": G, "max_completion_length": MAX_COMPLETION, "temperature": TEMPERATURE, "top_k": TOP_K, "top_p": TOP_P},
-        "train": {"seed": seed, "prompts_per_step": PROMPTS_PER_STEP, "max_steps": total, "learning_rate": LR, "lr_scheduler": "cosine", "warmup_ratio": WARMUP_RATIO,
-                  "max_grad_norm": MAX_GRAD_NORM, "micro_batch_size": 0, "format_reward_weight": FORMAT_REWARD, "save_every": 0, "log_completions_every": 0,
-                  "output_dir": str(Path(workdir) / "ours" / "{run_name}")},
+        "algorithm": {
+            "name": "grpo",
+            "beta": BETA,
+            "epsilon_low": EPSILON,
+            "epsilon_high": EPSILON,
+            "loss_type": "grpo",
+            "scale_rewards": True,
+            "num_iterations": 1,
+        },
+        "data": {
+            "train": TRAIN_SET,
+            "train_size": TRAIN_SIZE,
+            "max_prompt_length": MAX_PROMPT,
+            "shuffle_seed": SHUFFLE_SEED,
+            "system_prompt": "",
+            "prompt_suffix": PROMPT_SUFFIX,
+            "answer_fallback": ANSWER_FALLBACK,
+        },
+        "generation": {
+            "engine": "hf",
+            "num_generations": G,
+            "max_completion_length": MAX_COMPLETION,
+            "temperature": TEMPERATURE,
+            "top_k": TOP_K,
+            "top_p": TOP_P,
+        },
+        "train": {
+            "seed": seed,
+            "prompts_per_step": PROMPTS_PER_STEP,
+            "max_steps": total,
+            "learning_rate": LR,
+            "lr_scheduler": "cosine",
+            "warmup_ratio": WARMUP_RATIO,
+            "max_grad_norm": MAX_GRAD_NORM,
+            "micro_batch_size": 0,
+            "format_reward_weight": FORMAT_REWARD,
+            "save_every": 0,
+            "log_completions_every": 0,
+            "output_dir": str(Path(workdir) / "ours" / "{run_name}"),
+        },
         "eval": {"before_training": False, "after_training": False, "every_steps": 0},
         "tracking": {"enabled": False},
     }
@@ -185,15 +217,29 @@ def run_ours(model_dir: str, schedule: list[list[dict]], warmup: int, seed: int,
         }
         phases["forward_loss"] = m["time/train_s"] - phases["backward"] - phases["clip_opt"]
         phases["other"] = wall - sum(phases.values())
-        steps.append({
-            "wall": wall, "phases": phases, "internal_step_s": m["time/step_s"],
-            "completions": len(lengths), "gen_tokens": sum(lengths), "mean_len": m["completion/mean_length"],
-            "truncated": m["completion/truncated_frac"], "prompt_tokens": m["tokens/prompt"], "reward": m["reward/mean"],
-            "cache_hits": tr.scorer.stats["cache_hits"] - hits0["cache_hits"], "scored": tr.scorer.stats["scored"] - hits0["scored"],
-        })
+        steps.append(
+            {
+                "wall": wall,
+                "phases": phases,
+                "internal_step_s": m["time/step_s"],
+                "completions": len(lengths),
+                "gen_tokens": sum(lengths),
+                "mean_len": m["completion/mean_length"],
+                "truncated": m["completion/truncated_frac"],
+                "prompt_tokens": m["tokens/prompt"],
+                "reward": m["reward/mean"],
+                "cache_hits": tr.scorer.stats["cache_hits"] - hits0["cache_hits"],
+                "scored": tr.scorer.stats["scored"] - hits0["scored"],
+            }
+        )
     prompt_ids = [tr.encode(r["problem"])[0] for r in schedule[0]]
-    info = {"eos_ids": eos_ids, "pad_id": tr.tokenizer.pad_token_id, "threads": torch.get_num_threads(), "first_prompt_ids": prompt_ids,
-            "scorer_workers": tr.scorer.num_workers}
+    info = {
+        "eos_ids": eos_ids,
+        "pad_id": tr.tokenizer.pad_token_id,
+        "threads": torch.get_num_threads(),
+        "first_prompt_ids": prompt_ids,
+        "scorer_workers": tr.scorer.num_workers,
+    }
     del tr
     return {"steps": steps[warmup:], "warmup_steps": steps[:warmup], "info": info}
 
@@ -225,13 +271,18 @@ def run_trl(model_dir: str, schedule: list[list[dict]], warmup: int, seed: int, 
 
     def accuracy(completions, answer, **kw):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [score(t, a, answer_fallback=ANSWER_FALLBACK) + FORMAT_REWARD * has_boxed_answer(t) for t, a in zip(texts, answer)]
+        return [
+            score(t, a, answer_fallback=ANSWER_FALLBACK) + FORMAT_REWARD * has_boxed_answer(t)
+            for t, a in zip(texts, answer)
+        ]
 
     class TimedGRPOTrainer(GRPOTrainer):
         """GRPOTrainer with timers around the phases; behaviour unchanged."""
 
         def _generate_and_score_completions(self, inputs):
-            seen_prompts.append([x["prompt"][-1]["content"][:len(x["prompt"][-1]["content"]) - len(PROMPT_SUFFIX)] for x in inputs])
+            seen_prompts.append(
+                [x["prompt"][-1]["content"][: len(x["prompt"][-1]["content"]) - len(PROMPT_SUFFIX)] for x in inputs]
+            )
             return timer.wrap(super()._generate_and_score_completions, "rollout_total")(inputs)
 
         def _generate_single_turn(self, prompt_ids, *a, **kw):
@@ -240,8 +291,14 @@ def run_trl(model_dir: str, schedule: list[list[dict]], warmup: int, seed: int, 
             completion_ids = out[0]
             eos = set(self.eos_token_ids)
             lengths = [len(c) for c in completion_ids]
-            gen_stats.append({"completions": len(lengths), "gen_tokens": sum(lengths), "mean_len": sum(lengths) / max(len(lengths), 1),
-                              "truncated": sum(1 for c in completion_ids if not c or c[-1] not in eos) / max(len(lengths), 1)})
+            gen_stats.append(
+                {
+                    "completions": len(lengths),
+                    "gen_tokens": sum(lengths),
+                    "mean_len": sum(lengths) / max(len(lengths), 1),
+                    "truncated": sum(1 for c in completion_ids if not c or c[-1] not in eos) / max(len(lengths), 1),
+                }
+            )
             return out
 
         def _calculate_rewards(self, *a, **kw):
@@ -283,7 +340,13 @@ def run_trl(model_dir: str, schedule: list[list[dict]], warmup: int, seed: int, 
 
     tok = load_tokenizer(model_dir)
     model = load_model(model_dir, "float32")
-    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["problem"] + PROMPT_SUFFIX}], "answer": r["answer"]} for step in schedule for r in step])
+    ds = Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": r["problem"] + PROMPT_SUFFIX}], "answer": r["answer"]}
+            for step in schedule
+            for r in step
+        ]
+    )
     args = GRPOConfig(
         output_dir=str(Path(workdir) / "trl"),
         # one optimizer step = one generation batch of 16 prompts x 8 completions, used once
@@ -293,28 +356,63 @@ def run_trl(model_dir: str, schedule: list[list[dict]], warmup: int, seed: int, 
         num_iterations=1,
         num_generations=G,
         max_completion_length=MAX_COMPLETION,
-        temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, min_p=None, repetition_penalty=1.0,
-        beta=BETA, epsilon=EPSILON, epsilon_high=EPSILON, loss_type="grpo", scale_rewards="group", importance_sampling_level="token",
-        mask_truncated_completions=False, top_entropy_quantile=1.0, entropy_coef=0.0,
-        use_vllm=False, use_transformers_continuous_batching=False, vllm_importance_sampling_correction=False,
-        learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=math.ceil(WARMUP_RATIO * total), weight_decay=0.0,
-        adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=MAX_GRAD_NORM,
+        temperature=TEMPERATURE,
+        top_k=TOP_K,
+        top_p=TOP_P,
+        min_p=None,
+        repetition_penalty=1.0,
+        beta=BETA,
+        epsilon=EPSILON,
+        epsilon_high=EPSILON,
+        loss_type="grpo",
+        scale_rewards="group",
+        importance_sampling_level="token",
+        mask_truncated_completions=False,
+        top_entropy_quantile=1.0,
+        entropy_coef=0.0,
+        use_vllm=False,
+        use_transformers_continuous_batching=False,
+        vllm_importance_sampling_correction=False,
+        learning_rate=LR,
+        lr_scheduler_type="cosine",
+        warmup_steps=math.ceil(WARMUP_RATIO * total),
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        max_grad_norm=MAX_GRAD_NORM,
         optim="adamw_torch",  # ours: torch.optim.AdamW (TRL's default here would be adamw_torch_fused)
-        max_steps=total, seed=seed, shuffle_dataset=False,  # prompts in our sampler's order
-        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
-        report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, log_completions=False,
-        dataloader_num_workers=0, dataloader_pin_memory=False, remove_unused_columns=False,
+        max_steps=total,
+        seed=seed,
+        shuffle_dataset=False,  # prompts in our sampler's order
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        log_completions=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        remove_unused_columns=False,
     )
     clock = StepClock()
-    trainer = TimedGRPOTrainer(model=model, reward_funcs=[accuracy], args=args, train_dataset=ds, processing_class=tok, callbacks=[clock])
+    trainer = TimedGRPOTrainer(
+        model=model, reward_funcs=[accuracy], args=args, train_dataset=ds, processing_class=tok, callbacks=[clock]
+    )
     trainer.accelerator.backward = timer.wrap(trainer.accelerator.backward, "backward")
-    trainer.remove_callback(PrinterCallback)  # its per-step log dicts would clutter the table (logging itself still runs)
+    trainer.remove_callback(
+        PrinterCallback
+    )  # its per-step log dicts would clutter the table (logging itself still runs)
     eos_ids = sorted(trainer.eos_token_ids)
     threads = torch.get_num_threads()
     trainer.train()
 
     if len(steps) != total or len(gen_stats) != total:
-        raise RuntimeError(f"TRL ran {len(steps)} steps / {len(gen_stats)} generations, expected {total} of each (a generation per step)")
+        raise RuntimeError(
+            f"TRL ran {len(steps)} steps / {len(gen_stats)} generations, expected {total} of each (a generation per step)"
+        )
     out_steps = []
     for k, (s, g) in enumerate(zip(steps, gen_stats)):
         uniq = list(dict.fromkeys(seen_prompts[k]))
@@ -335,9 +433,18 @@ def run_trl(model_dir: str, schedule: list[list[dict]], warmup: int, seed: int, 
     trl_len = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
     # the prompt token ids TRL generated from (each prompt repeated G times in its batch)
     first_ids = seen_prompt_ids[0][::G]
-    info = {"eos_ids": eos_ids, "pad_id": trainer._tokenizer.pad_token_id, "threads": threads, "first_prompt_ids": first_ids,
-            "trl_step_time": trl_step_time[warmup:], "trl_logged_mean_len": trl_len[warmup:],
-            "generation_config": {k: getattr(trainer.generation_config, k) for k in ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id")}}
+    info = {
+        "eos_ids": eos_ids,
+        "pad_id": trainer._tokenizer.pad_token_id,
+        "threads": threads,
+        "first_prompt_ids": first_ids,
+        "trl_step_time": trl_step_time[warmup:],
+        "trl_logged_mean_len": trl_len[warmup:],
+        "generation_config": {
+            k: getattr(trainer.generation_config, k)
+            for k in ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id")
+        },
+    }
     del trainer
     return {"steps": out_steps[warmup:], "warmup_steps": out_steps[:warmup], "info": info}
 
@@ -356,21 +463,53 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per side before the timed ones")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--model", default=None, help="model dir or registry name, e.g. smollm2-135m-gguf (its prepared folder and its prompt "
-                    "suffix are used on both sides); default: the quick warm-started tiny model, built if missing")
-    ap.add_argument("--prompts-per-step", type=int, default=PROMPTS_PER_STEP, help=f"prompts per step (default {PROMPTS_PER_STEP})")
-    ap.add_argument("--temperature", type=float, default=TEMPERATURE, help=f"sampling temperature (default {TEMPERATURE})")
-    ap.add_argument("--train-set", default=TRAIN_SET, help=f"training prompts (default {TRAIN_SET}; e.g. dm_comparison__pair for SmolLM2)")
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="model dir or registry name, e.g. smollm2-135m-gguf (its prepared folder and its prompt "
+        "suffix are used on both sides); default: the quick warm-started tiny model, built if missing",
+    )
+    ap.add_argument(
+        "--prompts-per-step", type=int, default=PROMPTS_PER_STEP, help=f"prompts per step (default {PROMPTS_PER_STEP})"
+    )
+    ap.add_argument(
+        "--temperature", type=float, default=TEMPERATURE, help=f"sampling temperature (default {TEMPERATURE})"
+    )
+    ap.add_argument(
+        "--train-set",
+        default=TRAIN_SET,
+        help=f"training prompts (default {TRAIN_SET}; e.g. dm_comparison__pair for SmolLM2)",
+    )
     ap.add_argument("--lr", type=float, default=LR, help=f"learning rate (default {LR})")
-    ap.add_argument("--answer-fallback", default=ANSWER_FALLBACK, choices=("none", "answer_is", "last_number"),
-                    help="answer extraction fallback on both sides (default none; the SmolLM2 preset uses answer_is)")
-    ap.add_argument("--format-reward", type=float, default=FORMAT_REWARD, help="format reward weight on both sides (default 0; SmolLM2 preset 0.2)")
-    ap.add_argument("--cache-dir", default=None, help="tiny-model cache (default $HARNESS_CACHE or ~/.cache/rl-harness)")
+    ap.add_argument(
+        "--answer-fallback",
+        default=ANSWER_FALLBACK,
+        choices=("none", "answer_is", "last_number"),
+        help="answer extraction fallback on both sides (default none; the SmolLM2 preset uses answer_is)",
+    )
+    ap.add_argument(
+        "--format-reward",
+        type=float,
+        default=FORMAT_REWARD,
+        help="format reward weight on both sides (default 0; SmolLM2 preset 0.2)",
+    )
+    ap.add_argument(
+        "--cache-dir", default=None, help="tiny-model cache (default $HARNESS_CACHE or ~/.cache/rl-harness)"
+    )
     ap.add_argument("--first", choices=("ours", "trl"), default="ours", help="which side runs first (in round 1)")
-    ap.add_argument("--max-completion", type=int, default=MAX_COMPLETION,
-                    help=f"max new tokens per completion (default {MAX_COMPLETION}; the tiny model's worked answers need up to ~28, so use 32 "
-                         "with --model of a `harness models build tiny` model for non-zero rewards, i.e. groups that carry gradient)")
-    ap.add_argument("--rounds", type=int, default=1, help="repeat the whole comparison, alternating which side goes first; the table pools all rounds' timed steps")
+    ap.add_argument(
+        "--max-completion",
+        type=int,
+        default=MAX_COMPLETION,
+        help=f"max new tokens per completion (default {MAX_COMPLETION}; the tiny model's worked answers need up to ~28, so use 32 "
+        "with --model of a `harness models build tiny` model for non-zero rewards, i.e. groups that carry gradient)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the whole comparison, alternating which side goes first; the table pools all rounds' timed steps",
+    )
     args = ap.parse_args()
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1 or args.max_completion < 1:
         ap.error("--steps, --rounds and --max-completion must be >= 1 and --warmup >= 0")
@@ -397,14 +536,25 @@ def main() -> None:
     else:
         from harness.tiny_model import TinyBuildConfig, build_tiny_model
 
-        model_dir = str(build_tiny_model(TinyBuildConfig(max_steps=30, eval_every=30, target_min_acc=0.0), cache_dir=args.cache_dir, check_band=False, progress=False))
+        model_dir = str(
+            build_tiny_model(
+                TinyBuildConfig(max_steps=30, eval_every=30, target_min_acc=0.0),
+                cache_dir=args.cache_dir,
+                check_band=False,
+                progress=False,
+            )
+        )
     total = args.warmup + args.steps
     schedule = prompt_schedule(total)
     print(f"model: {model_dir}")
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, threads {args.threads}, cpus {os.cpu_count()}")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, threads {args.threads}, cpus {os.cpu_count()}"
+    )
     print(f"prompt suffix (both sides): {PROMPT_SUFFIX!r}; train set {TRAIN_SET}")
-    print(f"settings: {PROMPTS_PER_STEP} prompts x G={G} per step, max_completion {MAX_COMPLETION}, T={TEMPERATURE} top_k={TOP_K} top_p={TOP_P}, "
-          f"beta={BETA} eps={EPSILON} loss=grpo scale=group mu=1, lr {LR}, fp32, HF generate; warm-up {args.warmup}, timed {args.steps}")
+    print(
+        f"settings: {PROMPTS_PER_STEP} prompts x G={G} per step, max_completion {MAX_COMPLETION}, T={TEMPERATURE} top_k={TOP_K} top_p={TOP_P}, "
+        f"beta={BETA} eps={EPSILON} loss=grpo scale=group mu=1, lr {LR}, fp32, HF generate; warm-up {args.warmup}, timed {args.steps}"
+    )
     load_before = load_avg()
     print(f"load average before: {load_before}")
 
@@ -418,7 +568,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 fn = run_ours if side == "ours" else run_trl
                 results[side] = fn(model_dir, schedule, args.warmup, args.seed, str(Path(workdir) / f"r{rnd}"))
-                print(f"[round {rnd + 1} {side}] done in {time.perf_counter() - t0:.1f}s (incl. set-up and warm-up); load average: {load_avg()}")
+                print(
+                    f"[round {rnd + 1} {side}] done in {time.perf_counter() - t0:.1f}s (incl. set-up and warm-up); load average: {load_avg()}"
+                )
             results["order"] = order
             per_round.append(results)
     load_after = load_avg()
@@ -429,8 +581,11 @@ def main() -> None:
             out["steps"] += r[side]["steps"]
             out["warmup_steps"] += r[side]["warmup_steps"]
         if len(per_round) > 1:
-            out["info"] = {**out["info"], "trl_step_time": [x for r in per_round for x in r[side]["info"].get("trl_step_time", [])],
-                           "trl_logged_mean_len": [x for r in per_round for x in r[side]["info"].get("trl_logged_mean_len", [])]}
+            out["info"] = {
+                **out["info"],
+                "trl_step_time": [x for r in per_round for x in r[side]["info"].get("trl_step_time", [])],
+                "trl_logged_mean_len": [x for r in per_round for x in r[side]["info"].get("trl_logged_mean_len", [])],
+            }
         return out
 
     ours, theirs = pooled("ours"), pooled("trl")
@@ -439,8 +594,12 @@ def main() -> None:
     print(f"eos ids: ours {oi['eos_ids']}  TRL {ti['eos_ids']};  pad id: ours {oi['pad_id']}  TRL {ti['pad_id']}")
     print(f"TRL generation config: {ti['generation_config']}")
     same_ids = oi["first_prompt_ids"] == ti["first_prompt_ids"]
-    print(f"prompt token ids of step 1 identical on both sides: {same_ids}  (max prompt length {max(len(p) for p in oi['first_prompt_ids'])} <= {MAX_PROMPT}: no truncation)")
-    print(f"torch threads during run: ours {oi['threads']}  TRL {ti['threads']};  our scorer workers: {oi['scorer_workers']}")
+    print(
+        f"prompt token ids of step 1 identical on both sides: {same_ids}  (max prompt length {max(len(p) for p in oi['first_prompt_ids'])} <= {MAX_PROMPT}: no truncation)"
+    )
+    print(
+        f"torch threads during run: ours {oi['threads']}  TRL {ti['threads']};  our scorer workers: {oi['scorer_workers']}"
+    )
     if not same_ids:
         print("WARNING: the two sides tokenised the prompts differently")
 
@@ -451,7 +610,9 @@ def main() -> None:
         return mean([s["phases"][key] for s in side["steps"]])
 
     ow, tw = col(ours, "wall"), col(theirs, "wall")
-    print(f"\n== seconds per step ({args.steps} timed steps after {args.warmup} warm-up, x {args.rounds} round(s); load avg before {load_before}, after {load_after}) ==")
+    print(
+        f"\n== seconds per step ({args.steps} timed steps after {args.warmup} warm-up, x {args.rounds} round(s); load avg before {load_before}, after {load_after}) =="
+    )
     w = 28
     print(f"{'':{w}s} {'ours':>9s} {'TRL':>9s} {'ours/TRL':>9s}")
 
@@ -464,30 +625,54 @@ def main() -> None:
     row("s/step (min)", min(ow), min(tw))
     for key, label in PHASES:
         row(f"  {label}", ph(ours, key), ph(theirs, key))
-    row("  = train (fwd+bwd+opt)", ph(ours, "forward_loss") + ph(ours, "backward") + ph(ours, "clip_opt"),
-        ph(theirs, "forward_loss") + ph(theirs, "backward") + ph(theirs, "clip_opt"))
+    row(
+        "  = train (fwd+bwd+opt)",
+        ph(ours, "forward_loss") + ph(ours, "backward") + ph(ours, "clip_opt"),
+        ph(theirs, "forward_loss") + ph(theirs, "backward") + ph(theirs, "clip_opt"),
+    )
     print()
     row("completions/step", mean(col(ours, "completions")), mean(col(theirs, "completions")), "{:9.1f}", ratio=False)
     row("generated tokens/step", mean(col(ours, "gen_tokens")), mean(col(theirs, "gen_tokens")), "{:9.1f}", ratio=False)
     row("mean completion length", mean(col(ours, "mean_len")), mean(col(theirs, "mean_len")), "{:9.2f}", ratio=False)
     row("truncated fraction", mean(col(ours, "truncated")), mean(col(theirs, "truncated")), "{:9.3f}", ratio=False)
     row("mean reward", mean(col(ours, "reward")), mean(col(theirs, "reward")), "{:9.3f}", ratio=False)
+
     def fmt(xs, spec="{:.3f}"):
         return " ".join(spec.format(x) for x in xs)
 
-    print(f"\nper-step s (ours): {fmt(ow)}   [trainer's own time/step_s: {fmt(s['internal_step_s'] for s in ours['steps'])}]")
-    print(f"per-step s (TRL) : {fmt(tw)}   [on_step_begin->end: {fmt(s['inner'] for s in theirs['steps'])}; TRL's own step_time log: {fmt(ti['trl_step_time'])}]")
-    print(f"warm-up step s: ours {fmt(s['wall'] for s in ours['warmup_steps'])}  TRL {fmt(s['wall'] for s in theirs['warmup_steps'])} (TRL's includes dataloader start-up)")
+    print(
+        f"\nper-step s (ours): {fmt(ow)}   [trainer's own time/step_s: {fmt(s['internal_step_s'] for s in ours['steps'])}]"
+    )
+    print(
+        f"per-step s (TRL) : {fmt(tw)}   [on_step_begin->end: {fmt(s['inner'] for s in theirs['steps'])}; TRL's own step_time log: {fmt(ti['trl_step_time'])}]"
+    )
+    print(
+        f"warm-up step s: ours {fmt(s['wall'] for s in ours['warmup_steps'])}  TRL {fmt(s['wall'] for s in theirs['warmup_steps'])} (TRL's includes dataloader start-up)"
+    )
     hits = " ".join(f"{s['scored']}+{s['cache_hits']}" for s in ours["steps"])
-    print(f"our scorer per step (scored in workers + served from its cache): {hits}; TRL scores all {G * PROMPTS_PER_STEP} in-process, sequentially")
+    print(
+        f"our scorer per step (scored in workers + served from its cache): {hits}; TRL scores all {G * PROMPTS_PER_STEP} in-process, sequentially"
+    )
     print(f"TRL's logged completions/mean_length: {fmt(ti['trl_logged_mean_len'], '{:.2f}')}")
     if len(per_round) > 1:
-        rr = [mean([x["wall"] for x in r["ours"]["steps"]]) / mean([x["wall"] for x in r["trl"]["steps"]]) for r in per_round]
-        print("ours/TRL per round: " + "  ".join(f"{x:.2f} ({'ours' if r['order'][0] == 'ours' else 'TRL'} first)" for x, r in zip(rr, per_round))
-              + f"; median {statistics.median(rr):.2f}")
+        rr = [
+            mean([x["wall"] for x in r["ours"]["steps"]]) / mean([x["wall"] for x in r["trl"]["steps"]])
+            for r in per_round
+        ]
+        print(
+            "ours/TRL per round: "
+            + "  ".join(
+                f"{x:.2f} ({'ours' if r['order'][0] == 'ours' else 'TRL'} first)" for x, r in zip(rr, per_round)
+            )
+            + f"; median {statistics.median(rr):.2f}"
+        )
     ratio = mean(ow) / mean(tw)
-    goal = 0.6 if PROMPT_SUFFIX or (args.model and not Path(args.model).exists()) else 0.67  # issue 10: <= 0.6x on SmolLM2; tiny: <= 0.67x
-    print(f"\nours/TRL time per step = {ratio:.2f} (goal <= {goal}): {'MET' if ratio <= goal else 'NOT met'}; load average after: {load_after}")
+    goal = (
+        0.6 if PROMPT_SUFFIX or (args.model and not Path(args.model).exists()) else 0.67
+    )  # issue 10: <= 0.6x on SmolLM2; tiny: <= 0.67x
+    print(
+        f"\nours/TRL time per step = {ratio:.2f} (goal <= {goal}): {'MET' if ratio <= goal else 'NOT met'}; load average after: {load_after}"
+    )
 
 
 if __name__ == "__main__":

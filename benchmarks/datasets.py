@@ -89,7 +89,7 @@ def expand_benchmarks(spec: str | Iterable[str]) -> list[str]:
     for item in (str(i).strip() for i in items):
         if not item:
             continue
-        for name in (PAPER_BENCHMARKS if item.lower() in ("all", "paper") else (item,)):
+        for name in PAPER_BENCHMARKS if item.lower() in ("all", "paper") else (item,):
             if name not in out:
                 out.append(name)
     return out
@@ -128,62 +128,156 @@ class SourceSpec:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "hub_id": self.hub_id, "config": self.config, "split": self.split,
-            "problem": " | ".join(self.problem_fields), "answer": f"{' | '.join(self.answer_fields)} ({self.answer_rule})",
-            "id": " | ".join(self.id_fields) or "row index", "schema_verified": self.schema_verified,
-            "reference": self.reference, "notes": self.notes,
+            "hub_id": self.hub_id,
+            "config": self.config,
+            "split": self.split,
+            "problem": " | ".join(self.problem_fields),
+            "answer": f"{' | '.join(self.answer_fields)} ({self.answer_rule})",
+            "id": " | ".join(self.id_fields) or "row index",
+            "schema_verified": self.schema_verified,
+            "reference": self.reference,
+            "notes": self.notes,
         }
 
 
-BENCHMARKS: dict[str, SourceSpec] = {s.name: s for s in [
-    SourceSpec("math500", "HuggingFaceH4/MATH-500", "test", id_fields=("unique_id",),
-               columns=("problem", "solution", "answer", "subject", "level", "unique_id"),
-               reference="problem -> problem, answer -> answer"),
-    SourceSpec("amc23", "math-ai/amc23", "test", problem_fields=("question", "problem"), id_fields=("id",),
-               answer_rule="number", columns=("id", "question", "answer", "url"),
-               reference="question -> problem, answer -> answer",
-               notes="Answer may be stored as a number (27.0): written as '27'. Column names from memory; unverified."),
-    SourceSpec("olympiadbench", "zwhe99/simplerl-OlympiadBench", "test", problem_fields=("question",),
-               answer_fields=("final_answer",), id_fields=("id",), answer_rule="first_of_list",
-               columns=("id", "question", "solution", "final_answer", "context", "modality", "difficulty",
-                        "is_multiple_answer", "unit", "answer_type", "error", "question_type", "subfield", "subject", "language"),
-               reference="problem = ' '.join(solution) (the worked SOLUTION as the prompt: an answer leak if "
-                         "`solution` is the usual SimpleRL list of solution texts), answer = final_answer[0]",
-               notes="We use the real question (`question`) and final_answer[0]. The reference's problem field is "
-                     "available as benchmark 'olympiadbench_reference' only to reproduce its numbers. `unit` is ignored "
-                     "(as in the reference). Schema (SimpleRL-Zoo OlympiadBench) unverified here."),
-    SourceSpec("minerva", "zwhe99/simplerl-minerva-math", "test", problem_fields=("problem", "question"),
-               answer_fields=("answer", "solution"), id_fields=("idx", "id"), answer_rule="answer_or_last_boxed",
-               columns=("problem", "solution", "type", "idx"),
-               reference="not recorded in paper.md (presumably problem -> problem, answer -> answer)",
-               notes="SimpleRL-Zoo/Qwen2.5-Math minerva_math rows may have no `answer` column: then the gold is the last "
-                     "\\boxed{} of `solution`. Which field was used is recorded by `harness data prepare`. Unverified."),
-    SourceSpec("aime24", "HuggingFaceH4/aime_2024", "train", id_fields=("id",), answer_rule="number",
-               columns=("id", "problem", "solution", "answer", "url", "year"),
-               reference="problem -> problem, answer -> answer (split 'train': the only split)"),
-    SourceSpec("aime25", "math-ai/aime25", "test", problem_fields=("problem", "question"), id_fields=("id",),
-               answer_rule="number", columns=("problem", "answer", "id"),
-               reference="problem -> problem, answer -> answer"),
-    SourceSpec("gsm8k", "openai/gsm8k", "test", config="main", problem_fields=("question",), answer_rule="gsm8k",
-               columns=("question", "answer"),
-               reference="question -> problem, answer.split('####')[-1].strip() -> answer",
-               notes="Gold = text after '####', thousands separators removed ('1,000' -> '1000')."),
-    SourceSpec("olympiadbench_reference", "zwhe99/simplerl-OlympiadBench", "test", problem_fields=("solution",),
-               answer_fields=("final_answer",), id_fields=("id",), answer_rule="first_of_list", raw_from="olympiadbench",
-               reference="exactly the reference: problem = ' '.join(solution), answer = final_answer[0]",
-               notes="NOT a valid benchmark if `solution` holds worked solutions (the answer is in the prompt). Only for "
-                     "reproducing the reference's OlympiadBench numbers; never part of 'all'."),
-]}
+BENCHMARKS: dict[str, SourceSpec] = {
+    s.name: s
+    for s in [
+        SourceSpec(
+            "math500",
+            "HuggingFaceH4/MATH-500",
+            "test",
+            id_fields=("unique_id",),
+            columns=("problem", "solution", "answer", "subject", "level", "unique_id"),
+            reference="problem -> problem, answer -> answer",
+        ),
+        SourceSpec(
+            "amc23",
+            "math-ai/amc23",
+            "test",
+            problem_fields=("question", "problem"),
+            id_fields=("id",),
+            answer_rule="number",
+            columns=("id", "question", "answer", "url"),
+            reference="question -> problem, answer -> answer",
+            notes="Answer may be stored as a number (27.0): written as '27'. Column names from memory; unverified.",
+        ),
+        SourceSpec(
+            "olympiadbench",
+            "zwhe99/simplerl-OlympiadBench",
+            "test",
+            problem_fields=("question",),
+            answer_fields=("final_answer",),
+            id_fields=("id",),
+            answer_rule="first_of_list",
+            columns=(
+                "id",
+                "question",
+                "solution",
+                "final_answer",
+                "context",
+                "modality",
+                "difficulty",
+                "is_multiple_answer",
+                "unit",
+                "answer_type",
+                "error",
+                "question_type",
+                "subfield",
+                "subject",
+                "language",
+            ),
+            reference="problem = ' '.join(solution) (the worked SOLUTION as the prompt: an answer leak if "
+            "`solution` is the usual SimpleRL list of solution texts), answer = final_answer[0]",
+            notes="We use the real question (`question`) and final_answer[0]. The reference's problem field is "
+            "available as benchmark 'olympiadbench_reference' only to reproduce its numbers. `unit` is ignored "
+            "(as in the reference). Schema (SimpleRL-Zoo OlympiadBench) unverified here.",
+        ),
+        SourceSpec(
+            "minerva",
+            "zwhe99/simplerl-minerva-math",
+            "test",
+            problem_fields=("problem", "question"),
+            answer_fields=("answer", "solution"),
+            id_fields=("idx", "id"),
+            answer_rule="answer_or_last_boxed",
+            columns=("problem", "solution", "type", "idx"),
+            reference="not recorded in paper.md (presumably problem -> problem, answer -> answer)",
+            notes="SimpleRL-Zoo/Qwen2.5-Math minerva_math rows may have no `answer` column: then the gold is the last "
+            "\\boxed{} of `solution`. Which field was used is recorded by `harness data prepare`. Unverified.",
+        ),
+        SourceSpec(
+            "aime24",
+            "HuggingFaceH4/aime_2024",
+            "train",
+            id_fields=("id",),
+            answer_rule="number",
+            columns=("id", "problem", "solution", "answer", "url", "year"),
+            reference="problem -> problem, answer -> answer (split 'train': the only split)",
+        ),
+        SourceSpec(
+            "aime25",
+            "math-ai/aime25",
+            "test",
+            problem_fields=("problem", "question"),
+            id_fields=("id",),
+            answer_rule="number",
+            columns=("problem", "answer", "id"),
+            reference="problem -> problem, answer -> answer",
+        ),
+        SourceSpec(
+            "gsm8k",
+            "openai/gsm8k",
+            "test",
+            config="main",
+            problem_fields=("question",),
+            answer_rule="gsm8k",
+            columns=("question", "answer"),
+            reference="question -> problem, answer.split('####')[-1].strip() -> answer",
+            notes="Gold = text after '####', thousands separators removed ('1,000' -> '1000').",
+        ),
+        SourceSpec(
+            "olympiadbench_reference",
+            "zwhe99/simplerl-OlympiadBench",
+            "test",
+            problem_fields=("solution",),
+            answer_fields=("final_answer",),
+            id_fields=("id",),
+            answer_rule="first_of_list",
+            raw_from="olympiadbench",
+            reference="exactly the reference: problem = ' '.join(solution), answer = final_answer[0]",
+            notes="NOT a valid benchmark if `solution` holds worked solutions (the answer is in the prompt). Only for "
+            "reproducing the reference's OlympiadBench numbers; never part of 'all'.",
+        ),
+    ]
+}
 
-TRAIN_SETS: dict[str, SourceSpec] = {s.name: s for s in [
-    SourceSpec("deepmath", "zwhe99/DeepMath-103K", "train", problem_fields=("question",), answer_fields=("final_answer",),
-               columns=("question", "final_answer", "difficulty", "topic", "r1_solution_1", "r1_solution_2", "r1_solution_3"),
-               extra_fields=("r1_solution_1",),
-               reference="seed-42 shuffle, first 1,024 rows; reward gold = r1_solution_1 (the full R1 solution), "
-                         "final_answer stored but unused",
-               notes="Default gold = final_answer (the data set's answer). 'deepmath_r1' uses r1_solution_1 as the "
-                     "reference does (math-verify then picks an answer out of a long solution: mis-extraction possible)."),
-]}
+TRAIN_SETS: dict[str, SourceSpec] = {
+    s.name: s
+    for s in [
+        SourceSpec(
+            "deepmath",
+            "zwhe99/DeepMath-103K",
+            "train",
+            problem_fields=("question",),
+            answer_fields=("final_answer",),
+            columns=(
+                "question",
+                "final_answer",
+                "difficulty",
+                "topic",
+                "r1_solution_1",
+                "r1_solution_2",
+                "r1_solution_3",
+            ),
+            extra_fields=("r1_solution_1",),
+            reference="seed-42 shuffle, first 1,024 rows; reward gold = r1_solution_1 (the full R1 solution), "
+            "final_answer stored but unused",
+            notes="Default gold = final_answer (the data set's answer). 'deepmath_r1' uses r1_solution_1 as the "
+            "reference does (math-verify then picks an answer out of a long solution: mis-extraction possible).",
+        ),
+    ]
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,7 +325,7 @@ def last_boxed(text: str) -> str | None:
         elif text[j] == "}":
             depth -= 1
             if depth == 0:
-                return text[i + 1:j].strip()
+                return text[i + 1 : j].strip()
     return None
 
 
@@ -277,19 +371,29 @@ def normalize_row(spec: SourceSpec, raw: dict, index: int, where: str = "") -> d
     loc = f"{spec.name}{(' (' + where + ')') if where else ''}, row {index}"
     pf, problem = _pick(raw, spec.problem_fields)
     if pf is None:
-        raise DatasetError(f"{loc}: no problem field (expected one of {list(spec.problem_fields)}; the row has {sorted(raw)})")
+        raise DatasetError(
+            f"{loc}: no problem field (expected one of {list(spec.problem_fields)}; the row has {sorted(raw)})"
+        )
     af, ans = _pick(raw, spec.answer_fields)
     if af is None:
-        raise DatasetError(f"{loc}: no answer field (expected one of {list(spec.answer_fields)}; the row has {sorted(raw)})")
+        raise DatasetError(
+            f"{loc}: no answer field (expected one of {list(spec.answer_fields)}; the row has {sorted(raw)})"
+        )
     try:
         answer = ANSWER_RULES[spec.answer_rule](ans, af)
     except ValueError as e:
-        raise DatasetError(f"{loc}: cannot read the answer from field '{af}' with rule '{spec.answer_rule}': {e}") from None
+        raise DatasetError(
+            f"{loc}: cannot read the answer from field '{af}' with rule '{spec.answer_rule}': {e}"
+        ) from None
     if not answer.strip():
         raise DatasetError(f"{loc}: empty answer from field '{af}' (rule '{spec.answer_rule}')")
     _, rid = _pick(raw, spec.id_fields) if spec.id_fields else (None, None)
-    row: dict[str, Any] = {"id": str(rid) if rid is not None else f"{spec.name}-{index}", "problem": _join_if_list(problem).strip(),
-                           "answer": answer.strip(), "benchmark": spec.name}
+    row: dict[str, Any] = {
+        "id": str(rid) if rid is not None else f"{spec.name}-{index}",
+        "problem": _join_if_list(problem).strip(),
+        "answer": answer.strip(),
+        "benchmark": spec.name,
+    }
     for f in spec.extra_fields:
         if raw.get(f) is not None:
             row[f] = str(raw[f])
@@ -375,8 +479,10 @@ def read_records(path: str | os.PathLike) -> list[dict]:
 
 
 def _not_utf8(p: Path, lineno: int, e: UnicodeDecodeError, column: int) -> DatasetError:
-    return DatasetError(f"{p}:{lineno}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at byte {column + 1} of the line); "
-                        f"data files must be UTF-8: re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+    return DatasetError(
+        f"{p}:{lineno}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at byte {column + 1} of the line); "
+        f"data files must be UTF-8: re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    )
 
 
 def _read_utf8(p: Path) -> str:
@@ -413,14 +519,20 @@ def _read_jsonl_records(p: Path) -> list[dict]:
 
 def _files_in(folder: Path, split: str) -> list[Path]:
     """Data files under ``folder`` (recursively), preferring those whose path names ``split``."""
-    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in RAW_SUFFIXES and not f.name.endswith(".meta.json"))
+    files = sorted(
+        f
+        for f in folder.rglob("*")
+        if f.is_file() and f.suffix.lower() in RAW_SUFFIXES and not f.name.endswith(".meta.json")
+    )
     named = [f for f in files if re.search(rf"(^|[/\\._-]){re.escape(split)}([/\\._-]|$)", str(f.relative_to(folder)))]
     return named or files
 
 
-def find_local_source(name: str, split: str, data_dir: str | os.PathLike | None = None, *, include_default: bool = True) -> list[Path]:
+def find_local_source(
+    name: str, split: str, data_dir: str | os.PathLike | None = None, *, include_default: bool = True
+) -> list[Path]:
     """Files holding data set ``name`` in the data directories (first directory that has any)."""
-    for d in (_data_dirs(data_dir) if include_default else [Path(data_dir)] if data_dir else []):
+    for d in _data_dirs(data_dir) if include_default else [Path(data_dir)] if data_dir else []:
         for suffix in RAW_SUFFIXES:
             f = d / f"{name}{suffix}"
             if f.is_file():
@@ -454,7 +566,14 @@ def load_jsonl(path: str | Path, benchmark: str | None = None) -> list[Row]:
         for key in ("problem", "answer"):
             if not isinstance(obj.get(key), (str, int, float)) or str(obj.get(key)).strip() == "":
                 raise DatasetError(f"{p}:{lineno}: field '{key}' is missing or empty (expected a non-empty string)")
-        rows.append({"id": str(obj.get("id", f"{name}-{lineno - 1}")), "problem": str(obj["problem"]), "answer": _number_text(obj["answer"]), "benchmark": name})
+        rows.append(
+            {
+                "id": str(obj.get("id", f"{name}-{lineno - 1}")),
+                "problem": str(obj["problem"]),
+                "answer": _number_text(obj["answer"]),
+                "benchmark": name,
+            }
+        )
     if not rows:
         raise DatasetError(f"{p}: no rows found (expected JSONL with 'problem' and 'answer' fields)")
     ids = [r["id"] for r in rows]
@@ -468,7 +587,9 @@ def load_jsonl(path: str | Path, benchmark: str | None = None) -> list[Row]:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 #: Seconds the hub reachability probe waits (DNS + TCP connect) before calling the hub unreachable.
@@ -484,8 +605,16 @@ def _hub_unreachable() -> str | None:
     import socket
     from urllib.parse import urlparse
 
-    proxy = next((os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(v)), None)
-    url = urlparse(proxy if proxy and "://" in proxy else f"http://{proxy}" if proxy else os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    proxy = next(
+        (os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(v)), None
+    )
+    url = urlparse(
+        proxy
+        if proxy and "://" in proxy
+        else f"http://{proxy}"
+        if proxy
+        else os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    )
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
     key = f"{host}:{port}"
     if key not in _hub_probe:
@@ -499,8 +628,13 @@ def _hub_unreachable() -> str | None:
 
 def _hf_cache_dirs() -> list[Path]:
     """Where ``datasets`` / ``huggingface_hub`` keep downloaded data sets (from the environment; nothing imported)."""
-    home = Path(os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
-    return [Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets"), Path(os.environ.get("HF_HUB_CACHE") or home / "hub")]
+    home = Path(
+        os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    )
+    return [
+        Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets"),
+        Path(os.environ.get("HF_HUB_CACHE") or home / "hub"),
+    ]
 
 
 def in_hf_cache(hub_id: str) -> bool:
@@ -540,7 +674,9 @@ class _forced_hf_offline:
             m.HF_HUB_OFFLINE = v
 
 
-def fetch_from_hub(spec: SourceSpec, *, shuffle_seed: int | None = None, size: int | None = None, info: dict | None = None) -> list[dict]:
+def fetch_from_hub(
+    spec: SourceSpec, *, shuffle_seed: int | None = None, size: int | None = None, info: dict | None = None
+) -> list[dict]:
     """Raw rows of ``spec`` from the hub via ``datasets`` (uses and fills the HF cache).
 
     With ``shuffle_seed``: ``Dataset.shuffle(seed)`` then the first ``size`` rows, as the reference
@@ -551,7 +687,9 @@ def fetch_from_hub(spec: SourceSpec, *, shuffle_seed: int | None = None, size: i
     try:
         import datasets
     except ImportError:
-        raise DatasetError(f"'{spec.name}' needs the `datasets` package to download from the hub (pip install datasets)") from None
+        raise DatasetError(
+            f"'{spec.name}' needs the `datasets` package to download from the hub (pip install datasets)"
+        ) from None
     if unreachable is None:
         ds = datasets.load_dataset(spec.hub_id, spec.config, split=spec.split)
     else:  # no network: only the HF cache can serve it; offline mode fails at once instead of ~50 s of retries
@@ -559,10 +697,17 @@ def fetch_from_hub(spec: SourceSpec, *, shuffle_seed: int | None = None, size: i
             with _forced_hf_offline():
                 ds = datasets.load_dataset(spec.hub_id, spec.config, split=spec.split)
         except Exception as e:  # noqa: BLE001
-            raise DatasetError(f"the Hugging Face hub cannot be reached ({unreachable}) and the HF cache has no copy "
-                               f"({type(e).__name__})") from e
+            raise DatasetError(
+                f"the Hugging Face hub cannot be reached ({unreachable}) and the HF cache has no copy "
+                f"({type(e).__name__})"
+            ) from e
     if info is not None:
-        info.update(columns=list(ds.column_names), num_rows=len(ds), fingerprint=getattr(ds, "_fingerprint", None), datasets_version=datasets.__version__)
+        info.update(
+            columns=list(ds.column_names),
+            num_rows=len(ds),
+            fingerprint=getattr(ds, "_fingerprint", None),
+            datasets_version=datasets.__version__,
+        )
     wanted = set(spec.problem_fields + spec.answer_fields + spec.id_fields + spec.extra_fields)
     cols = set(ds.column_names)
     if cols & set(spec.problem_fields) and cols & set(spec.answer_fields) and len(cols) > len(cols & wanted):
@@ -594,7 +739,9 @@ def _not_available(spec: SourceSpec, kind: str, data_dir, reason: str) -> Datase
     )
 
 
-def load_source(spec: SourceSpec, data_dir: str | os.PathLike | None = None, kind: str = "benchmark") -> tuple[list[dict], str]:
+def load_source(
+    spec: SourceSpec, data_dir: str | os.PathLike | None = None, kind: str = "benchmark"
+) -> tuple[list[dict], str]:
     """Raw (or prepared) rows of ``spec`` and a description of where they came from."""
     files = find_local_source(spec.name, spec.split, data_dir)
     if not files and spec.raw_from:
@@ -605,8 +752,10 @@ def load_source(spec: SourceSpec, data_dir: str | os.PathLike | None = None, kin
             recs.extend(read_records(f))
         where = ", ".join(str(f) for f in files)
         if spec.raw_from and recs and _is_normalised(recs[0], spec.raw_from):
-            raise DatasetError(f"{kind} '{spec.name}' needs the source rows of {spec.hub_id}, but {where} holds prepared '{spec.raw_from}' rows; "
-                               f"run `harness data prepare --benchmarks {spec.name}` or put the source files in <data-dir>/{spec.raw_from}/")
+            raise DatasetError(
+                f"{kind} '{spec.name}' needs the source rows of {spec.hub_id}, but {where} holds prepared '{spec.raw_from}' rows; "
+                f"run `harness data prepare --benchmarks {spec.name}` or put the source files in <data-dir>/{spec.raw_from}/"
+            )
         return recs, where
     if (why := _hub_precheck(spec)) is not None:
         raise _not_available(spec, kind, data_dir, why)
@@ -630,7 +779,9 @@ def _champ_file() -> Path:
 
     spec = importlib.util.find_spec("champ_dataset")  # locate without importing (no side effects)
     if spec is None or not spec.submodule_search_locations:
-        raise DatasetError("benchmark 'champ' needs the champ-dataset package (pip install champ-dataset; MIT, offline)")
+        raise DatasetError(
+            "benchmark 'champ' needs the champ-dataset package (pip install champ-dataset; MIT, offline)"
+        )
     f = Path(list(spec.submodule_search_locations)[0]) / "dataset_files" / "v0.json"
     if not f.is_file():
         raise DatasetError(f"benchmark 'champ': {f} not found in the champ-dataset package")
@@ -661,15 +812,19 @@ def load_champ() -> list[Row]:
     """
     from benchmarks.golds import normalize_gold
 
-    return [{"id": pid, "problem": text, "answer": normalize_gold(ans), "answer_original": ans, "benchmark": "champ"}
-            for pid, text, ans, _ in _champ_rows()]
+    return [
+        {"id": pid, "problem": text, "answer": normalize_gold(ans), "answer_original": ans, "benchmark": "champ"}
+        for pid, text, ans, _ in _champ_rows()
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
 # DeepMath training set
 
 
-def _load_deepmath(size: int | None = None, seed: int = 42, data_dir: str | os.PathLike | None = None, gold: str = "final_answer") -> list[Row]:
+def _load_deepmath(
+    size: int | None = None, seed: int = 42, data_dir: str | os.PathLike | None = None, gold: str = "final_answer"
+) -> list[Row]:
     """The reference's DeepMath subset: ``shuffle(seed)`` of the train split, first ``size`` rows.
 
     Sources, in order: a prepared ``deepmath.jsonl`` (+ ``deepmath.meta.json`` recording the seed and
@@ -681,7 +836,9 @@ def _load_deepmath(size: int | None = None, seed: int = 42, data_dir: str | os.P
     name = "deepmath_r1" if gold == "r1_solution_1" else "deepmath"
     files = find_local_source("deepmath", spec.split, data_dir)
     if files:
-        meta_file = files[0].with_name("deepmath.meta.json") if len(files) == 1 and files[0].stem == "deepmath" else None
+        meta_file = (
+            files[0].with_name("deepmath.meta.json") if len(files) == 1 and files[0].stem == "deepmath" else None
+        )
         meta = json.loads(meta_file.read_text()) if meta_file is not None and meta_file.is_file() else None
         recs: list[dict] = []
         for f in files:
@@ -689,15 +846,21 @@ def _load_deepmath(size: int | None = None, seed: int = 42, data_dir: str | os.P
         where = ", ".join(str(f) for f in files)
         if meta and meta.get("subset"):  # a prepared subset: already shuffled with meta["seed"]
             if meta.get("seed") != seed:
-                raise DatasetError(f"{where} holds the DeepMath subset drawn with seed {meta.get('seed')}, but seed {seed} was asked for; "
-                                   f"run `harness data prepare --train-sets deepmath --seed {seed}` (or prepare the full set with --train-size all)")
+                raise DatasetError(
+                    f"{where} holds the DeepMath subset drawn with seed {meta.get('seed')}, but seed {seed} was asked for; "
+                    f"run `harness data prepare --train-sets deepmath --seed {seed}` (or prepare the full set with --train-size all)"
+                )
             if size is None or size > len(recs):
-                raise DatasetError(f"{where} holds {len(recs)} DeepMath prompts, {size or 'all'} were asked for; "
-                                   f"run `harness data prepare --train-sets deepmath --train-size {size or 'all'} --seed {seed}`")
+                raise DatasetError(
+                    f"{where} holds {len(recs)} DeepMath prompts, {size or 'all'} were asked for; "
+                    f"run `harness data prepare --train-sets deepmath --train-size {size or 'all'} --seed {seed}`"
+                )
             chosen = recs[:size]
         elif meta is None and recs and _is_normalised(recs[0], "deepmath"):
-            raise DatasetError(f"{where} is a prepared DeepMath file without its deepmath.meta.json (which records the seed and size "
-                               f"it was drawn with); re-run `harness data prepare --train-sets deepmath --seed {seed}`")
+            raise DatasetError(
+                f"{where} is a prepared DeepMath file without its deepmath.meta.json (which records the seed and size "
+                f"it was drawn with); re-run `harness data prepare --train-sets deepmath --seed {seed}`"
+            )
         else:  # the full split in source order: shuffle like datasets.Dataset.shuffle(seed)
             import numpy as np
 
@@ -741,7 +904,9 @@ def _champ_train(size: int | None, seed: int) -> list[Row]:
 
     rows = load_champ()
     if size is not None and size > len(rows):
-        logger.warning("champ has %d problems; %d were asked for (data.train_size): training on all %d", len(rows), size, len(rows))
+        logger.warning(
+            "champ has %d problems; %d were asked for (data.train_size): training on all %d", len(rows), size, len(rows)
+        )
     random.Random(f"champ-train-{seed}").shuffle(rows)
     return rows
 
@@ -778,7 +943,9 @@ def _is_path(name: str) -> bool:
     return Path(name).suffix.lower() in RAW_SUFFIXES and Path(name).is_file()
 
 
-def load_benchmark(name: str, max_examples: int | None = None, *, data_dir: str | os.PathLike | None = None) -> list[Row]:
+def load_benchmark(
+    name: str, max_examples: int | None = None, *, data_dir: str | os.PathLike | None = None
+) -> list[Row]:
     """Rows of benchmark ``name`` (a registered name or a path to a JSONL/JSON/Parquet file).
 
     ``max_examples`` keeps the first N rows in source order. Raises :class:`DatasetError` (never
@@ -791,14 +958,18 @@ def load_benchmark(name: str, max_examples: int | None = None, *, data_dir: str 
     elif _is_path(name):
         rows = load_jsonl(name)
     else:
-        raise DatasetError(f"unknown benchmark '{name}'; available: {', '.join(available_benchmarks())}, 'all' "
-                           f"(= {','.join(PAPER_BENCHMARKS)}) or a path to a .jsonl/.json/.parquet file")
+        raise DatasetError(
+            f"unknown benchmark '{name}'; available: {', '.join(available_benchmarks())}, 'all' "
+            f"(= {','.join(PAPER_BENCHMARKS)}) or a path to a .jsonl/.json/.parquet file"
+        )
     if not rows:
         raise DatasetError(f"benchmark '{name}' has no rows")
     return rows[:max_examples] if max_examples else rows
 
 
-def load_train_set(name: str, size: int | None = None, seed: int = 42, *, data_dir: str | os.PathLike | None = None) -> list[Row]:
+def load_train_set(
+    name: str, size: int | None = None, seed: int = 42, *, data_dir: str | os.PathLike | None = None
+) -> list[Row]:
     """Training prompts: ``arith``, ``dm_*`` (generated mathematics_dataset problems, train split), ``champ`` (its 270
     problems: the benchmark itself, no held-out part), ``deepmath`` (gold = final answer), ``deepmath_r1`` (gold = R1
     solution, as the reference) or a local JSONL/JSON/Parquet file with problem/answer."""
@@ -809,7 +980,9 @@ def load_train_set(name: str, size: int | None = None, seed: int = 42, *, data_d
     elif _is_path(name):
         rows = load_jsonl(name)
     else:
-        raise DatasetError(f"unknown training set '{name}'; available: {', '.join(available_train_sets())} (or a path to a .jsonl/.json/.parquet file)")
+        raise DatasetError(
+            f"unknown training set '{name}'; available: {', '.join(available_train_sets())} (or a path to a .jsonl/.json/.parquet file)"
+        )
     if not rows:
         raise DatasetError(f"training set '{name}' has no rows")
     return rows[:size] if size else rows
@@ -828,8 +1001,12 @@ register_benchmark("champ", load_champ)
 for _spec in BENCHMARKS.values():
     register_benchmark(_spec.name, lambda data_dir=None, _s=_spec: _load_spec_benchmark(_s, data_dir))
 register_train_set("arith", lambda size=None, seed=42: arith.make_arith("train", n=size, seed=seed))
-register_train_set("deepmath", lambda size=None, seed=42, data_dir=None: _load_deepmath(size, seed, data_dir, "final_answer"))
-register_train_set("deepmath_r1", lambda size=None, seed=42, data_dir=None: _load_deepmath(size, seed, data_dir, "r1_solution_1"))
+register_train_set(
+    "deepmath", lambda size=None, seed=42, data_dir=None: _load_deepmath(size, seed, data_dir, "final_answer")
+)
+register_train_set(
+    "deepmath_r1", lambda size=None, seed=42, data_dir=None: _load_deepmath(size, seed, data_dir, "r1_solution_1")
+)
 register_train_set("champ", lambda size=None, seed=42: _champ_train(size, seed))
 for _dm in mathematics.base_names():
     register_benchmark(_dm, lambda _n=_dm: _load_dm(_n, "test"))

@@ -50,9 +50,13 @@ class EvalSettings:
     top_k: int = 50
     max_new_tokens: int = 2048
     num_samples: int = 1
-    samples_per_benchmark: dict | None = None  # None = the reference's (32 for aime24/aime25/amc23); {} = num_samples everywhere
+    samples_per_benchmark: dict | None = (
+        None  # None = the reference's (32 for aime24/aime25/amc23); {} = num_samples everywhere
+    )
     max_examples: int | None = None
-    max_prompt_length: int = 2048  # prompts longer than this (in tokens, after the chat template) are skipped and counted
+    max_prompt_length: int = (
+        2048  # prompts longer than this (in tokens, after the chat template) are skipped and counted
+    )
     batch_size: int = 64
     seed: int = 1234
     data_dir: str | None = None  # prepared benchmark files (None: $HARNESS_DATA_DIR / the cache / the hub)
@@ -63,7 +67,9 @@ class EvalSettings:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["samples_per_benchmark"] = dict(REFERENCE_SAMPLES if self.samples_per_benchmark is None else self.samples_per_benchmark)
+        d["samples_per_benchmark"] = dict(
+            REFERENCE_SAMPLES if self.samples_per_benchmark is None else self.samples_per_benchmark
+        )
         return d
 
 
@@ -71,7 +77,9 @@ class EvalSettings:
 # evaluation
 
 
-def _macro_ci(per_prompt: list[np.ndarray], num_resamples: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+def _macro_ci(
+    per_prompt: list[np.ndarray], num_resamples: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
     """Bootstrap CI of the macro average: resample prompts within each benchmark, average the benchmark means."""
     rng = np.random.default_rng(seed)
     means = np.zeros(num_resamples)
@@ -83,8 +91,17 @@ def _macro_ci(per_prompt: list[np.ndarray], num_resamples: int = 1000, alpha: fl
     return float(lo), float(hi)
 
 
-def evaluate(engine, tokenizer, benchmarks: list[str], settings: EvalSettings, scorer, encode, progress: bool = True, *,
-             cache: CompletionStore | None = None) -> dict[str, Any]:
+def evaluate(
+    engine,
+    tokenizer,
+    benchmarks: list[str],
+    settings: EvalSettings,
+    scorer,
+    encode,
+    progress: bool = True,
+    *,
+    cache: CompletionStore | None = None,
+) -> dict[str, Any]:
     """Evaluate on each benchmark. ``encode(problem) -> (ids, truncated)`` applies the chat template;
     truncated prompts are skipped and counted (``skipped_too_long``), their ids listed in ``skipped``.
 
@@ -94,7 +111,13 @@ def evaluate(engine, tokenizer, benchmarks: list[str], settings: EvalSettings, s
     their stored completions (only the rest is generated).
     """
     names = expand_benchmarks(benchmarks)
-    results: dict[str, Any] = {"benchmarks": {}, "samples": [], "skipped": {}, "data": {}, "settings": settings.to_dict()}
+    results: dict[str, Any] = {
+        "benchmarks": {},
+        "samples": [],
+        "skipped": {},
+        "data": {},
+        "settings": settings.to_dict(),
+    }
     per_prompt_all: list[np.ndarray] = []
     for name in names:
         rows = load_benchmark(name, settings.max_examples, data_dir=settings.data_dir)
@@ -108,12 +131,20 @@ def evaluate(engine, tokenizer, benchmarks: list[str], settings: EvalSettings, s
                 continue
             kept.append(r)
             prompts.append(ids)
-        params = SamplingParams(n=n, temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens)
+        params = SamplingParams(
+            n=n,
+            temperature=settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            max_new_tokens=settings.max_new_tokens,
+        )
         comps, generated = _completions(engine, tokenizer, name, kept, prompts, params, settings, cache, progress)
         texts = [c["text"] for group in comps for c in group]
         golds = [r["answer"] for r in kept for _ in range(n)]
         scored = scorer.score_batch(texts, golds) if texts else []
-        correct = np.array([s.reward for s in scored], dtype=np.float64).reshape(len(kept), n) if kept else np.zeros((0, n))
+        correct = (
+            np.array([s.reward for s in scored], dtype=np.float64).reshape(len(kept), n) if kept else np.zeros((0, n))
+        )
         metrics = _benchmark_metrics(correct, scored, comps, num_rows=len(rows), skipped=len(skipped))
         metrics.update(reused_prompts=len(prompts) - len(generated), seconds=time.perf_counter() - t0)
         if kept:
@@ -125,9 +156,24 @@ def evaluate(engine, tokenizer, benchmarks: list[str], settings: EvalSettings, s
             prompt_text = tokenizer.decode(prompts[i], skip_special_tokens=False)
             for j in range(n):
                 s, c = scored[i * n + j], comps[i][j]
-                results["samples"].append({"benchmark": name, "id": r["id"], "sample": j, "problem": r["problem"], "prompt": prompt_text, "gold": r["answer"],
-                                           "completion": c["text"], "extracted": s.extracted, "reward": s.reward, "correct": s.reward > 0.5, "reason": s.reason,
-                                           "finish_reason": c["finish_reason"], "completion_tokens": c["num_tokens"], "reused": i not in generated})
+                results["samples"].append(
+                    {
+                        "benchmark": name,
+                        "id": r["id"],
+                        "sample": j,
+                        "problem": r["problem"],
+                        "prompt": prompt_text,
+                        "gold": r["answer"],
+                        "completion": c["text"],
+                        "extracted": s.extracted,
+                        "reward": s.reward,
+                        "correct": s.reward > 0.5,
+                        "reason": s.reason,
+                        "finish_reason": c["finish_reason"],
+                        "completion_tokens": c["num_tokens"],
+                        "reused": i not in generated,
+                    }
+                )
     accs = [m["accuracy"] for m in results["benchmarks"].values() if m["num_prompts"]]
     results["macro_accuracy"] = float(np.mean(accs)) if accs else float("nan")
     lo, hi = _macro_ci(per_prompt_all) if per_prompt_all else (float("nan"), float("nan"))
@@ -136,8 +182,17 @@ def evaluate(engine, tokenizer, benchmarks: list[str], settings: EvalSettings, s
     return results
 
 
-def _completions(engine, tokenizer, name: str, kept: list[dict], prompts: list[list[int]], params: SamplingParams, settings: EvalSettings,
-                 cache: CompletionStore | None, progress: bool) -> tuple[list[list[dict]], set[int]]:
+def _completions(
+    engine,
+    tokenizer,
+    name: str,
+    kept: list[dict],
+    prompts: list[list[int]],
+    params: SamplingParams,
+    settings: EvalSettings,
+    cache: CompletionStore | None,
+    progress: bool,
+) -> tuple[list[list[dict]], set[int]]:
     """The n completions of every prompt (``{"text", "finish_reason", "num_tokens"}``): stored ones from ``cache`` where it
     has them, the rest generated in batches (and stored); returns them and the indices of the prompts generated."""
     n = params.n
@@ -165,14 +220,20 @@ def _completions(engine, tokenizer, name: str, kept: list[dict], prompts: list[l
 
         try:
             for s in range(0, len(todo), settings.batch_size):
-                chunk = todo[s:s + settings.batch_size]
+                chunk = todo[s : s + settings.batch_size]
                 with decode_progress(on_step):
                     outs = engine.generate([prompts[i] for i in chunk], params)
                 bar.update(min(s + len(chunk), len(todo)) * n - bar.n)
                 new = []
                 for i, group in zip(chunk, outs):
-                    comps[i] = [{"text": tokenizer.decode(c.token_ids, skip_special_tokens=True), "finish_reason": c.finish_reason,
-                                 "num_tokens": int(len(c.token_ids))} for c in group]
+                    comps[i] = [
+                        {
+                            "text": tokenizer.decode(c.token_ids, skip_special_tokens=True),
+                            "finish_reason": c.finish_reason,
+                            "num_tokens": int(len(c.token_ids)),
+                        }
+                        for c in group
+                    ]
                     if cache is not None:
                         new.append((keys[i], kept[i]["id"], comps[i]))
                 if cache is not None:
@@ -182,15 +243,26 @@ def _completions(engine, tokenizer, name: str, kept: list[dict], prompts: list[l
     return comps, set(todo)
 
 
-def _benchmark_metrics(correct: np.ndarray, scored: list, comps: list[list[dict]], *, num_rows: int, skipped: int) -> dict[str, Any]:
+def _benchmark_metrics(
+    correct: np.ndarray, scored: list, comps: list[list[dict]], *, num_rows: int, skipped: int
+) -> dict[str, Any]:
     """A benchmark's metrics from its [prompts, n] correctness: avg@n and pass@k with CIs, and what went wrong how often."""
     num_prompts, n = correct.shape
     flat = [c for group in comps for c in group]
-    metrics: dict[str, Any] = {"num_rows": num_rows, "num_prompts": num_prompts, "num_samples": n, "skipped_too_long": skipped}
+    metrics: dict[str, Any] = {
+        "num_rows": num_rows,
+        "num_prompts": num_prompts,
+        "num_samples": n,
+        "skipped_too_long": skipped,
+    }
     if num_prompts:
-        ks = [k for k in (2 ** i for i in range(12)) if k <= n]
+        ks = [k for k in (2**i for i in range(12)) if k <= n]
         agg = aggregate_benchmark(correct.tolist(), ks=ks)
-        metrics.update(accuracy=agg["avg@n"]["mean"], accuracy_ci_low=agg["avg@n"]["ci_low"], accuracy_ci_high=agg["avg@n"]["ci_high"])
+        metrics.update(
+            accuracy=agg["avg@n"]["mean"],
+            accuracy_ci_low=agg["avg@n"]["ci_low"],
+            accuracy_ci_high=agg["avg@n"]["ci_high"],
+        )
         for k, v in agg["pass@k"].items():
             metrics[f"pass_at_{k}"] = v["mean"]
             if k > 1:
@@ -232,13 +304,19 @@ def flat_metrics(results: dict[str, Any], prefix: str = "eval") -> dict[str, flo
 
 
 def summary_table(model: str, res: dict[str, Any]) -> str:
-    lines = [f"{model}: macro accuracy {100 * res['macro_accuracy']:.1f}% [{100 * res.get('macro_accuracy_ci_low', float('nan')):.1f}, "
-             f"{100 * res.get('macro_accuracy_ci_high', float('nan')):.1f}] over {res.get('macro_num_benchmarks', '?')} benchmark(s)"]
+    lines = [
+        f"{model}: macro accuracy {100 * res['macro_accuracy']:.1f}% [{100 * res.get('macro_accuracy_ci_low', float('nan')):.1f}, "
+        f"{100 * res.get('macro_accuracy_ci_high', float('nan')):.1f}] over {res.get('macro_num_benchmarks', '?')} benchmark(s)"
+    ]
     for b, m in res["benchmarks"].items():
-        passk = " ".join(f"pass@{k.split('_')[-1]} {100 * v:.1f}" for k, v in m.items() if re.fullmatch(r"pass_at_\d+", k) and k != "pass_at_1")
-        lines.append(f"  {b:16s} avg@{m['num_samples']:<3d} {100 * m['accuracy']:5.1f}%  [{100 * m['accuracy_ci_low']:.1f}, {100 * m['accuracy_ci_high']:.1f}]  "
-                     f"prompts {m['num_prompts']}/{m['num_rows']}  skipped(too long) {m['skipped_too_long']}  no-answer {100 * m['no_answer_frac']:.0f}%  "
-                     f"reused {m['reused_prompts']}  {passk}".rstrip())
+        passk = " ".join(
+            f"pass@{k.split('_')[-1]} {100 * v:.1f}"
+            for k, v in m.items()
+            if re.fullmatch(r"pass_at_\d+", k) and k != "pass_at_1"
+        )
+        lines.append(
+            f"  {b:16s} avg@{m['num_samples']:<3d} {100 * m['accuracy']:5.1f}%  [{100 * m['accuracy_ci_low']:.1f}, {100 * m['accuracy_ci_high']:.1f}]  "
+            f"prompts {m['num_prompts']}/{m['num_rows']}  skipped(too long) {m['skipped_too_long']}  no-answer {100 * m['no_answer_frac']:.0f}%  "
+            f"reused {m['reused_prompts']}  {passk}".rstrip()
+        )
     return "\n".join(lines)
-
-

@@ -35,8 +35,19 @@ import re
 __all__ = ["normalize_gold"]
 
 _WORD_NUMBERS = {
-    "zero": "0", "no": "0", "none": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+    "zero": "0",
+    "no": "0",
+    "none": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
 }
 
 _EQUIVALENTLY = re.compile(r"^(?P<a>.+?),?\s+or\s+(?:equivalently|an equivalent form such as)\s+(?P<b>.+)$", re.I)

@@ -126,8 +126,10 @@ MODULES: tuple[str, ...] = (
     "probability__swr_p_sequence",
 )
 
-_EXPR = ("answers are SymPy expressions written with ** (e.g. 2*g*(g - 1)*(g + 1)**2); the verifier reads predictions as "
-         "LaTeX only, so a correct answer scores 1 only when written character for character as the generator does")
+_EXPR = (
+    "answers are SymPy expressions written with ** (e.g. 2*g*(g - 1)*(g + 1)**2); the verifier reads predictions as "
+    "LaTeX only, so a correct answer scores 1 only when written character for character as the generator does"
+)
 #: Generator modules that run (with the shims) but are not offered, and why: their answers cannot be scored right.
 EXCLUDED: dict[str, str] = {
     "algebra__polynomial_roots": "half the problems are 'Factor ...' whose " + _EXPR,
@@ -167,8 +169,10 @@ MIXES: dict[str, tuple[str, ...]] = {
 MAX_DECIMALS = 6
 _LONG_DECIMAL = re.compile(r"\.\d{%d,}" % (MAX_DECIMALS + 1))
 
-CITATION = ("Saxton, Grefenstette, Hill, Kohli. Analysing Mathematical Reasoning Abilities of Neural Models. "
-            "ICLR 2019, arXiv:1904.01557. Generator: PyPI mathematics-dataset (DeepMind, Apache-2.0).")
+CITATION = (
+    "Saxton, Grefenstette, Hill, Kohli. Analysing Mathematical Reasoning Abilities of Neural Models. "
+    "ICLR 2019, arXiv:1904.01557. Generator: PyPI mathematics-dataset (DeepMind, Apache-2.0)."
+)
 
 
 class MathGenError(ValueError):
@@ -194,11 +198,12 @@ def parse_name(name: str) -> tuple[tuple[str, ...], str]:
         raise MathGenError(f"'{name}': unknown level '{level}'; levels: {', '.join(LEVELS)} (default {DEFAULT_LEVEL})")
     if base in MIXES:
         return MIXES[base], level
-    module = base[len(BENCHMARK_PREFIX):]
+    module = base[len(BENCHMARK_PREFIX) :]
     if module not in MODULES:
         why = f" ({EXCLUDED[module]})" if module in EXCLUDED else ""
-        raise MathGenError(f"'{name}': module '{module}' is not offered{why}; offered: {', '.join(MODULES)}; "
-                           f"mixes: {', '.join(MIXES)}")
+        raise MathGenError(
+            f"'{name}': module '{module}' is not offered{why}; offered: {', '.join(MODULES)}; mixes: {', '.join(MIXES)}"
+        )
     return (module,), level
 
 
@@ -295,8 +300,11 @@ def _make_deterministic(comp: types.ModuleType) -> None:
     (Adapted from mathematics_dataset/util/composition.py, Apache-2.0, DeepMind.)"""
 
     def pop(self: Any) -> str:
-        allowed = (comp._ALLOWED_SYMBOLS.difference(self._relation_symbols)
-                   .difference(self._self_symbols).difference(self._child_symbols))
+        allowed = (
+            comp._ALLOWED_SYMBOLS.difference(self._relation_symbols)
+            .difference(self._self_symbols)
+            .difference(self._child_symbols)
+        )
         if not allowed:
             raise ValueError("Ran out of symbols")
         symbol = random.choice(sorted(allowed))
@@ -352,7 +360,9 @@ def _generators(level: str) -> dict[str, Callable]:
         _apply_shims()
         from mathematics_dataset.modules import modules
     except ImportError as e:
-        raise MathGenError(f"the dm_* data sets need the mathematics-dataset package (pip install mathematics-dataset): {e}") from e
+        raise MathGenError(
+            f"the dm_* data sets need the mathematics-dataset package (pip install mathematics-dataset): {e}"
+        ) from e
     regime = LEVELS[level]
     with _seeded("init"):  # building the module table draws nothing today; keep it that way for the caller
         if regime == "interpolate":
@@ -416,8 +426,10 @@ def _generate_module(module: str, level: str, split: str, seed: int, n: int) -> 
     with _seeded(f"dm|{module}|{level}|{split}|{seed}"):
         while len(out) < n:
             if draws >= max_draws:
-                raise MathGenError(f"dm_{module} ({level}, {split}): only {len(out)} distinct problems in {draws} draws, "
-                                   f"{n} were asked for; ask for fewer or a harder level")
+                raise MathGenError(
+                    f"dm_{module} ({level}, {split}): only {len(out)} distinct problems in {draws} draws, "
+                    f"{n} were asked for; ask for fewer or a harder level"
+                )
             draws += 1
             problem = gen()
             question, answer = str(problem.question), str(problem.answer)
@@ -459,16 +471,46 @@ def make_dm(name: str, split: str, n: int | None = None, seed: int | None = None
             if question in seen:  # two modules can word a problem the same way
                 continue
             seen.add(question)
-            rows.append({"problem": question, "answer": normalize_answer(answer), "answer_original": answer,
-                         "module": module, "level": level})
+            rows.append(
+                {
+                    "problem": question,
+                    "answer": normalize_answer(answer),
+                    "answer_original": answer,
+                    "module": module,
+                    "level": level,
+                }
+            )
     if len(modules) > 1:
         random.Random(f"{name}|{split}|{seed}").shuffle(rows)
-    return [{"id": f"{name}-{split}-{i}", "problem": r["problem"], "answer": r["answer"], "benchmark": name,
-             "module": r["module"], "level": r["level"], "answer_original": r["answer_original"]}
-            for i, r in enumerate(rows)]
+    return [
+        {
+            "id": f"{name}-{split}-{i}",
+            "problem": r["problem"],
+            "answer": r["answer"],
+            "benchmark": name,
+            "module": r["module"],
+            "level": r["level"],
+            "answer_original": r["answer_original"],
+        }
+        for i, r in enumerate(rows)
+    ]
 
 
 __all__ = [
-    "CITATION", "DEFAULT_LEVEL", "DEFAULT_SIZES", "EXCLUDED", "LEVELS", "MIXES", "MODULES", "MathGenError",
-    "TEST_MODULUS", "TEST_SEED", "base_names", "is_dm_name", "make_dm", "normalize_answer", "parse_name", "split_of",
+    "CITATION",
+    "DEFAULT_LEVEL",
+    "DEFAULT_SIZES",
+    "EXCLUDED",
+    "LEVELS",
+    "MIXES",
+    "MODULES",
+    "MathGenError",
+    "TEST_MODULUS",
+    "TEST_SEED",
+    "base_names",
+    "is_dm_name",
+    "make_dm",
+    "normalize_answer",
+    "parse_name",
+    "split_of",
 ]

@@ -531,7 +531,9 @@ class Scorer:
         h.update(completion.encode("utf-8", "surrogatepass"))
         return h.digest()
 
-    def score_batch(self, completions: Sequence[str], golds: Sequence[str], *, answer_fallback: str | None = None) -> list[ScoreResult]:
+    def score_batch(
+        self, completions: Sequence[str], golds: Sequence[str], *, answer_fallback: str | None = None
+    ) -> list[ScoreResult]:
         """Score ``completions[i]`` against ``golds[i]``; results in input order.
 
         ``answer_fallback``: None = this scorer's setting (see the constructor)."""
@@ -554,7 +556,7 @@ class Scorer:
     def _score_batch(self, completions: list[str], golds: list[str], fallback: str = "none") -> list[ScoreResult]:
         n = len(completions)
         results: list[ScoreResult | None] = [None] * n
-        completions = [c[-self.max_chars:] if len(c) > self.max_chars else c for c in completions]
+        completions = [c[-self.max_chars :] if len(c) > self.max_chars else c for c in completions]
 
         # Dedupe identical pairs and serve cached ones.
         pending: dict[bytes, list[int]] = {}
@@ -620,9 +622,7 @@ class Scorer:
             else:
                 wait_s = max(0.0, startup_deadline - now)
                 if wait_s == 0.0:
-                    raise RuntimeError(
-                        f"no scoring worker became ready within {self.startup_timeout_s:.0f}s"
-                    )
+                    raise RuntimeError(f"no scoring worker became ready within {self.startup_timeout_s:.0f}s")
             objs: list[Any] = [w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers]
             ready = set(wait(objs, timeout=wait_s))
 
@@ -700,7 +700,9 @@ class _BoundScorer:
         self._base = base
         self.answer_fallback = answer_fallback
 
-    def score_batch(self, completions: Sequence[str], golds: Sequence[str], *, answer_fallback: str | None = None) -> list[ScoreResult]:
+    def score_batch(
+        self, completions: Sequence[str], golds: Sequence[str], *, answer_fallback: str | None = None
+    ) -> list[ScoreResult]:
         return self._base.score_batch(completions, golds, answer_fallback=answer_fallback or self.answer_fallback)
 
     def bound(self, answer_fallback: str) -> Scorer:

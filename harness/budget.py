@@ -23,12 +23,30 @@ from harness.schema import ConfigError
 BUDGET_UNITS = ("steps", "generated_tokens", "trained_tokens", "flops", "wall_seconds")
 
 #: The trainer's running total that each budget unit is measured by (``steps`` counts optimizer steps).
-UNIT_TOTALS = {"generated_tokens": "tokens/generated", "trained_tokens": "tokens/trained", "flops": "flops/total", "wall_seconds": "time/step_s"}
+UNIT_TOTALS = {
+    "generated_tokens": "tokens/generated",
+    "trained_tokens": "tokens/trained",
+    "flops": "flops/total",
+    "wall_seconds": "time/step_s",
+}
 
 #: Per-step metrics the trainer keeps running totals of; each is also logged as ``<name>_total``
 #: (``effective/step`` as ``effective/steps_total``), which is what reports read.
-TOTALED = ("tokens/generated", "tokens/trained", "tokens/prompt", "tokens/with_gradient", "effective/step", "time/step_s", "time/generate_s",
-           "time/train_s", "time/score_s", "time/weight_sync_s", "flops/total", "flops/generate", "flops/train")
+TOTALED = (
+    "tokens/generated",
+    "tokens/trained",
+    "tokens/prompt",
+    "tokens/with_gradient",
+    "effective/step",
+    "time/step_s",
+    "time/generate_s",
+    "time/train_s",
+    "time/score_s",
+    "time/weight_sync_s",
+    "flops/total",
+    "flops/generate",
+    "flops/train",
+)
 
 
 def total_name(key: str) -> str:
@@ -102,9 +120,12 @@ def step_flops(num_params: float, num_generations: int, tokens: dict[str, float]
     backward), N = all parameters (Kaplan et al. 2020, "C ~ 6ND"; attention's context term is ignored). Each of the
     G rows of a group prefills its prompt."""
     n = num_params
-    out = {"flops/generate": 2.0 * n * (tokens["tokens/prompt"] * num_generations + tokens["tokens/generated"]),
-           "flops/train": 6.0 * n * tokens["tokens/trained"], "flops/logprob": 2.0 * n * tokens["tokens/logprob"],
-           "flops/ref": 2.0 * n * tokens["tokens/ref"]}
+    out = {
+        "flops/generate": 2.0 * n * (tokens["tokens/prompt"] * num_generations + tokens["tokens/generated"]),
+        "flops/train": 6.0 * n * tokens["tokens/trained"],
+        "flops/logprob": 2.0 * n * tokens["tokens/logprob"],
+        "flops/ref": 2.0 * n * tokens["tokens/ref"],
+    }
     out["flops/total"] = out["flops/generate"] + out["flops/train"] + out["flops/logprob"] + out["flops/ref"]
     return out
 
@@ -114,7 +135,9 @@ def planned_steps(train: Any, num_prompts: int | None) -> float | None:
     epochs over ``num_prompts``; None for token/FLOPs/seconds budgets or an unknown number of prompts."""
     unit, value = parse_budget(train.budget) if train.budget else (None, None)
     if train.max_steps > 0 or unit == "steps":
-        return float(min(v for v in (train.max_steps if train.max_steps > 0 else None, value if unit == "steps" else None) if v))
+        return float(
+            min(v for v in (train.max_steps if train.max_steps > 0 else None, value if unit == "steps" else None) if v)
+        )
     if unit is None and num_prompts:
         return float(train.epochs * -(-num_prompts // train.prompts_per_step))
     return None
@@ -130,7 +153,9 @@ def visits_per_prompt(train: Any, prompts_owned: int | None) -> float | None:
     if train.max_steps > 0 or unit == "steps":
         if not prompts_owned:
             return None
-        steps = min(v for v in (train.max_steps if train.max_steps > 0 else None, value if unit == "steps" else None) if v)
+        steps = min(
+            v for v in (train.max_steps if train.max_steps > 0 else None, value if unit == "steps" else None) if v
+        )
         return steps * train.prompts_per_step / prompts_owned
     return float(train.epochs) if unit is None else None
 
@@ -142,7 +167,9 @@ def plan_warnings(cfg: Any) -> list[str]:
     visits = visits_per_prompt(cfg.train, cfg.data.train_size)
     if visits is None:
         return []
-    algo = create_algorithm(cfg.algorithm, seed=cfg.train.seed, max_completion_length=cfg.generation.max_completion_length)
+    algo = create_algorithm(
+        cfg.algorithm, seed=cfg.train.seed, max_completion_length=cfg.generation.max_completion_length
+    )
     return algo.plan_warnings(num_generations=cfg.generation.num_generations, visits_per_prompt=visits)
 
 
@@ -176,6 +203,11 @@ def estimate(cfg: Any, model: str) -> dict[str, Any]:
         unit, value = "steps", planned_steps(t, cfg.data.train_size or None)
     if value is None:
         return {**out, "budget": f"{t.epochs} epochs", "min_steps": None}
-    per_step = {"steps": 1.0, "generated_tokens": float(rows * g.max_completion_length), "trained_tokens": float(train_tokens), "flops": flops,
-                "wall_seconds": None}[unit]
+    per_step = {
+        "steps": 1.0,
+        "generated_tokens": float(rows * g.max_completion_length),
+        "trained_tokens": float(train_tokens),
+        "flops": flops,
+        "wall_seconds": None,
+    }[unit]
     return {**out, "budget": f"{unit}:{value:g}", "min_steps": (value / per_step) if per_step else None}

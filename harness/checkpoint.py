@@ -109,7 +109,9 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def save_rank_state(folder: Path, rank: int, algo_state: tuple[dict[str, np.ndarray], dict[str, Any]], extra: dict[str, Any]) -> None:
+def save_rank_state(
+    folder: Path, rank: int, algo_state: tuple[dict[str, np.ndarray], dict[str, Any]], extra: dict[str, Any]
+) -> None:
     import numpy as np
     from safetensors.numpy import save_file as save_np
     from safetensors.torch import save_file as save_torch
@@ -130,7 +132,9 @@ def load_rank_state(folder: Path, rank: int) -> tuple[tuple[dict[str, np.ndarray
 
     d = folder / f"rank{rank}"
     if not d.exists():
-        raise FileNotFoundError(f"{folder} has no state for process {rank}: was it saved with a different number of processes?")
+        raise FileNotFoundError(
+            f"{folder} has no state for process {rank}: was it saved with a different number of processes?"
+        )
     rng_meta = json.loads((d / "rng.json").read_text())
     restore_rng(load_torch(str(d / "rng.safetensors")), rng_meta)
     algo = (load_np(str(d / "algorithm.safetensors")), json.loads((d / "algorithm.json").read_text()))
@@ -194,7 +198,11 @@ def _check_safetensors(path: Path) -> str | None:
             return "unreadable safetensors header"
     end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
     if size != 8 + n + end:
-        return f"truncated ({size} bytes, expected {8 + n + end})" if size < 8 + n + end else f"{size} bytes, expected {8 + n + end}"
+        return (
+            f"truncated ({size} bytes, expected {8 + n + end})"
+            if size < 8 + n + end
+            else f"{size} bytes, expected {8 + n + end}"
+        )
     return None
 
 
@@ -210,7 +218,12 @@ def _structure_problems(folder: Path) -> list[str]:
     ranks = int(state.get("num_processes", 1) or 1) if isinstance(state, dict) else 1
     required = ["optimizer.safetensors", "optimizer.json", "model/config.json"]
     for r in range(ranks):
-        required += [f"rank{r}/rng.safetensors", f"rank{r}/rng.json", f"rank{r}/algorithm.safetensors", f"rank{r}/algorithm.json"]
+        required += [
+            f"rank{r}/rng.safetensors",
+            f"rank{r}/rng.json",
+            f"rank{r}/algorithm.safetensors",
+            f"rank{r}/algorithm.json",
+        ]
     for rel in required:
         if not (folder / rel).is_file():
             problems.append(f"{rel}: missing")
@@ -253,7 +266,9 @@ def verify_checkpoint(folder: str | Path) -> list[str]:
             problems.append(f"{rel}: missing")
         elif p.stat().st_size != meta["size"]:
             size = p.stat().st_size
-            problems.append(f"{rel}: {size} bytes, expected {meta['size']}" + (" (truncated)" if size < meta["size"] else ""))
+            problems.append(
+                f"{rel}: {size} bytes, expected {meta['size']}" + (" (truncated)" if size < meta["size"] else "")
+            )
         elif _sha256(p) != meta["sha256"]:
             problems.append(f"{rel}: sha256 differs from the manifest (the file is corrupted)")
     return problems
@@ -282,7 +297,9 @@ def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
-def find_checkpoint(path: str | Path, *, verify: bool = True, warn: Callable[[str], None] = _warn, set_aside_damaged: bool = False) -> Path:
+def find_checkpoint(
+    path: str | Path, *, verify: bool = True, warn: Callable[[str], None] = _warn, set_aside_damaged: bool = False
+) -> Path:
     """Accept a checkpoint folder or an output folder (then its newest intact checkpoint).
 
     An output folder's checkpoints are found from its ``checkpoint-<step>`` folders (``latest.json`` is not
@@ -298,14 +315,24 @@ def find_checkpoint(path: str | Path, *, verify: bool = True, warn: Callable[[st
         problems = verify_checkpoint(p) if verify else []
         if problems:
             others = [c.name for c in list_checkpoints(p.parent) if c != p]
-            raise CheckpointError(f"checkpoint '{p}' is damaged: {'; '.join(problems)}"
-                                  + (f". Resume from its output folder '{p.parent}' to use the newest intact checkpoint (there: {', '.join(others)})" if others else ""))
+            raise CheckpointError(
+                f"checkpoint '{p}' is damaged: {'; '.join(problems)}"
+                + (
+                    f". Resume from its output folder '{p.parent}' to use the newest intact checkpoint (there: {', '.join(others)})"
+                    if others
+                    else ""
+                )
+            )
         return p
     candidates = list_checkpoints(p)
     if not candidates:
         if (p / "latest.json").exists():
-            raise CheckpointError(f"'{p}' has latest.json but no checkpoint-<step> folder: the checkpoints were removed")
-        raise CheckpointError(f"no checkpoint at '{p}': expected a checkpoint-<step> folder or an output folder holding them")
+            raise CheckpointError(
+                f"'{p}' has latest.json but no checkpoint-<step> folder: the checkpoints were removed"
+            )
+        raise CheckpointError(
+            f"no checkpoint at '{p}': expected a checkpoint-<step> folder or an output folder holding them"
+        )
     pointer = None
     try:
         pointer = json.loads((p / "latest.json").read_text())["checkpoint"]
@@ -329,8 +356,11 @@ def find_checkpoint(path: str | Path, *, verify: bool = True, warn: Callable[[st
         elif pointer is None and not (p / "latest.json").exists():
             warn(f"{p / 'latest.json'} is missing; resuming from {c.name}, the newest checkpoint folder in {p}")
         return c
-    raise CheckpointError(f"no intact checkpoint in '{p}': " + "; ".join(skipped)
-                          + ". Restore a copy, or start the run afresh in another output folder (these checkpoints are not overwritten)")
+    raise CheckpointError(
+        f"no intact checkpoint in '{p}': "
+        + "; ".join(skipped)
+        + ". Restore a copy, or start the run afresh in another output folder (these checkpoints are not overwritten)"
+    )
 
 
 def set_aside(folder: Path) -> Path:
@@ -368,7 +398,9 @@ def saved_config(path: str | Path) -> dict[str, Any]:
     for st in _states_newest_first(path):
         if isinstance(st, dict) and isinstance(st.get("config"), dict):
             return st["config"]
-    raise CheckpointError(f"no checkpoint with a readable trainer_state.json at '{path}': expected a checkpoint-<step> folder or an output folder holding them")
+    raise CheckpointError(
+        f"no checkpoint with a readable trainer_state.json at '{path}': expected a checkpoint-<step> folder or an output folder holding them"
+    )
 
 
 @dataclass
@@ -395,7 +427,9 @@ class TrainState:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise CheckpointError(f"{folder / 'trainer_state.json'}: unknown keys {', '.join(unknown)} (expected {', '.join(sorted(known))})")
+            raise CheckpointError(
+                f"{folder / 'trainer_state.json'}: unknown keys {', '.join(unknown)} (expected {', '.join(sorted(known))})"
+            )
         return cls(**data)
 
 

@@ -21,9 +21,9 @@ import yaml
 
 from benchmarks.prepare import add_data_parser, cmd_data
 from harness import checkpoint as ckpt
+from harness.budget import plan_warnings
 from harness.cli_common import add_config_flags, add_data_dir_flag, add_report_flags, run_command
 from harness.config import ConfigError, HarnessConfig, build_config, config_from_dict, describe_fields
-from harness.budget import plan_warnings
 from harness.experiment import Member, matrix_name, name_members, print_matrix, run_matrix
 from harness.preflight import preflight
 from harness.secrets import mask_secrets

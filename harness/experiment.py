@@ -22,6 +22,7 @@ from typing import Any
 from harness.budget import estimate, parse_budget
 from harness.config import HarnessConfig
 
+
 @dataclass
 class Member:
     model: str
@@ -61,22 +62,35 @@ def matrix_name(members: list[Member], explicit: str | None) -> str:
     from harness.secrets import mask_secrets
 
     # masked: a password in the tracking URI neither reaches the name nor changes it
-    blob = json.dumps([[m.key, mask_secrets(m.config.to_dict())] for m in members], sort_keys=True, default=str).encode()
+    blob = json.dumps(
+        [[m.key, mask_secrets(m.config.to_dict())] for m in members], sort_keys=True, default=str
+    ).encode()
     return "matrix-" + hashlib.sha256(blob).hexdigest()[:10]
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return spec.format(value) if value is not None else "unknown"
 
 
 def print_matrix(name: str, members: list[Member]) -> None:
     print(f"experiment matrix '{name}': {len(members)} runs")
-    print(f"{'run':40s} {'budget':22s} {'params':>10s} {'FLOPs/step (max)':>17s} {'steps (min)':>11s} {'peak mem (est)':>14s}")
+    print(
+        f"{'run':40s} {'budget':22s} {'params':>10s} {'FLOPs/step (max)':>17s} {'steps (min)':>11s} {'peak mem (est)':>14s}"
+    )
     for m in members:
         e = estimate(m.config, m.model)
-        fmt = lambda v, f: (f.format(v) if v is not None else "unknown")
-        print(f"{m.run_name:40s} {e['budget']:22s} {fmt(e['params'], '{:10.3g}'):>10s} {fmt(e['flops_per_step_max'], '{:17.3g}'):>17s} {fmt(e['min_steps'], '{:11.1f}'):>11s} "
-              f"{fmt(e.get('peak_memory') and e['peak_memory'] / 1e9, '{:11.1f} GB'):>14s}")
-    print("(upper bounds from max prompt/completion lengths; FLOPs = 2N per generated/prompt token + 6N per trained token)")
-    print("(peak mem: training memory per member and process = weights + gradients + AdamW moments + activations of the largest "
-          "micro-batch (train.max_tokens_per_microbatch) + one log-prob chunk of logits (train.logprob_chunk_size) + ~0.5 GB runtime; "
-          "a vLLM engine's own weights and KV cache come on top; harness/memory.py)")
+        print(
+            f"{m.run_name:40s} {e['budget']:22s} {_fmt(e['params'], '{:10.3g}'):>10s} {_fmt(e['flops_per_step_max'], '{:17.3g}'):>17s} {_fmt(e['min_steps'], '{:11.1f}'):>11s} "
+            f"{_fmt(e.get('peak_memory') and e['peak_memory'] / 1e9, '{:11.1f} GB'):>14s}"
+        )
+    print(
+        "(upper bounds from max prompt/completion lengths; FLOPs = 2N per generated/prompt token + 6N per trained token)"
+    )
+    print(
+        "(peak mem: training memory per member and process = weights + gradients + AdamW moments + activations of the largest "
+        "micro-batch (train.max_tokens_per_microbatch) + one log-prob chunk of logits (train.logprob_chunk_size) + ~0.5 GB runtime; "
+        "a vLLM engine's own weights and KV cache come on top; harness/memory.py)"
+    )
 
 
 class MatrixTracker:
@@ -89,18 +103,26 @@ class MatrixTracker:
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
         self.name = name
-        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`harness.experiment` = '{name}' and tags.`harness.role` = 'experiment'")
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`harness.experiment` = '{name}' and tags.`harness.role` = 'experiment'",
+        )
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
         else:
-            run = self.client.create_run(self.experiment_id, run_name=name, tags={"harness.role": "experiment", "harness.experiment": name})
+            run = self.client.create_run(
+                self.experiment_id, run_name=name, tags={"harness.role": "experiment", "harness.experiment": name}
+            )
             self.parent_id = run.info.run_id
             self.client.log_text(self.parent_id, json.dumps(spec, indent=2, default=str), "matrix.json")
 
     def member_run(self, member: Member):
-        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`harness.experiment` = '{self.name}' and tags.`harness.member` = '{member.key}'",
-                                       order_by=["attributes.start_time DESC"])
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`harness.experiment` = '{self.name}' and tags.`harness.member` = '{member.key}'",
+            order_by=["attributes.start_time DESC"],
+        )
         return runs[0] if runs else None
 
     def finish(self, status: str, summary_text: str) -> None:
@@ -108,7 +130,9 @@ class MatrixTracker:
         self.client.set_terminated(self.parent_id, status=status)
 
 
-def run_matrix(members: list[Member], *, name: str, progress: bool = True, on_parent=None) -> list[tuple[str, str, int, dict]]:
+def run_matrix(
+    members: list[Member], *, name: str, progress: bool = True, on_parent=None
+) -> list[tuple[str, str, int, dict]]:
     """Run (or continue) every member; returns (model, algorithm, seed, summary) per member.
 
     ``on_parent(tracking_uri, experiment, parent_run_id)`` is called once the parent run exists (the CLI
@@ -118,8 +142,12 @@ def run_matrix(members: list[Member], *, name: str, progress: bool = True, on_pa
     from harness.trainer import Trainer
 
     first = members[0].config
-    tracker = MatrixTracker(resolve_tracking_uri(first.tracking.tracking_uri), first.tracking.experiment_name, name,
-                            {"members": [m.key for m in members], "budget": first.train.budget})
+    tracker = MatrixTracker(
+        resolve_tracking_uri(first.tracking.tracking_uri),
+        first.tracking.experiment_name,
+        name,
+        {"members": [m.key for m in members], "budget": first.train.budget},
+    )
     if on_parent is not None:
         on_parent(tracker.client.tracking_uri, first.tracking.experiment_name, tracker.parent_id)
     results = []
@@ -136,14 +164,30 @@ def run_matrix(members: list[Member], *, name: str, progress: bool = True, on_pa
                 results.append((m.model, m.algorithm, m.seed, json.loads((out / "summary.json").read_text())))
                 continue
             resume = None
-            if ckpt.list_checkpoints(out):  # found from the folders: a lost latest.json or MLflow store never means starting over
+            if ckpt.list_checkpoints(
+                out
+            ):  # found from the folders: a lost latest.json or MLflow store never means starting over
                 resume = str(out)  # the trainer takes the newest intact checkpoint (or refuses, naming the bad files)
-                print(f"[{name}] {m.run_name}: resuming from the newest intact checkpoint in {out}"
-                      + ("" if prior is not None else " (no MLflow run of this member in the store: the trainer continues the checkpoint's run or starts a new one)"))
+                print(
+                    f"[{name}] {m.run_name}: resuming from the newest intact checkpoint in {out}"
+                    + (
+                        ""
+                        if prior is not None
+                        else " (no MLflow run of this member in the store: the trainer continues the checkpoint's run or starts a new one)"
+                    )
+                )
             elif prior is not None:
-                tracker.client.set_terminated(prior.info.run_id, status="FAILED")  # no checkpoint to continue: start over
+                tracker.client.set_terminated(
+                    prior.info.run_id, status="FAILED"
+                )  # no checkpoint to continue: start over
             unit, value = parse_budget(cfg.train.budget) if cfg.train.budget else ("steps", float(cfg.train.max_steps))
-            tags = {"harness.role": "member", "harness.experiment": name, "harness.member": m.key, "harness.budget_unit": unit, "harness.budget_value": f"{value:g}"}
+            tags = {
+                "harness.role": "member",
+                "harness.experiment": name,
+                "harness.member": m.key,
+                "harness.budget_unit": unit,
+                "harness.budget_value": f"{value:g}",
+            }
             trainer = Trainer(cfg, resume=resume, progress=progress, tracker_tags=tags, parent_run_id=tracker.parent_id)
             results.append((m.model, m.algorithm, m.seed, trainer.fit()))
         status = "FINISHED"

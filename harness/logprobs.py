@@ -56,7 +56,13 @@ DEFAULT_CHUNK_SIZE = 512
 # model_type -> how the causal-LM head transforms ``lm_head(h)`` (checked in the transformers 5 sources,
 # and each one tested against the model's own forward in tests/test_logprobs.py).
 PLAIN = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3", "gemma", "starcoder2")
-HEAD_TRANSFORMS: dict[str, str] = {**{t: "none" for t in PLAIN}, "gemma2": "softcap", "gemma3_text": "softcap", "granite": "divide", "cohere": "multiply"}
+HEAD_TRANSFORMS: dict[str, str] = {
+    **{t: "none" for t in PLAIN},
+    "gemma2": "softcap",
+    "gemma3_text": "softcap",
+    "granite": "divide",
+    "cohere": "multiply",
+}
 _warned: set[str] = set()
 
 
@@ -106,15 +112,28 @@ def head_transform(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Ten
     return lambda x: x
 
 
-def _token_logprobs(h: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float,
-                    transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def _token_logprobs(
+    h: torch.Tensor,
+    ids: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    temperature: float,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     """log softmax(transform(h @ W^T + b) / T)[ids] for ``h`` [n, H]: the full path's arithmetic, per token."""
     x = transform(F.linear(h.to(weight.dtype), weight, bias)).float() / temperature
     return x.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(x, dim=-1)
 
 
-def logprobs_from_hidden(hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, head: torch.nn.Linear, temperature: float, chunk_size: int,
-                         transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> torch.Tensor:
+def logprobs_from_hidden(
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    head: torch.nn.Linear,
+    temperature: float,
+    chunk_size: int,
+    transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+) -> torch.Tensor:
     """[B, C] float32 log-probs of ``ids`` from final hidden states ``hidden`` [B, C, H] (the position before each token).
 
     Only tokens where ``mask`` is set are computed (0 elsewhere), ``chunk_size`` at a time; with autograd
@@ -125,8 +144,12 @@ def logprobs_from_hidden(hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Te
     grad = torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad)
     parts = []
     for s in range(0, h.shape[0], chunk_size):
-        args = (h[s:s + chunk_size], tok[s:s + chunk_size], head.weight, head.bias, temperature, transform)
-        parts.append(checkpoint(_token_logprobs, *args, use_reentrant=False, preserve_rng_state=False) if grad else _token_logprobs(*args))
+        args = (h[s : s + chunk_size], tok[s : s + chunk_size], head.weight, head.bias, temperature, transform)
+        parts.append(
+            checkpoint(_token_logprobs, *args, use_reentrant=False, preserve_rng_state=False)
+            if grad
+            else _token_logprobs(*args)
+        )
     out = torch.zeros(ids.shape, dtype=torch.float32, device=hidden.device)
     if parts:
         out = out.masked_scatter(m, torch.cat(parts))
@@ -154,20 +177,52 @@ def _hidden_state_forward(inner: torch.nn.Module, keep: int):
 def full_logprobs(model, input_ids, attention_mask, position_ids, completion_ids, temperature: float) -> torch.Tensor:
     """The full-logits path: the model's logits for the last C + 1 positions, then :func:`selective_logprobs`."""
     C = completion_ids.shape[1]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=C + 1, use_cache=False).logits[:, :-1]
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=C + 1,
+        use_cache=False,
+    ).logits[:, :-1]
     return selective_logprobs(logits, completion_ids, temperature)
 
 
-def chunked_logprobs(model, input_ids, attention_mask, position_ids, completion_ids, completion_mask, temperature: float, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+def chunked_logprobs(
+    model,
+    input_ids,
+    attention_mask,
+    position_ids,
+    completion_ids,
+    completion_mask,
+    temperature: float,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> torch.Tensor:
     """The chunked path (see the module docstring); ``model`` may be wrapped (DDP). The model must be supported."""
     inner = _unwrap(model)
     C = completion_ids.shape[1]
     with _hidden_state_forward(inner, C + 1):
         hidden = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    return logprobs_from_hidden(hidden[:, :-1], completion_ids, completion_mask, inner.get_output_embeddings(), temperature, chunk_size, head_transform(inner))
+    return logprobs_from_hidden(
+        hidden[:, :-1],
+        completion_ids,
+        completion_mask,
+        inner.get_output_embeddings(),
+        temperature,
+        chunk_size,
+        head_transform(inner),
+    )
 
 
-def completion_logprobs(model, input_ids, attention_mask, position_ids, completion_ids, completion_mask, temperature: float, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+def completion_logprobs(
+    model,
+    input_ids,
+    attention_mask,
+    position_ids,
+    completion_ids,
+    completion_mask,
+    temperature: float,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> torch.Tensor:
     """[B, C] log-probs of the completion tokens (the last C of ``input_ids``); chunked unless ``chunk_size``
     is 0 or the model is not supported (then the full-logits path)."""
     if chunk_size > 0:
@@ -176,8 +231,14 @@ def completion_logprobs(model, input_ids, attention_mask, position_ids, completi
             # DDP would search the returned hidden states' graph for used parameters and miss an untied lm_head
             reason = "DDP with find_unused_parameters=True"
         if reason is None:
-            return chunked_logprobs(model, input_ids, attention_mask, position_ids, completion_ids, completion_mask, temperature, chunk_size)
+            return chunked_logprobs(
+                model, input_ids, attention_mask, position_ids, completion_ids, completion_mask, temperature, chunk_size
+            )
         if reason not in _warned:
             _warned.add(reason)
-            print(f"warning: log-probs use the full-logits path ([rows, length, vocabulary] float32 logits): {reason}", file=sys.stderr, flush=True)
+            print(
+                f"warning: log-probs use the full-logits path ([rows, length, vocabulary] float32 logits): {reason}",
+                file=sys.stderr,
+                flush=True,
+            )
     return full_logprobs(model, input_ids, attention_mask, position_ids, completion_ids, temperature)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 from harness.models import REGISTRY
 
 #: Default ``train.max_tokens_per_microbatch`` (kept equal to the config default). SmolLM2-135M in float32 keeps
@@ -48,7 +47,7 @@ def plan_microbatches(rows, prompt_lens, completion_lens, max_rows: int = 0, max
     if len(rows) <= cap and (max_tokens <= 0 or padded(rows) <= max_tokens):
         return [rows]
     if max_tokens <= 0:
-        return [rows[s:s + cap] for s in range(0, len(rows), cap)]
+        return [rows[s : s + cap] for s in range(0, len(rows), cap)]
     order = rows[np.argsort(P[rows] + C[rows], kind="stable")]
     out: list[np.ndarray] = []
     cur: list[int] = []
@@ -83,12 +82,19 @@ class Arch:
 def arch_from_config(cfg) -> Arch:
     """From a transformers config object or a config.json mapping."""
     get = (lambda k, d=None: cfg.get(k, d)) if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
-    L, H, I, V = int(get("num_hidden_layers")), int(get("hidden_size")), int(get("intermediate_size") or 4 * get("hidden_size")), int(get("vocab_size"))
+    L, H, I, V = (
+        int(get("num_hidden_layers")),
+        int(get("hidden_size")),
+        int(get("intermediate_size") or 4 * get("hidden_size")),
+        int(get("vocab_size")),
+    )
     heads = int(get("num_attention_heads") or 1)
     hd = int(get("head_dim") or H // heads)
     kv = int(get("num_key_value_heads") or heads) * hd
     tied = bool(get("tie_word_embeddings", True))
-    per_layer = H * heads * hd * 2 + 2 * H * kv + 3 * H * I  # q, o, k, v, gate/up/down (norms and biases are negligible)
+    per_layer = (
+        H * heads * hd * 2 + 2 * H * kv + 3 * H * I
+    )  # q, o, k, v, gate/up/down (norms and biases are negligible)
     return Arch(L, H, I, V, float(L * per_layer + V * H * (1 if tied else 2)))
 
 
@@ -101,8 +107,17 @@ def model_arch(name: str) -> Arch | None:
         from harness.tiny_model import TinyBuildConfig
 
         c = TinyBuildConfig()
-        return arch_from_config({"num_hidden_layers": c.layers, "hidden_size": c.hidden, "intermediate_size": c.intermediate, "vocab_size": 102,
-                                 "num_attention_heads": c.heads, "head_dim": c.head_dim, "num_key_value_heads": c.kv_heads})
+        return arch_from_config(
+            {
+                "num_hidden_layers": c.layers,
+                "hidden_size": c.hidden,
+                "intermediate_size": c.intermediate,
+                "vocab_size": 102,
+                "num_attention_heads": c.heads,
+                "head_dim": c.head_dim,
+                "num_key_value_heads": c.kv_heads,
+            }
+        )
     p = Path(name) / "config.json"
     if p.is_file():
         try:
@@ -125,8 +140,16 @@ LOGIT_BLOCKS_CHUNKED, LOGIT_BLOCKS_FULL = 4, 2.5
 BASE_BYTES = 0.5e9
 
 
-def estimate_peak_memory(arch: Arch, *, tokens: int, completion_tokens: int, chunk_size: int, dtype: str = "float32",
-                         gradient_checkpointing: bool = False, reference_model: bool = False) -> dict[str, float]:
+def estimate_peak_memory(
+    arch: Arch,
+    *,
+    tokens: int,
+    completion_tokens: int,
+    chunk_size: int,
+    dtype: str = "float32",
+    gradient_checkpointing: bool = False,
+    reference_model: bool = False,
+) -> dict[str, float]:
     """Estimated peak bytes of one training micro-batch's forward + backward (the step's peak).
 
     ``tokens``: padded tokens of the largest micro-batch (rows x (prompt + completion)); ``completion_tokens``:
@@ -142,7 +165,13 @@ def estimate_peak_memory(arch: Arch, *, tokens: int, completion_tokens: int, chu
     act = tokens * (arch.layers * arch.hidden * b + per_layer if gradient_checkpointing else arch.layers * per_layer)
     logit_tokens = min(chunk_size, completion_tokens) if chunk_size > 0 else completion_tokens
     logits = logit_tokens * arch.vocab * 4 * (LOGIT_BLOCKS_CHUNKED if chunk_size > 0 else LOGIT_BLOCKS_FULL)
-    return {"weights_optimizer": states, "activations": act, "logits": logits, "base": BASE_BYTES, "total": states + act + logits + BASE_BYTES}
+    return {
+        "weights_optimizer": states,
+        "activations": act,
+        "logits": logits,
+        "base": BASE_BYTES,
+        "total": states + act + logits + BASE_BYTES,
+    }
 
 
 def estimate_for_config(cfg, arch: Arch | None, *, replay_rows: int = 0) -> dict[str, float] | None:
@@ -158,8 +187,15 @@ def estimate_for_config(cfg, arch: Arch | None, *, replay_rows: int = 0) -> dict
     if t.max_tokens_per_microbatch > 0:
         rows = max(1, min(rows, t.max_tokens_per_microbatch // width))
     kl = float(cfg.algorithm.get("beta", 0.0) or 0.0) > 0
-    return estimate_peak_memory(arch, tokens=rows * width, completion_tokens=rows * g.max_completion_length, chunk_size=t.logprob_chunk_size,
-                                dtype=cfg.model.dtype, gradient_checkpointing=cfg.model.gradient_checkpointing, reference_model=kl)
+    return estimate_peak_memory(
+        arch,
+        tokens=rows * width,
+        completion_tokens=rows * g.max_completion_length,
+        chunk_size=t.logprob_chunk_size,
+        dtype=cfg.model.dtype,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+        reference_model=kl,
+    )
 
 
 # ------------------------------------------------------------------------------------------------

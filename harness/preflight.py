@@ -22,7 +22,10 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _in_hub_cache(repo_id: str) -> bool:
@@ -59,18 +62,26 @@ def check_model(name: str) -> None:
         return
     if name not in REGISTRY and not HUB_ID.match(name):
         looks_like_path = name.startswith((".", "/", "~")) or os.sep in name or name.lower().endswith(".gguf")
-        what = "no such local path" if looks_like_path else "not a registry name, not an existing local path and not a hub id (org/name)"
+        what = (
+            "no such local path"
+            if looks_like_path
+            else "not a registry name, not an existing local path and not a hub id (org/name)"
+        )
         raise ConfigError(f"unknown model '{name}': {what}; {registry}")
     if hub_offline() and not _in_hub_cache(source):
         via = f"registry name for the hub id {source}" if name in REGISTRY else "hub id"
-        raise ConfigError(f"model '{name}' ({via}) is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it: "
-                          f"download it where there is internet (`huggingface-cli download {source}`) and copy the cache here, "
-                          f"or give a local path; {registry}")
+        raise ConfigError(
+            f"model '{name}' ({via}) is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it: "
+            f"download it where there is internet (`huggingface-cli download {source}`) and copy the cache here, "
+            f"or give a local path; {registry}"
+        )
 
 
 def evaluates(cfg: HarnessConfig) -> bool:
     e = cfg.eval
-    return bool(e.benchmarks) and (e.before_training or e.after_training or e.every_steps > 0 or bool(e.at_budget_fractions))
+    return bool(e.benchmarks) and (
+        e.before_training or e.after_training or e.every_steps > 0 or bool(e.at_budget_fractions)
+    )
 
 
 def preflight(configs: Iterable[HarnessConfig], *, data: bool = True) -> None:

@@ -78,7 +78,9 @@ def eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
 # Progress of long generations (evaluation at 2,048 tokens): a callback(new_tokens, finished_rows) called after
 # every decoding step of an engine that decodes in this process (``harness.sampling.sample``) while :func:`decode_progress` is active. Engines that do not decode here
 # (vLLM) report nothing; callers then advance per batch.
-_PROGRESS: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar("decode_progress", default=None)
+_PROGRESS: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar(
+    "decode_progress", default=None
+)
 
 
 @contextlib.contextmanager

@@ -10,10 +10,10 @@ temperature -> top-k -> top-p.
 
 from __future__ import annotations
 
-
 import torch
 
 from harness.rollout import current_decode_progress
+
 
 def process_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """Apply temperature, top-k and top-p (nucleus) filtering; filtered entries become -inf."""
@@ -34,8 +34,19 @@ def process_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: 
 
 
 @torch.no_grad()
-def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int, eos_ids: list[int], pad_id: int,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, return_logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def sample(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_ids: list[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    return_logprobs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Sample continuations for left-padded ``input_ids``.
 
     Returns (tokens [B, max_new_tokens] padded with ``pad_id`` after eos, lengths [B] including the
@@ -51,7 +62,14 @@ def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
     eos = torch.tensor(eos_ids, device=device)
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     alive = torch.arange(B, device=device)  # original row of each row still generating
     mask = attention_mask
     last_pos = positions[:, -1]
@@ -82,5 +100,11 @@ def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
             cache.batch_select_indices(keep)
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         last_pos = last_pos + 1
-        out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=last_pos.unsqueeze(1), past_key_values=cache, use_cache=True)
+        out = model(
+            input_ids=nxt.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=last_pos.unsqueeze(1),
+            past_key_values=cache,
+            use_cache=True,
+        )
     return tokens, lengths, logprobs

@@ -104,12 +104,18 @@ def check_bounds(obj: Any, prefix: str) -> None:
         value = getattr(obj, f.name)
         if value is None or not any(k in meta for k in _BOUNDS):
             continue
-        ok = (("ge" not in meta or value >= meta["ge"]) and ("gt" not in meta or value > meta["gt"])
-              and ("le" not in meta or value <= meta["le"]) and ("lt" not in meta or value < meta["lt"]))
+        ok = (
+            ("ge" not in meta or value >= meta["ge"])
+            and ("gt" not in meta or value > meta["gt"])
+            and ("le" not in meta or value <= meta["le"])
+            and ("lt" not in meta or value < meta["lt"])
+        )
         if not ok:
             optional = f.default is None or type(None) in get_args(get_type_hints(type(obj)).get(f.name))
             why = f" ({meta['why']})" if meta.get("why") else ""
-            raise ConfigError(f"{prefix}.{f.name} must be {_bound_text(meta)}{why}{' or None' if optional else ''}, got {value!r}")
+            raise ConfigError(
+                f"{prefix}.{f.name} must be {_bound_text(meta)}{why}{' or None' if optional else ''}, got {value!r}"
+            )
 
 
 def describe_fields(obj_or_cls: Any, prefix: str) -> list[tuple[str, Any, str]]:

@@ -19,8 +19,10 @@ MASK = "***"
 # scheme://user:PASSWORD@host - the password stops at '@', '/', whitespace (a '/' in a password must be %2F-encoded)
 _USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@?#]*:)([^@\s/]*)(@)")
 # ?password=... &token=... (libpq, object stores' signatures, API keys)
-_QUERY = re.compile(r"([?&;](?:password|passwd|pwd|pass|secret|token|access_token|auth|auth_token|api_key|apikey|key|sig|signature|sas)=)([^&#\s]*)",
-                    re.IGNORECASE)
+_QUERY = re.compile(
+    r"([?&;](?:password|passwd|pwd|pass|secret|token|access_token|auth|auth_token|api_key|apikey|key|sig|signature|sas)=)([^&#\s]*)",
+    re.IGNORECASE,
+)
 
 
 class SecretMissingError(ValueError):
@@ -43,7 +45,9 @@ def is_masked(uri: str | None) -> bool:
     """True for a URI whose password (or secret query value) was replaced by ``***``."""
     if not uri:
         return False
-    return any(m.group(2) == MASK for m in _USERINFO.finditer(uri)) or any(m.group(2) == MASK for m in _QUERY.finditer(uri))
+    return any(m.group(2) == MASK for m in _USERINFO.finditer(uri)) or any(
+        m.group(2) == MASK for m in _QUERY.finditer(uri)
+    )
 
 
 def mask_secrets(obj: Any) -> Any:
@@ -57,14 +61,22 @@ def mask_secrets(obj: Any) -> Any:
     return obj
 
 
-def unmask_uri(uri: str, candidates: Iterable[str | None], *, what: str = "tracking URI", hint: str = "set MLFLOW_TRACKING_URI (or pass --tracking-uri) to the full URI") -> str:
+def unmask_uri(
+    uri: str,
+    candidates: Iterable[str | None],
+    *,
+    what: str = "tracking URI",
+    hint: str = "set MLFLOW_TRACKING_URI (or pass --tracking-uri) to the full URI",
+) -> str:
     """The real URI behind ``uri``: ``uri`` itself when it is not masked, else the first candidate that masks to it."""
     if not is_masked(uri):
         return uri
     for c in candidates:
         if c and not is_masked(c) and mask_uri(c) == uri:
             return c
-    raise SecretMissingError(f"the {what} {uri} was saved without its password, which is never written to disk or MLflow; {hint}")
+    raise SecretMissingError(
+        f"the {what} {uri} was saved without its password, which is never written to disk or MLflow; {hint}"
+    )
 
 
 def without_credentials(uri: str) -> str:

@@ -72,7 +72,17 @@ class Tracker:
     a new run is created and ``new_run`` is True; ``missing_run_id`` keeps the id that was asked for.
     """
 
-    def __init__(self, *, enabled: bool, tracking_uri: str | None, experiment: str, run_name: str, run_id: str | None = None, tags: dict[str, str] | None = None, parent_run_id: str | None = None):
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        tracking_uri: str | None,
+        experiment: str,
+        run_name: str,
+        run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ):
         self.enabled = enabled
         self.run_id: str | None = run_id
         self.new_run = run_id is None
@@ -120,7 +130,7 @@ class Tracker:
         existing = self.client.get_run(self.run_id).data.params
         todo = [Param(k, str(v)[:6000]) for k, v in flat.items() if k not in existing]
         for i in range(0, len(todo), 100):
-            self.client.log_batch(self.run_id, params=todo[i:i + 100])
+            self.client.log_batch(self.run_id, params=todo[i : i + 100])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.enabled:
@@ -137,7 +147,7 @@ class Tracker:
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
         for i in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 500])
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
 
     def truncate_history(self, after_step: int, probe_key: str = "budget/fraction") -> int | None:
         """Delete this run's metric points with ``step > after_step``: what an interrupted process logged after the
@@ -162,13 +172,17 @@ class Tracker:
             except Exception:  # noqa: BLE001
                 beyond = []
             if beyond:
-                _warn(f"MLflow at {self.display_uri} offers no way to delete metric points: run {self.run_id} keeps the points of steps "
-                      f"{after_step + 1}-{max(beyond)} logged before the interruption, and those steps are logged again from the checkpoint "
-                      f"(step {after_step}); harness reports keep the last value per step")
+                _warn(
+                    f"MLflow at {self.display_uri} offers no way to delete metric points: run {self.run_id} keeps the points of steps "
+                    f"{after_step + 1}-{max(beyond)} logged before the interruption, and those steps are logged again from the checkpoint "
+                    f"(step {after_step}); harness reports keep the last value per step"
+                )
                 self.set_tags({"harness.duplicated_steps": f"{after_step + 1}-{max(beyond)}"})
             return None
         try:
-            writing = store.ManagedSessionMaker(read_only=False)  # a write session (MLflow >= 3.x routes read-only ones to replicas)
+            writing = store.ManagedSessionMaker(
+                read_only=False
+            )  # a write session (MLflow >= 3.x routes read-only ones to replicas)
         except TypeError:
             writing = store.ManagedSessionMaker()
         with writing as session:
@@ -176,14 +190,31 @@ class Tracker:
             keys = [k for (k,) in session.query(SqlMetric.key).filter(sel).distinct()]
             n = session.query(SqlMetric).filter(sel).delete(synchronize_session=False)
             for key in keys:
-                last = (session.query(SqlMetric).filter(SqlMetric.run_uuid == self.run_id, SqlMetric.key == key)
-                        .order_by(SqlMetric.step.desc(), SqlMetric.timestamp.desc(), SqlMetric.value.desc()).first())
-                row = session.query(SqlLatestMetric).filter(SqlLatestMetric.run_uuid == self.run_id, SqlLatestMetric.key == key).one_or_none()
+                last = (
+                    session.query(SqlMetric)
+                    .filter(SqlMetric.run_uuid == self.run_id, SqlMetric.key == key)
+                    .order_by(SqlMetric.step.desc(), SqlMetric.timestamp.desc(), SqlMetric.value.desc())
+                    .first()
+                )
+                row = (
+                    session.query(SqlLatestMetric)
+                    .filter(SqlLatestMetric.run_uuid == self.run_id, SqlLatestMetric.key == key)
+                    .one_or_none()
+                )
                 if last is None:
                     if row is not None:
                         session.delete(row)
                 elif row is None:
-                    session.add(SqlLatestMetric(run_uuid=self.run_id, key=key, value=last.value, timestamp=last.timestamp, step=last.step, is_nan=last.is_nan))
+                    session.add(
+                        SqlLatestMetric(
+                            run_uuid=self.run_id,
+                            key=key,
+                            value=last.value,
+                            timestamp=last.timestamp,
+                            step=last.step,
+                            is_nan=last.is_nan,
+                        )
+                    )
                 else:
                     row.value, row.timestamp, row.step, row.is_nan = last.value, last.timestamp, last.step, last.is_nan
         return int(n)
@@ -200,7 +231,9 @@ class Tracker:
             p = Path(d) / name
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(text)
-            self.client.log_artifact(self.run_id, str(p), str(Path(name).parent) if Path(name).parent != Path(".") else None)
+            self.client.log_artifact(
+                self.run_id, str(p), str(Path(name).parent) if Path(name).parent != Path(".") else None
+            )
 
     def log_dict(self, data: Any, name: str) -> None:
         self.log_text(json.dumps(data, indent=2, sort_keys=True, default=str), name)

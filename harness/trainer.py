@@ -70,11 +70,11 @@ def collate(prompts: list[list[int]], completions: list[np.ndarray], pad_id: int
     mask = torch.zeros((B, P + C), dtype=torch.long)
     cmask = torch.zeros((B, C), dtype=torch.float32)
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        ids[i, P - len(p):P] = torch.as_tensor(p, dtype=torch.long)
-        mask[i, P - len(p):P] = 1
-        ids[i, P:P + len(c)] = torch.as_tensor(c, dtype=torch.long)
-        mask[i, P:P + len(c)] = 1
-        cmask[i, :len(c)] = 1
+        ids[i, P - len(p) : P] = torch.as_tensor(p, dtype=torch.long)
+        mask[i, P - len(p) : P] = 1
+        ids[i, P : P + len(c)] = torch.as_tensor(c, dtype=torch.long)
+        mask[i, P : P + len(c)] = 1
+        cmask[i, : len(c)] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     return Collated(ids, mask, pos, ids[:, P:], cmask)
 
@@ -82,7 +82,7 @@ def collate(prompts: list[list[int]], completions: list[np.ndarray], pad_id: int
 def pad_rows(rows: list[np.ndarray], width: int) -> torch.Tensor:
     out = torch.zeros((len(rows), width), dtype=torch.float32)
     for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.as_tensor(r[:width], dtype=torch.float32)
+        out[i, : len(r)] = torch.as_tensor(r[:width], dtype=torch.float32)
     return out
 
 
@@ -105,7 +105,14 @@ def row_engine_logprobs(batch: TrainBatch, groups: list[RolloutGroup]) -> list[n
         row = batch.completion_ids[r]
         j = next((j for j, c in enumerate(g.completion_ids) if c is row and j not in used), None)
         if j is None:
-            j = next((j for j, c in enumerate(g.completion_ids) if j not in used and len(c) == len(row) and np.array_equal(c, row)), None)
+            j = next(
+                (
+                    j
+                    for j, c in enumerate(g.completion_ids)
+                    if j not in used and len(c) == len(row) and np.array_equal(c, row)
+                ),
+                None,
+            )
         if j is None or g.engine_logprobs[j] is None:
             continue
         used.add(j)
@@ -125,8 +132,16 @@ class StepRecord:
 
 
 class Trainer:
-    def __init__(self, cfg: HarnessConfig, *, resume: str | None = None, progress: bool = True, tracker_tags: dict[str, str] | None = None, parent_run_id: str | None = None,
-                 engine=None):
+    def __init__(
+        self,
+        cfg: HarnessConfig,
+        *,
+        resume: str | None = None,
+        progress: bool = True,
+        tracker_tags: dict[str, str] | None = None,
+        parent_run_id: str | None = None,
+        engine=None,
+    ):
         """``engine``: an already started rollout engine to use instead of creating ``generation.engine`` (tests,
         notebooks); it receives the trainer's weights at once and is not closed by the trainer.
 
@@ -139,7 +154,14 @@ class Trainer:
         self.tracker: Tracker | None = None
         self._resume_run_id: str | None = None
         try:
-            self._setup(cfg, resume=resume, progress=progress, tracker_tags=tracker_tags, parent_run_id=parent_run_id, engine=engine)
+            self._setup(
+                cfg,
+                resume=resume,
+                progress=progress,
+                tracker_tags=tracker_tags,
+                parent_run_id=parent_run_id,
+                engine=engine,
+            )
         except BaseException:
             self._abort_setup(cfg)
             raise
@@ -163,9 +185,11 @@ class Trainer:
         if not resume:
             existing = ckpt.list_checkpoints(self.output_dir)
             if existing:
-                raise ckpt.CheckpointError(f"output folder '{self.output_dir}' already holds checkpoints ({', '.join(c.name for c in existing[:3])}): "
-                                           f"continue it with `harness run --resume {self.output_dir}`, or set another train.output_dir (or remove them); "
-                                           "a new run never overwrites them")
+                raise ckpt.CheckpointError(
+                    f"output folder '{self.output_dir}' already holds checkpoints ({', '.join(c.name for c in existing[:3])}): "
+                    f"continue it with `harness run --resume {self.output_dir}`, or set another train.output_dir (or remove them); "
+                    "a new run never overwrites them"
+                )
             return None
         found, err = None, None
         if self.is_main:
@@ -189,9 +213,12 @@ class Trainer:
         MLflow and lines of completions.jsonl; if the checkpoint's MLflow run is gone, the run continues in a new one."""
         tr = self.tracker
         if tr.enabled and tr.missing_run_id:
-            print(f"warning: MLflow run {tr.missing_run_id} recorded in {resume_dir} is not in {tr.display_uri} (was the store lost or the run "
-                  f"deleted?): continuing from step {self.step} in a new run {tr.run_id}, tagged harness.continues_run={tr.missing_run_id}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: MLflow run {tr.missing_run_id} recorded in {resume_dir} is not in {tr.display_uri} (was the store lost or the run "
+                f"deleted?): continuing from step {self.step} in a new run {tr.run_id}, tagged harness.continues_run={tr.missing_run_id}",
+                file=sys.stderr,
+                flush=True,
+            )
         elif tr.enabled:
             tr.truncate_history(self.step)
         tr.set_tags({"harness.resumed_from": f"{resume_dir.name} (step {self.step})"})
@@ -207,7 +234,16 @@ class Trainer:
                 kept.append(line)
             atomic_write_text(log, "".join(x + "\n" for x in kept))
 
-    def _setup(self, cfg: HarnessConfig, *, resume: str | None, progress: bool, tracker_tags: dict[str, str] | None, parent_run_id: str | None, engine) -> None:
+    def _setup(
+        self,
+        cfg: HarnessConfig,
+        *,
+        resume: str | None,
+        progress: bool,
+        tracker_tags: dict[str, str] | None,
+        parent_run_id: str | None,
+        engine,
+    ) -> None:
         """Set-up in named steps; the order is part of the contract (the seed is set before the model and the algorithm
         are built, so the same seed gives the same run)."""
         resume_dir = self._setup_run(cfg, resume, progress)
@@ -232,8 +268,13 @@ class Trainer:
         self.callbacks: list[Callable[[StepRecord], None]] = []
         self.eval_callbacks: list[Callable[["Trainer", str, dict[str, Any]], None]] = []
         self.spec = get_spec(cfg.model.name)
-        self.system_prompt, self.prompt_suffix = instruction_for(self.spec, cfg.data.system_prompt, cfg.data.prompt_suffix)
-        self.run_name = cfg.tracking.run_name or f"{cfg.algorithm['name'].replace(':', '-')}-{cfg.model.name.split('/')[-1]}-s{cfg.train.seed}"
+        self.system_prompt, self.prompt_suffix = instruction_for(
+            self.spec, cfg.data.system_prompt, cfg.data.prompt_suffix
+        )
+        self.run_name = (
+            cfg.tracking.run_name
+            or f"{cfg.algorithm['name'].replace(':', '-')}-{cfg.model.name.split('/')[-1]}-s{cfg.train.seed}"
+        )
         self.output_dir = Path(cfg.train.output_dir.format(run_name=self.run_name))
         self._completions_log = self.output_dir / "completions.jsonl"
         resume_dir = self._find_resume_dir(resume)
@@ -249,33 +290,56 @@ class Trainer:
         np.random.seed(seed)
         m = cfg.model
         self.tokenizer = load_tokenizer(m.name, m.trust_remote_code)
-        self.model = load_model(m.name, m.dtype, m.trust_remote_code, m.attn_implementation, path=str(resume_dir / "model") if resume_dir else None)
+        self.model = load_model(
+            m.name,
+            m.dtype,
+            m.trust_remote_code,
+            m.attn_implementation,
+            path=str(resume_dir / "model") if resume_dir else None,
+        )
         if m.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.model.config.use_cache = True
-        self.algorithm = create_algorithm(cfg.algorithm, seed=seed, max_completion_length=cfg.generation.max_completion_length,
-                                          process_index=acc.process_index, num_processes=acc.num_processes)
+        self.algorithm = create_algorithm(
+            cfg.algorithm,
+            seed=seed,
+            max_completion_length=cfg.generation.max_completion_length,
+            process_index=acc.process_index,
+            num_processes=acc.num_processes,
+        )
         self.ref_model = None
         if self.algorithm.needs_reference_model:
-            self.ref_model = load_model(m.name, m.dtype, m.trust_remote_code, m.attn_implementation).to(acc.device).eval()
+            self.ref_model = (
+                load_model(m.name, m.dtype, m.trust_remote_code, m.attn_implementation).to(acc.device).eval()
+            )
             self.ref_model.requires_grad_(False)
-        self.num_params = sum(p.numel() for p in self.model.parameters())  # N of the FLOPs rule (harness.budget.step_flops)
-        self.scorer = get_default_scorer(cfg.data.answer_fallback)  # the pool shared with evaluation, bound to this run's fallback
+        self.num_params = sum(
+            p.numel() for p in self.model.parameters()
+        )  # N of the FLOPs rule (harness.budget.step_flops)
+        self.scorer = get_default_scorer(
+            cfg.data.answer_fallback
+        )  # the pool shared with evaluation, bound to this run's fallback
 
     def _setup_data(self) -> None:
         """Training prompts, this process's sampler, the budget, and the algorithm's warnings about the planned run."""
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
         self.train_rows = load_train_set(cfg.data.train, cfg.data.train_size, cfg.data.shuffle_seed)
-        self.sampler = PromptSampler(len(self.train_rows), t.prompts_per_step, cfg.data.shuffle_seed, acc.process_index, acc.num_processes)
+        self.sampler = PromptSampler(
+            len(self.train_rows), t.prompts_per_step, cfg.data.shuffle_seed, acc.process_index, acc.num_processes
+        )
         self.budget = Budget.from_train(t, self.sampler.steps_per_epoch)
         visits = visits_per_prompt(t, len(self.sampler.shard))
         if self.is_main and visits is not None:
-            for warning in self.algorithm.plan_warnings(num_generations=cfg.generation.num_generations, visits_per_prompt=visits):
+            for warning in self.algorithm.plan_warnings(
+                num_generations=cfg.generation.num_generations, visits_per_prompt=visits
+            ):
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
 
     def _setup_optimizer(self, resume_dir: Path | None) -> None:
         t = self.cfg.train
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay
+        )
         if resume_dir:
             ckpt.load_optimizer(self.optimizer, resume_dir)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
@@ -284,12 +348,22 @@ class Trainer:
         """The rollout engine (the one given, else ``generation.engine``; ``auto`` resolves to hf or vllm)."""
         cfg, g = self.cfg, self.cfg.generation
         self._owns_engine = engine is None
-        self.engine = engine if engine is not None else create_engine(g.engine, model=self.accelerator.unwrap_model(self.model), tokenizer=self.tokenizer,
-                                                                       **engine_options(cfg))
+        self.engine = (
+            engine
+            if engine is not None
+            else create_engine(
+                g.engine,
+                model=self.accelerator.unwrap_model(self.model),
+                tokenizer=self.tokenizer,
+                **engine_options(cfg),
+            )
+        )
         self.engine_name = getattr(self.engine, "name", g.engine)
         # Per-token log-probs with the samples: always when the engine returns them at no real cost (gap metrics),
         # and whenever TIS or engine behaviour log-probs need them.
-        self.want_engine_logprobs = bool(getattr(self.engine, "cheap_logprobs", False) or g.tis_cap is not None or g.behaviour_logprobs == "engine")
+        self.want_engine_logprobs = bool(
+            getattr(self.engine, "cheap_logprobs", False) or g.tis_cap is not None or g.behaviour_logprobs == "engine"
+        )
 
     def _restore(self, resume_dir: Path) -> None:
         """This process's state from the checkpoint: RNGs, the algorithm's state, the sampler's position."""
@@ -297,11 +371,20 @@ class Trainer:
         self.algorithm.load_state_dict(*algo_state)
         self.sampler.load_state_dict(rank_meta["sampler"])
 
-    def _setup_tracking(self, resume_dir: Path | None, tracker_tags: dict[str, str] | None, parent_run_id: str | None) -> None:
+    def _setup_tracking(
+        self, resume_dir: Path | None, tracker_tags: dict[str, str] | None, parent_run_id: str | None
+    ) -> None:
         """The MLflow run (the checkpoint's when resuming), the output folder, the resolved config as params and file."""
         cfg, acc, g = self.cfg, self.accelerator, self.cfg.generation
-        self.tracker = Tracker(enabled=cfg.tracking.enabled and self.is_main, tracking_uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment_name,
-                               run_name=self.run_name, run_id=self.state.mlflow_run_id, tags=tracker_tags, parent_run_id=parent_run_id)
+        self.tracker = Tracker(
+            enabled=cfg.tracking.enabled and self.is_main,
+            tracking_uri=cfg.tracking.tracking_uri,
+            experiment=cfg.tracking.experiment_name,
+            run_name=self.run_name,
+            run_id=self.state.mlflow_run_id,
+            tags=tracker_tags,
+            parent_run_id=parent_run_id,
+        )
         resolved = {**cfg.to_dict(), "algorithm": algorithm_config_dict(cfg.algorithm)}
         self.resolved = mask_secrets(resolved)  # params and trainer_state.json never hold a password (harness.secrets)
         if not self.is_main:
@@ -314,8 +397,18 @@ class Trainer:
             auto = {"auto_reason": self.engine.auto_reason} if getattr(self.engine, "auto_reason", None) else {}
             self.tracker.log_params(self.resolved)
             self.tracker.log_params({"engine": {"resolved": self.engine_name, **auto}})
-            self.tracker.set_tags({"algorithm": cfg.algorithm["name"], "model": cfg.model.name, "seed": cfg.train.seed, "train_set": cfg.data.train,
-                                   "engine": self.engine_name, "engine.requested": g.engine, "num_processes": acc.num_processes, "torch": torch.__version__})
+            self.tracker.set_tags(
+                {
+                    "algorithm": cfg.algorithm["name"],
+                    "model": cfg.model.name,
+                    "seed": cfg.train.seed,
+                    "train_set": cfg.data.train,
+                    "engine": self.engine_name,
+                    "engine.requested": g.engine,
+                    "num_processes": acc.num_processes,
+                    "torch": torch.__version__,
+                }
+            )
             self.tracker.log_artifact(self.output_dir / "config.yaml")
 
     # ------------------------------------------------------------------------------------------
@@ -351,8 +444,14 @@ class Trainer:
         return self.budget.done(self.state.step, self.state.totals)
 
     def encode(self, problem: str) -> tuple[list[int], bool]:
-        return encode_prompt(self.tokenizer, problem, self.cfg.data.max_prompt_length, self.spec.chat_template_kwargs,
-                             system_prompt=self.system_prompt, suffix=self.prompt_suffix)
+        return encode_prompt(
+            self.tokenizer,
+            problem,
+            self.cfg.data.max_prompt_length,
+            self.spec.chat_template_kwargs,
+            system_prompt=self.system_prompt,
+            suffix=self.prompt_suffix,
+        )
 
     def eval_settings(self) -> EvalSettings:
         return settings_from_config(self.cfg, model=self.accelerator.unwrap_model(self.model), spec=self.spec)
@@ -360,18 +459,40 @@ class Trainer:
     def evaluate(self, tag: str) -> dict[str, Any]:
         """Evaluate the current policy on the configured benchmarks (main process), log it, keep it."""
         settings = self.eval_settings()
-        res = evaluate(self.engine, self.tokenizer, self.cfg.eval.benchmarks, settings, self.scorer,
-                       lambda p: encode_prompt(self.tokenizer, p, settings.max_prompt_length, self.spec.chat_template_kwargs,
-                                                 system_prompt=self.system_prompt, suffix=self.prompt_suffix), progress=self.progress,
-                       cache=self._start_eval_cache() if tag == "before" and self.policy_version == 0 else None)
+        res = evaluate(
+            self.engine,
+            self.tokenizer,
+            self.cfg.eval.benchmarks,
+            settings,
+            self.scorer,
+            lambda p: encode_prompt(
+                self.tokenizer,
+                p,
+                settings.max_prompt_length,
+                self.spec.chat_template_kwargs,
+                system_prompt=self.system_prompt,
+                suffix=self.prompt_suffix,
+            ),
+            progress=self.progress,
+            cache=self._start_eval_cache() if tag == "before" and self.policy_version == 0 else None,
+        )
         fraction = self.budget_fraction()
-        summary = {"tag": tag, "step": self.step, "budget_fraction": fraction, "spent": self.spent(), "macro_accuracy": res["macro_accuracy"], "benchmarks": res["benchmarks"],
-                   "totals": dict(self.totals)}
+        summary = {
+            "tag": tag,
+            "step": self.step,
+            "budget_fraction": fraction,
+            "spent": self.spent(),
+            "macro_accuracy": res["macro_accuracy"],
+            "benchmarks": res["benchmarks"],
+            "totals": dict(self.totals),
+        }
         self.eval_history.append(summary)
         self.tracker.log_metrics({**flat_metrics(res), "eval/budget_fraction": fraction}, step=self.step)
         for cb in self.eval_callbacks:
             cb(self, tag, res)
-        self.tracker.log_text("\n".join(json.dumps(s) for s in res["samples"]) + "\n", f"eval/{tag}-step{self.step}.jsonl")
+        self.tracker.log_text(
+            "\n".join(json.dumps(s) for s in res["samples"]) + "\n", f"eval/{tag}-step{self.step}.jsonl"
+        )
         return res
 
     def _start_eval_cache(self):
@@ -391,8 +512,17 @@ class Trainer:
         encoded = [self.encode(r["problem"]) for r in rows]
         prompts = [e[0] for e in encoded]
         t0 = time.perf_counter()
-        outs = self.engine.generate(prompts, SamplingParams(n=g.num_generations, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, max_new_tokens=g.max_completion_length,
-                                                            return_logprobs=self.want_engine_logprobs))
+        outs = self.engine.generate(
+            prompts,
+            SamplingParams(
+                n=g.num_generations,
+                temperature=g.temperature,
+                top_k=g.top_k,
+                top_p=g.top_p,
+                max_new_tokens=g.max_completion_length,
+                return_logprobs=self.want_engine_logprobs,
+            ),
+        )
         t_gen = time.perf_counter() - t0
         t0 = time.perf_counter()
         texts = [self.tokenizer.decode(c.token_ids, skip_special_tokens=True) for o in outs for c in o]
@@ -405,33 +535,63 @@ class Trainer:
         G = g.num_generations
         # The policy version of a group is the one the engine reports for its samples (the oldest, should they differ).
         versions = [min(int(c.policy_version) for c in o) for o in outs]
-        groups = [RolloutGroup(prompt_id=r["id"], prompt_ids=p, completion_ids=[c.token_ids for c in o], rewards=rewards[i * G:(i + 1) * G], policy_version=versions[i],
-                               engine_logprobs=[c.logprobs for c in o] if any(c.logprobs is not None for c in o) else None)
-                  for i, (r, p, o) in enumerate(zip(rows, prompts, outs))]
+        groups = [
+            RolloutGroup(
+                prompt_id=r["id"],
+                prompt_ids=p,
+                completion_ids=[c.token_ids for c in o],
+                rewards=rewards[i * G : (i + 1) * G],
+                policy_version=versions[i],
+                engine_logprobs=[c.logprobs for c in o] if any(c.logprobs is not None for c in o) else None,
+            )
+            for i, (r, p, o) in enumerate(zip(rows, prompts, outs))
+        ]
         lengths = np.array([len(c.token_ids) for o in outs for c in o])
         truncated = np.array([c.finish_reason == "length" for o in outs for c in o])
         metrics = {
-            "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()), "reward/accuracy": float(acc.mean()), "reward/format": float(fmt.mean()),
-            "completion/mean_length": float(lengths.mean()), "completion/max_length": float(lengths.max()), "completion/min_length": float(lengths.min()),
-            "completion/truncated_frac": float(truncated.mean()), "prompt/truncated_frac": float(np.mean([e[1] for e in encoded])),
-            "tokens/generated": float(lengths.sum()), "tokens/prompt": float(sum(len(p) for p in prompts)),
-            "time/generate_s": t_gen, "time/score_s": t_score,
-            "engine/policy_lag_max": float(self.policy_version - min(versions)),  # 0: every sample came from the current weights
+            "reward/mean": float(rewards.mean()),
+            "reward/std": float(rewards.std()),
+            "reward/accuracy": float(acc.mean()),
+            "reward/format": float(fmt.mean()),
+            "completion/mean_length": float(lengths.mean()),
+            "completion/max_length": float(lengths.max()),
+            "completion/min_length": float(lengths.min()),
+            "completion/truncated_frac": float(truncated.mean()),
+            "prompt/truncated_frac": float(np.mean([e[1] for e in encoded])),
+            "tokens/generated": float(lengths.sum()),
+            "tokens/prompt": float(sum(len(p) for p in prompts)),
+            "time/generate_s": t_gen,
+            "time/score_s": t_score,
+            "engine/policy_lag_max": float(
+                self.policy_version - min(versions)
+            ),  # 0: every sample came from the current weights
         }
         self._last_texts = texts
         return groups, metrics
 
-    def _forward_logprobs(self, model, prompts: list[list[int]], completions: list[np.ndarray]) -> tuple[torch.Tensor, Collated]:
+    def _forward_logprobs(
+        self, model, prompts: list[list[int]], completions: list[np.ndarray]
+    ) -> tuple[torch.Tensor, Collated]:
         """[B, C] log-probs of the completions (0 at padding) and the collated batch. ``model`` may be the DDP-wrapped
         policy (gradient sync intact) or an unwrapped model; chunked over tokens unless ``train.logprob_chunk_size=0``
         (or the architecture is not supported: :mod:`harness.logprobs`), so no [B, C, V] logits are held."""
         col = collate(prompts, completions, self.tokenizer.pad_token_id)
         dev = self.accelerator.device
-        logps = completion_logprobs(model, col.input_ids.to(dev), col.attention_mask.to(dev), col.position_ids.to(dev), col.completion_ids.to(dev),
-                                    col.completion_mask.to(dev), self.cfg.generation.temperature, self.cfg.train.logprob_chunk_size)
+        logps = completion_logprobs(
+            model,
+            col.input_ids.to(dev),
+            col.attention_mask.to(dev),
+            col.position_ids.to(dev),
+            col.completion_ids.to(dev),
+            col.completion_mask.to(dev),
+            self.cfg.generation.temperature,
+            self.cfg.train.logprob_chunk_size,
+        )
         return logps, col
 
-    def train_on(self, batch: TrainBatch, engine_lp: list[np.ndarray | None] | None = None) -> tuple[dict[str, float], list[np.ndarray]]:
+    def train_on(
+        self, batch: TrainBatch, engine_lp: list[np.ndarray | None] | None = None
+    ) -> tuple[dict[str, float], list[np.ndarray]]:
         """num_iterations optimizer steps on ``batch``; returns metrics and the behaviour log-probs per row.
 
         Rows that cannot carry gradient (zero advantage, no KL) are not run at all; rows the algorithm
@@ -458,18 +618,36 @@ class Trainer:
         lp_tokens = self._behaviour_logprobs(batch, lp_rows, pre_step)
         t_lp = time.perf_counter() - t0
         sums, timing, tokens = self._train_iterations(batch, self._plan(batch, grad_rows), pre_step, engine_lp)
-        out = sums.values(per_iteration=("loss/",), iterations=self.algorithm.num_iterations)  # losses are already normalised per iteration
-        out.update({"train/grad_norm": timing["grad_norm"], "train/lr": self.optimizer.param_groups[0]["lr"], "time/train_s": timing["train"],
-                    "time/ref_s": timing["ref"], "time/logprob_s": t_lp, "tokens/trained": float(tokens["trained"]), "tokens/logprob": float(lp_tokens),
-                    "tokens/ref": float(tokens["ref"]), "samples/trained_frac": len(grad_rows) / max(R, 1)})
+        out = sums.values(
+            per_iteration=("loss/",), iterations=self.algorithm.num_iterations
+        )  # losses are already normalised per iteration
+        out.update(
+            {
+                "train/grad_norm": timing["grad_norm"],
+                "train/lr": self.optimizer.param_groups[0]["lr"],
+                "time/train_s": timing["train"],
+                "time/ref_s": timing["ref"],
+                "time/logprob_s": t_lp,
+                "tokens/trained": float(tokens["trained"]),
+                "tokens/logprob": float(lp_tokens),
+                "tokens/ref": float(tokens["ref"]),
+                "samples/trained_frac": len(grad_rows) / max(R, 1),
+            }
+        )
         # Engine-trainer gap on the trained rows: the engine's behaviour log-probs vs the trainer's pre-step ones.
         gap_rows = [r for r in grad_rows if engine_lp[r] is not None and pre_step[r] is not None]
         out.update(logprob_gap_metrics([pre_step[r] for r in gap_rows], [engine_lp[r] for r in gap_rows]))
         if g.tis_cap is not None:
             n = sums.denominator("tis/weight_mean")  # tokens that had engine log-probs; without any, every weight was 1
             raw_max = out.pop("tis/raw_ratio/max", 1.0)
-            out.update({"tis/weight_mean": out.get("tis/weight_mean", 1.0) if n else 1.0, "tis/truncated_frac": out.get("tis/truncated_frac", 0.0) if n else 0.0,
-                        "tis/raw_ratio_max": raw_max if n else 1.0, "tis/tokens": n})
+            out.update(
+                {
+                    "tis/weight_mean": out.get("tis/weight_mean", 1.0) if n else 1.0,
+                    "tis/truncated_frac": out.get("tis/truncated_frac", 0.0) if n else 0.0,
+                    "tis/raw_ratio_max": raw_max if n else 1.0,
+                    "tis/tokens": n,
+                }
+            )
         behaviour = [engine_lp[r] if use_engine and engine_lp[r] is not None else pre_step[r] for r in range(R)]
         return out, [p if p is not None else np.zeros(0, np.float32) for p in behaviour]
 
@@ -477,8 +655,13 @@ class Trainer:
         """Micro-batches of ``rows``: at most train.micro_batch_size rows and train.max_tokens_per_microbatch padded tokens
         each. The loss is a fixed weighted sum over rows (row_weights / token_sum), so the grouping changes only rounding."""
         t = self.cfg.train
-        return plan_microbatches(rows, [len(p) for p in batch.prompt_ids], [len(c) for c in batch.completion_ids], t.micro_batch_size,
-                                 t.max_tokens_per_microbatch)
+        return plan_microbatches(
+            rows,
+            [len(p) for p in batch.prompt_ids],
+            [len(c) for c in batch.completion_ids],
+            t.micro_batch_size,
+            t.max_tokens_per_microbatch,
+        )
 
     def _behaviour_logprobs(self, batch: TrainBatch, rows: np.ndarray, out: list[np.ndarray | None]) -> int:
         """Pre-step log-probs of ``rows`` (rows without gradient whose log-probs the algorithm keeps) into ``out``, without
@@ -489,14 +672,21 @@ class Trainer:
         with torch.no_grad():
             model = self.accelerator.unwrap_model(self.model)
             for idx in self._plan(batch, rows):
-                logps, col = self._forward_logprobs(model, [batch.prompt_ids[i] for i in idx], [batch.completion_ids[i] for i in idx])
+                logps, col = self._forward_logprobs(
+                    model, [batch.prompt_ids[i] for i in idx], [batch.completion_ids[i] for i in idx]
+                )
                 tokens += int(col.attention_mask.sum())
                 for j, row in enumerate(idx):
-                    out[row] = logps[j, :len(batch.completion_ids[row])].float().cpu().numpy()
+                    out[row] = logps[j, : len(batch.completion_ids[row])].float().cpu().numpy()
         return tokens
 
-    def _train_iterations(self, batch: TrainBatch, chunks: list[np.ndarray], pre_step: list[np.ndarray | None],
-                          engine_lp: list[np.ndarray | None]) -> tuple[MetricSums, dict[str, float], dict[str, int]]:
+    def _train_iterations(
+        self,
+        batch: TrainBatch,
+        chunks: list[np.ndarray],
+        pre_step: list[np.ndarray | None],
+        engine_lp: list[np.ndarray | None],
+    ) -> tuple[MetricSums, dict[str, float], dict[str, int]]:
         """The algorithm's loss over every micro-batch, ``num_iterations`` times, each followed by an optimizer step.
 
         The first iteration's forward gives the pre-step log-probs of the trained rows (into ``pre_step``); reference
@@ -519,8 +709,17 @@ class Trainer:
                 t0 = time.perf_counter()
                 sync = nullcontext() if ci == len(chunks) - 1 else self.accelerator.no_sync(self.model)
                 with sync:
-                    inputs, trained = self._loss_inputs(sub, idx, first_iteration=it == 0, pre_step=pre_step, engine_lp=engine_lp,
-                                                        ref=ref_cache[ci][0] if ci in ref_cache else None, tis_cache=tis_cache, ci=ci, sums=sums)
+                    inputs, trained = self._loss_inputs(
+                        sub,
+                        idx,
+                        first_iteration=it == 0,
+                        pre_step=pre_step,
+                        engine_lp=engine_lp,
+                        ref=ref_cache[ci][0] if ci in ref_cache else None,
+                        tis_cache=tis_cache,
+                        ci=ci,
+                        sums=sums,
+                    )
                     loss, metrics = self.algorithm.loss(inputs)
                     self.accelerator.backward(loss)
                 tokens["trained"] += trained
@@ -531,26 +730,51 @@ class Trainer:
             timing["train"] += time.perf_counter() - t0
         return sums, timing, tokens
 
-    def _loss_inputs(self, sub: TrainBatch, idx: np.ndarray, *, first_iteration: bool, pre_step: list[np.ndarray | None], engine_lp: list[np.ndarray | None],
-                     ref: torch.Tensor | None, tis_cache: dict[int, torch.Tensor | None], ci: int, sums: MetricSums) -> tuple[LossInputs, int]:
+    def _loss_inputs(
+        self,
+        sub: TrainBatch,
+        idx: np.ndarray,
+        *,
+        first_iteration: bool,
+        pre_step: list[np.ndarray | None],
+        engine_lp: list[np.ndarray | None],
+        ref: torch.Tensor | None,
+        tis_cache: dict[int, torch.Tensor | None],
+        ci: int,
+        sums: MetricSums,
+    ) -> tuple[LossInputs, int]:
         """The policy's forward on a micro-batch, assembled with everything else the loss needs; returns the inputs and
         the tokens trained. Old log-probs: stored behaviour log-probs where a row has them, else the pre-step ones."""
         dev = self.accelerator.device
         logps, col = self._forward_logprobs(self.model, sub.prompt_ids, sub.completion_ids)
         if first_iteration:
             for j, row in enumerate(idx):
-                pre_step[row] = logps[j, :len(sub.completion_ids[j])].detach().float().cpu().numpy()
-        old = pad_rows([sub.old_logprobs[j] if sub.old_logprobs[j] is not None else pre_step[row] for j, row in enumerate(idx)],
-                       col.completion_ids.shape[1]).to(dev)
-        if self.cfg.generation.tis_cap is not None and ci not in tis_cache:  # weights from the pre-step log-probs: fixed for all iterations
-            tis_cache[ci], tis_metrics = self._tis_weights(old, [engine_lp[row] for row in idx], col.completion_mask.to(dev))
+                pre_step[row] = logps[j, : len(sub.completion_ids[j])].detach().float().cpu().numpy()
+        old = pad_rows(
+            [sub.old_logprobs[j] if sub.old_logprobs[j] is not None else pre_step[row] for j, row in enumerate(idx)],
+            col.completion_ids.shape[1],
+        ).to(dev)
+        if (
+            self.cfg.generation.tis_cap is not None and ci not in tis_cache
+        ):  # weights from the pre-step log-probs: fixed for all iterations
+            tis_cache[ci], tis_metrics = self._tis_weights(
+                old, [engine_lp[row] for row in idx], col.completion_mask.to(dev)
+            )
             sums.add(tis_metrics)
-        inputs = LossInputs(logprobs=logps, old_logprobs=old, ref_logprobs=ref, mask=col.completion_mask.to(dev),
-                            advantages=torch.as_tensor(sub.advantages, dtype=torch.float32, device=dev),
-                            row_weights=torch.as_tensor(sub.row_weights, dtype=torch.float32, device=dev),
-                            token_sum=torch.as_tensor(sub.token_sum, device=dev), source=torch.as_tensor(sub.source, device=dev),
-                            is_weights=tis_cache.get(ci),
-                            kl_weights=None if sub.kl_weights is None else torch.as_tensor(sub.kl_weights, dtype=torch.float32, device=dev))
+        inputs = LossInputs(
+            logprobs=logps,
+            old_logprobs=old,
+            ref_logprobs=ref,
+            mask=col.completion_mask.to(dev),
+            advantages=torch.as_tensor(sub.advantages, dtype=torch.float32, device=dev),
+            row_weights=torch.as_tensor(sub.row_weights, dtype=torch.float32, device=dev),
+            token_sum=torch.as_tensor(sub.token_sum, device=dev),
+            source=torch.as_tensor(sub.source, device=dev),
+            is_weights=tis_cache.get(ci),
+            kl_weights=None
+            if sub.kl_weights is None
+            else torch.as_tensor(sub.kl_weights, dtype=torch.float32, device=dev),
+        )
         return inputs, int(col.attention_mask.sum())
 
     def _optimizer_step(self) -> float:
@@ -568,7 +792,9 @@ class Trainer:
         self.state.policy_version += 1
         return grad_norm
 
-    def _tis_weights(self, old: torch.Tensor, engine_rows: list[np.ndarray | None], mask: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, tuple[float, float]]]:
+    def _tis_weights(
+        self, old: torch.Tensor, engine_rows: list[np.ndarray | None], mask: torch.Tensor
+    ) -> tuple[torch.Tensor | None, dict[str, tuple[float, float]]]:
         """Truncated-IS weights [B, T] for a micro-batch: min(exp(old - engine), cap) on rows with engine log-probs, 1 elsewhere,
         and their statistics as (numerator, denominator) metrics that pool over micro-batches by token count.
 
@@ -578,13 +804,18 @@ class Trainer:
         has = torch.as_tensor([e is not None for e in engine_rows], dtype=torch.bool, device=old.device)
         if not bool(has.any()):
             return None, {}
-        eng = pad_rows([e if e is not None else np.zeros(0, np.float32) for e in engine_rows], old.shape[1]).to(old.device)
+        eng = pad_rows([e if e is not None else np.zeros(0, np.float32) for e in engine_rows], old.shape[1]).to(
+            old.device
+        )
         tmask = mask * has.unsqueeze(1)
         w, st = truncated_is_weights(old, eng, tmask, self.cfg.generation.tis_cap)
         w = torch.where(has.unsqueeze(1), w, torch.ones_like(w))
         n = float(tmask.sum())
-        return w, {"tis/weight_mean": (st["tis/weight_mean"] * n, n), "tis/truncated_frac": (st["tis/truncated_frac"] * n, n),
-                   "tis/raw_ratio/max": (st["tis/raw_ratio_max"], float("nan"))}  # pooled as a max (renamed back in train_on)
+        return w, {
+            "tis/weight_mean": (st["tis/weight_mean"] * n, n),
+            "tis/truncated_frac": (st["tis/truncated_frac"] * n, n),
+            "tis/raw_ratio/max": (st["tis/raw_ratio_max"], float("nan")),
+        }  # pooled as a max (renamed back in train_on)
 
     def train_step(self) -> StepRecord:
         rss_reset = reset_peak_rss()  # memory/step_peak_rss_gb: this step's own peak, not the process's whole history
@@ -603,7 +834,9 @@ class Trainer:
         metrics["time/after_step_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.engine.sync_weights(self.accelerator.unwrap_model(self.model), self.policy_version)
-        metrics["time/weight_sync_s"] = time.perf_counter() - t0  # no FLOPs counted: a copy (+ the probe check's short forward)
+        metrics["time/weight_sync_s"] = (
+            time.perf_counter() - t0
+        )  # no FLOPs counted: a copy (+ the probe check's short forward)
         metrics.update(getattr(self.engine, "last_sync_metrics", None) or {})
         self.state.step += 1
         metrics["time/step_s"] = time.perf_counter() - t_step
@@ -615,9 +848,19 @@ class Trainer:
         self._add_totals(metrics)
         metrics["train/epoch"] = self.sampler.epoch + self.sampler.position / max(len(self.sampler.shard), 1)
         metrics["budget/fraction"] = self.budget_fraction()
-        record = StepRecord(self.step, [g.prompt_id for g in groups], [[c.tolist() for c in g.completion_ids] for g in groups], [g.rewards.tolist() for g in groups], metrics)
+        record = StepRecord(
+            self.step,
+            [g.prompt_id for g in groups],
+            [[c.tolist() for c in g.completion_ids] for g in groups],
+            [g.rewards.tolist() for g in groups],
+            metrics,
+        )
         self.tracker.log_metrics(metrics, step=self.step)
-        if self.is_main and self.cfg.train.log_completions_every and self.step % self.cfg.train.log_completions_every == 0:
+        if (
+            self.is_main
+            and self.cfg.train.log_completions_every
+            and self.step % self.cfg.train.log_completions_every == 0
+        ):
             self._log_completions(groups)
         for cb in self.callbacks:
             cb(record)
@@ -640,13 +883,20 @@ class Trainer:
         n = self.cfg.train.warn_flat_rewards_steps
         if n and self._flat_steps == n and self.is_main:
             texts = getattr(self, "_last_texts", [])
-            print(f"warning: {self.run_name}: every group's rewards were equal for {n} steps in a row (reward/mean {metrics['reward/mean']:.3f}, "
-                  f"completions truncated {metrics['completion/truncated_frac']:.0%}): no policy gradient. Likely causes: "
-                  + ("the model never produces an answer the scorer can read (look at completions.jsonl; ask for \\boxed{} with "
-                     "data.system_prompt / data.prompt_suffix, or set data.answer_fallback for models that do not box), completions cut "
-                     "off before the answer (raise generation.max_completion_length), or a task too hard for the model"
-                     if metrics["reward/mean"] <= 0 else "a task the model already solves every time (use harder prompts)")
-                  + (f". Last completion: {texts[-1][:160]!r}" if texts else ""), file=sys.stderr, flush=True)
+            print(
+                f"warning: {self.run_name}: every group's rewards were equal for {n} steps in a row (reward/mean {metrics['reward/mean']:.3f}, "
+                f"completions truncated {metrics['completion/truncated_frac']:.0%}): no policy gradient. Likely causes: "
+                + (
+                    "the model never produces an answer the scorer can read (look at completions.jsonl; ask for \\boxed{} with "
+                    "data.system_prompt / data.prompt_suffix, or set data.answer_fallback for models that do not box), completions cut "
+                    "off before the answer (raise generation.max_completion_length), or a task too hard for the model"
+                    if metrics["reward/mean"] <= 0
+                    else "a task the model already solves every time (use harder prompts)"
+                )
+                + (f". Last completion: {texts[-1][:160]!r}" if texts else ""),
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
         if self.accelerator.num_processes == 1:
@@ -658,7 +908,16 @@ class Trainer:
         lines = []
         for gi, g in enumerate(groups):
             for j in range(len(g.completion_ids)):
-                lines.append(json.dumps({"step": self.step, "prompt_id": g.prompt_id, "completion": self._last_texts[gi * G + j], "reward": float(g.rewards[j])}))
+                lines.append(
+                    json.dumps(
+                        {
+                            "step": self.step,
+                            "prompt_id": g.prompt_id,
+                            "completion": self._last_texts[gi * G + j],
+                            "reward": float(g.rewards[j]),
+                        }
+                    )
+                )
         with self._completions_log.open("a") as fh:
             fh.write("\n".join(lines) + "\n")
 
@@ -671,12 +930,20 @@ class Trainer:
             staging = ckpt.staging_dir(self.output_dir, self.step)
             acc.unwrap_model(self.model).save_pretrained(staging / "model", safe_serialization=True)
             self.tokenizer.save_pretrained(staging / "model")
-            ckpt.save_optimizer(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer, staging)
+            ckpt.save_optimizer(
+                self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer, staging
+            )
             self.state.mlflow_run_id = self.tracker.run_id
-            self.state.config, self.state.num_processes, self.state.budget = self.resolved, acc.num_processes, [self.budget.unit, self.budget.value]
+            self.state.config, self.state.num_processes, self.state.budget = (
+                self.resolved,
+                acc.num_processes,
+                [self.budget.unit, self.budget.value],
+            )
             self.state.write(staging)
         acc.wait_for_everyone()
-        ckpt.save_rank_state(staging, acc.process_index, self.algorithm.state_dict(), {"sampler": self.sampler.state_dict()})
+        ckpt.save_rank_state(
+            staging, acc.process_index, self.algorithm.state_dict(), {"sampler": self.sampler.state_dict()}
+        )
         acc.wait_for_everyone()
         final = None
         if self.is_main:
@@ -689,27 +956,55 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        summary: dict[str, Any] = {"run_id": self.tracker.run_id, "run_name": self.run_name, "output_dir": str(self.output_dir)}
+        summary: dict[str, Any] = {
+            "run_id": self.tracker.run_id,
+            "run_name": self.run_name,
+            "output_dir": str(self.output_dir),
+        }
         status = "FAILED"
         try:
             if self.step == 0 and cfg.eval.before_training and self.is_main and cfg.eval.benchmarks:
                 self.evaluate("before")
             # Step budgets count steps; other units show the percentage of the budget spent (steps unknown in advance).
             by_steps = self.budget.unit == "steps"
-            bar = tqdm(total=self.total_steps if by_steps else 100, initial=self.step if by_steps else int(100 * self.budget_fraction()),
-                       desc=f"train {self.run_name}", unit="step" if by_steps else "%", disable=not (self.progress and self.is_main), dynamic_ncols=True,
-                       bar_format=None if by_steps else "{l_bar}{bar}| {n:.0f}/{total:.0f}% of " + f"{self.budget.unit} budget [{{elapsed}}<{{remaining}}{{postfix}}]")
+            bar = tqdm(
+                total=self.total_steps if by_steps else 100,
+                initial=self.step if by_steps else int(100 * self.budget_fraction()),
+                desc=f"train {self.run_name}",
+                unit="step" if by_steps else "%",
+                disable=not (self.progress and self.is_main),
+                dynamic_ncols=True,
+                bar_format=None
+                if by_steps
+                else "{l_bar}{bar}| {n:.0f}/{total:.0f}% of "
+                + f"{self.budget.unit} budget [{{elapsed}}<{{remaining}}{{postfix}}]",
+            )
             while not self.budget_done():
                 rec = self.train_step()
                 bar.update(1 if by_steps else 100 * self.budget_fraction() - bar.n)
-                bar.set_postfix(reward=f"{rec.metrics['reward/mean']:.3f}", eff=f"{rec.metrics.get('effective/step', 0):.2f}", budget=f"{self.budget_fraction():.0%}", step=self.step)
+                bar.set_postfix(
+                    reward=f"{rec.metrics['reward/mean']:.3f}",
+                    eff=f"{rec.metrics.get('effective/step', 0):.2f}",
+                    budget=f"{self.budget_fraction():.0%}",
+                    step=self.step,
+                )
                 done = self.budget_done()
-                due = [f for f in cfg.eval.at_budget_fractions if f not in self.state.fractions_done and self.budget_fraction() >= f]
+                due = [
+                    f
+                    for f in cfg.eval.at_budget_fractions
+                    if f not in self.state.fractions_done and self.budget_fraction() >= f
+                ]
                 if due and not done:
                     self.state.fractions_done.extend(due)
                     if self.is_main and cfg.eval.benchmarks:
                         self.evaluate(f"budget{due[-1]:.2f}")
-                elif cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and not done and self.is_main and cfg.eval.benchmarks:
+                elif (
+                    cfg.eval.every_steps
+                    and self.step % cfg.eval.every_steps == 0
+                    and not done
+                    and self.is_main
+                    and cfg.eval.benchmarks
+                ):
                     self.evaluate("during")
                 if cfg.train.save_every and self.step % cfg.train.save_every == 0 and not done:
                     self.save_checkpoint()
@@ -719,8 +1014,17 @@ class Trainer:
             self.save_checkpoint()
             status = "FINISHED"
         finally:
-            summary.update({"steps": self.step, "totals": dict(self.totals), "evals": self.eval_history, "budget": {"unit": self.budget.unit, "value": self.budget.value, "spent": self.spent()},
-                            "num_params": self.num_params, "engine": self.engine_name, "status": status})
+            summary.update(
+                {
+                    "steps": self.step,
+                    "totals": dict(self.totals),
+                    "evals": self.eval_history,
+                    "budget": {"unit": self.budget.unit, "value": self.budget.value, "spent": self.spent()},
+                    "num_params": self.num_params,
+                    "engine": self.engine_name,
+                    "status": status,
+                }
+            )
             try:
                 if self.is_main:
                     atomic_write_json(self.output_dir / "summary.json", summary)

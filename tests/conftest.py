@@ -21,7 +21,9 @@ def quick_model_dir(tmp_path_factory):
     from harness.tiny_model import TinyBuildConfig, build_tiny_model
 
     cache = os.environ.get("HARNESS_TEST_CACHE") or str(tmp_path_factory.mktemp("tiny-cache"))
-    cfg = TinyBuildConfig(max_steps=30, eval_every=30, eval_size=16, target_min_acc=0.0, completion_format="boxed", lr=3e-3, pass_k=0)
+    cfg = TinyBuildConfig(
+        max_steps=30, eval_every=30, eval_size=16, target_min_acc=0.0, completion_format="boxed", lr=3e-3, pass_k=0
+    )
     return build_tiny_model(cfg, cache_dir=cache, check_band=False, progress=False)
 
 
@@ -34,8 +36,13 @@ def make_config(quick_model_dir, tmp_path):
         layer = {
             "model": {"name": str(quick_model_dir)},
             "algorithm": algorithm if isinstance(algorithm, dict) else {"name": algorithm},
-            "train": {"max_steps": 3, "prompts_per_step": 4, "output_dir": str(tmp_path / "runs" / "{run_name}"), "log_completions_every": 1,
-                      "format_reward_weight": 0.5},
+            "train": {
+                "max_steps": 3,
+                "prompts_per_step": 4,
+                "output_dir": str(tmp_path / "runs" / "{run_name}"),
+                "log_completions_every": 1,
+                "format_reward_weight": 0.5,
+            },
             "generation": {"num_generations": 4, "max_completion_length": 16},
             "eval": {"before_training": False, "after_training": False, "max_examples": 8},
             "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment_name": "test"},
@@ -60,8 +67,18 @@ def hermetic_data(tmp_path, monkeypatch):
 
 
 # Modules whose tests start trainers, vLLM engines, servers, several processes or real-model runs.
-_SLOW_MODULES = {"test_engines", "test_multiprocess", "test_sweeps", "test_experiment", "test_reports", "test_resume", "test_secrets",
-                 "test_real_model", "test_trainer", "test_tiny_model"}
+_SLOW_MODULES = {
+    "test_engines",
+    "test_multiprocess",
+    "test_sweeps",
+    "test_experiment",
+    "test_reports",
+    "test_resume",
+    "test_secrets",
+    "test_real_model",
+    "test_trainer",
+    "test_tiny_model",
+}
 _SLOW_FIXTURES = {"quick_model_dir", "make_config", "smol_dir"}
 
 

@@ -28,7 +28,13 @@ def layer(module: str) -> str:
     if module in ENTRY:
         return "entry"
     top = module.split(".")[0]
-    return {"algorithms": "library", "benchmarks": "library", "harness": "runtime", "reports": "reports", "sweeps": "sweeps"}[top]
+    return {
+        "algorithms": "library",
+        "benchmarks": "library",
+        "harness": "runtime",
+        "reports": "reports",
+        "sweeps": "sweeps",
+    }[top]
 
 
 def _modules() -> dict[str, Path]:
@@ -52,7 +58,7 @@ def _imports(module: str, path: Path, known: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = module.split(".") if is_pkg else module.split(".")[:-1]
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -60,7 +66,9 @@ def _imports(module: str, path: Path, known: dict[str, Path]) -> set[str]:
         else:
             continue
         for name in names:
-            while name and name not in known:  # `import harness.engines.server` -> the module itself; attributes -> their module
+            while (
+                name and name not in known
+            ):  # `import harness.engines.server` -> the module itself; attributes -> their module
                 name = name.rpartition(".")[0]
             if name and name != module and name.split(".")[0] in PACKAGES:
                 found.add(name)
@@ -127,7 +135,9 @@ def upward_imports(graph: dict[str, set[str]]) -> list[str]:
 
 def test_no_import_cycles():
     cycles = _cycles(_graph())
-    assert not cycles, "import cycles (counting imports inside functions):\n" + "\n".join(" <-> ".join(c) for c in cycles)
+    assert not cycles, "import cycles (counting imports inside functions):\n" + "\n".join(
+        " <-> ".join(c) for c in cycles
+    )
 
 
 def test_no_upward_imports():
@@ -144,13 +154,16 @@ def test_library_layers_depend_only_on_the_foundation():
             assert outside <= FOUNDATION, f"{m} imports {sorted(outside - FOUNDATION)}"
 
 
-@pytest.mark.parametrize("edge, expected", [
-    (("algorithms.base", "harness.config"), "upward"),
-    (("harness.schema", "harness.config"), "foundation"),
-    (("benchmarks.scoring", "algorithms.base"), "each other"),
-    (("harness.trainer", "sweeps.trial"), "upward"),
-    (("reports.builder", "harness.tracking"), None),
-])
+@pytest.mark.parametrize(
+    "edge, expected",
+    [
+        (("algorithms.base", "harness.config"), "upward"),
+        (("harness.schema", "harness.config"), "foundation"),
+        (("benchmarks.scoring", "algorithms.base"), "each other"),
+        (("harness.trainer", "sweeps.trial"), "upward"),
+        (("reports.builder", "harness.tracking"), None),
+    ],
+)
 def test_the_checker_catches_what_it_should(edge, expected):
     """The rule itself, on made-up edges (so a checker that found nothing because it parsed nothing would fail here)."""
     bad = upward_imports({edge[0]: {edge[1]}, edge[1]: set()})

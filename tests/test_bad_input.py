@@ -67,7 +67,9 @@ def test_a_50mb_prompt_encodes_fast_and_equals_the_truncation_of_its_end(qwen_to
     elapsed = time.perf_counter() - t0
     assert elapsed < 5, f"{elapsed:.1f}s for a 50 MB prompt"
     assert truncated and len(ids) == 512
-    assert qwen_tok.decode(ids, skip_special_tokens=False).endswith("What is 2+2?" + SUFFIX)  # the end of the prompt and the template suffix stay
+    assert qwen_tok.decode(ids, skip_special_tokens=False).endswith(
+        "What is 2+2?" + SUFFIX
+    )  # the end of the prompt and the template suffix stay
     # the same window as encoding a shorter prompt with the same end in full and cutting it
     tail = problem[-200_000:]
     full, _ = encode_prompt(qwen_tok, tail, 10**9)
@@ -94,7 +96,7 @@ def test_tokens_longer_than_the_per_token_budget_still_give_a_full_window():
         name_or_path = "chunky"
 
         def __call__(self, text, add_special_tokens=True):
-            return {"input_ids": [7] + [len(text[max(0, i - 100):i]) for i in range(len(text), 0, -100)][::-1] + [9]}
+            return {"input_ids": [7] + [len(text[max(0, i - 100) : i]) for i in range(len(text), 0, -100)][::-1] + [9]}
 
     problem = "y" * 1_000_000
     ids, truncated = encode_prompt(Chunky(), problem, 64)
@@ -149,7 +151,10 @@ def test_a_hub_id_offline_and_not_cached_fails_at_once(workdir, capsys, monkeypa
     assert main(_run("--models", "no-such-org-1234/no-such-model")) == 2
     assert time.perf_counter() - t0 < 10
     err = capsys.readouterr().err
-    assert "'no-such-org-1234/no-such-model' (hub id) is not in the local Hugging Face cache" in err and "HF_HUB_OFFLINE=1" in err
+    assert (
+        "'no-such-org-1234/no-such-model' (hub id) is not in the local Hugging Face cache" in err
+        and "HF_HUB_OFFLINE=1" in err
+    )
     assert _left_behind(workdir) == []
 
 
@@ -179,20 +184,23 @@ def test_seed_counts_below_one_are_refused_by_the_parser(workdir, capsys, seeds)
     assert _left_behind(workdir) == []
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("eval.max_examples=-1", "eval.max_examples must be >= 1 or None, got -1"),
-    ("eval.max_new_tokens=0", "eval.max_new_tokens must be >= 1, got 0"),
-    ("train.adam_beta1=2", "train.adam_beta1 must be in [0, 1), got 2.0"),
-    ("train.adam_beta2=-0.5", "train.adam_beta2 must be in [0, 1)"),
-    ("train.save_every=-1", "train.save_every must be >= 0 (0 = only at the end), got -1"),
-    ("train.max_grad_norm=-1", "train.max_grad_norm must be >= 0 (0 = off)"),
-    ("train.weight_decay=-0.01", "train.weight_decay must be >= 0"),
-    ("eval.every_steps=-2", "eval.every_steps must be >= 0 (0 = off)"),
-    ("train.log_completions_every=-1", "train.log_completions_every must be >= 0 (0 = off)"),
-    ("train.seed=-1", "train.seed must be in [0, 4294967296)"),
-    ("data.shuffle_seed=-3", "data.shuffle_seed must be in [0, 4294967296)"),
-    ("eval.seed=-1", "eval.seed must be in [0, 4294967296)"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("eval.max_examples=-1", "eval.max_examples must be >= 1 or None, got -1"),
+        ("eval.max_new_tokens=0", "eval.max_new_tokens must be >= 1, got 0"),
+        ("train.adam_beta1=2", "train.adam_beta1 must be in [0, 1), got 2.0"),
+        ("train.adam_beta2=-0.5", "train.adam_beta2 must be in [0, 1)"),
+        ("train.save_every=-1", "train.save_every must be >= 0 (0 = only at the end), got -1"),
+        ("train.max_grad_norm=-1", "train.max_grad_norm must be >= 0 (0 = off)"),
+        ("train.weight_decay=-0.01", "train.weight_decay must be >= 0"),
+        ("eval.every_steps=-2", "eval.every_steps must be >= 0 (0 = off)"),
+        ("train.log_completions_every=-1", "train.log_completions_every must be >= 0 (0 = off)"),
+        ("train.seed=-1", "train.seed must be in [0, 4294967296)"),
+        ("data.shuffle_seed=-3", "data.shuffle_seed must be in [0, 4294967296)"),
+        ("eval.seed=-1", "eval.seed must be in [0, 4294967296)"),
+    ],
+)
 def test_out_of_range_values_are_refused_before_anything_runs(workdir, capsys, override, fragment):
     assert main(_run("--set", override)) == 2
     err = capsys.readouterr().err
@@ -206,9 +214,20 @@ def test_every_bounded_field_declares_its_range_on_the_field():
 
     from harness.config import EvalConfig, TrainConfig
 
-    bounded = {f.name for cls in (TrainConfig, EvalConfig) for f in fields(cls) if {"ge", "gt", "le", "lt"} & set(f.metadata)}
-    assert {"adam_beta1", "adam_beta2", "save_every", "max_grad_norm", "weight_decay", "log_completions_every", "max_examples",
-            "max_new_tokens", "every_steps"} <= bounded
+    bounded = {
+        f.name for cls in (TrainConfig, EvalConfig) for f in fields(cls) if {"ge", "gt", "le", "lt"} & set(f.metadata)
+    }
+    assert {
+        "adam_beta1",
+        "adam_beta2",
+        "save_every",
+        "max_grad_norm",
+        "weight_decay",
+        "log_completions_every",
+        "max_examples",
+        "max_new_tokens",
+        "every_steps",
+    } <= bounded
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,11 +251,20 @@ def test_a_bad_benchmark_file_fails_before_any_mlflow_run(workdir, capsys):
 
 def _space(workdir: Path, base: dict | None = None, params: dict | None = None) -> Path:
     p = workdir / "space.yaml"
-    p.write_text(yaml.safe_dump({
-        "base": {"model": {"name": "tiny"}, "algorithm": {"name": "repo"}, "train": {"max_steps": 2}, **(base or {})},
-        "objective": {"metric": "eval/macro_accuracy", "direction": "maximize"},
-        "params": params or {"train.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}},
-    }))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "base": {
+                    "model": {"name": "tiny"},
+                    "algorithm": {"name": "repo"},
+                    "train": {"max_steps": 2},
+                    **(base or {}),
+                },
+                "objective": {"metric": "eval/macro_accuracy", "direction": "maximize"},
+                "params": params or {"train.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}},
+            }
+        )
+    )
     return p
 
 

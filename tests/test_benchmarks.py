@@ -17,14 +17,28 @@ from pathlib import Path
 import pytest
 
 from benchmarks import datasets as D
-from benchmarks.datasets import BENCHMARKS, PAPER_BENCHMARKS, DatasetError, expand_benchmarks, load_benchmark, load_train_set
+from benchmarks.datasets import (
+    BENCHMARKS,
+    PAPER_BENCHMARKS,
+    DatasetError,
+    expand_benchmarks,
+    load_benchmark,
+    load_train_set,
+)
 from benchmarks.metrics import pass_at_k
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 # first gold answer of each fixture after normalisation
-EXPECTED_FIRST = {"math500": "\\left( 3, \\frac{\\pi}{2} \\right)", "amc23": "27", "olympiadbench": "2", "minerva": "1.6",
-                  "aime24": "204", "aime25": "70", "gsm8k": "18"}
+EXPECTED_FIRST = {
+    "math500": "\\left( 3, \\frac{\\pi}{2} \\right)",
+    "amc23": "27",
+    "olympiadbench": "2",
+    "minerva": "1.6",
+    "aime24": "204",
+    "aime25": "70",
+    "gsm8k": "18",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -50,9 +64,15 @@ class InProcessScorer:
 
 
 def test_paper_benchmarks_match_the_reference_table():
-    table = {"math500": ("HuggingFaceH4/MATH-500", "test", None), "amc23": ("math-ai/amc23", "test", None),
-             "olympiadbench": ("zwhe99/simplerl-OlympiadBench", "test", None), "minerva": ("zwhe99/simplerl-minerva-math", "test", None),
-             "aime24": ("HuggingFaceH4/aime_2024", "train", None), "aime25": ("math-ai/aime25", "test", None), "gsm8k": ("openai/gsm8k", "test", "main")}
+    table = {
+        "math500": ("HuggingFaceH4/MATH-500", "test", None),
+        "amc23": ("math-ai/amc23", "test", None),
+        "olympiadbench": ("zwhe99/simplerl-OlympiadBench", "test", None),
+        "minerva": ("zwhe99/simplerl-minerva-math", "test", None),
+        "aime24": ("HuggingFaceH4/aime_2024", "train", None),
+        "aime25": ("math-ai/aime25", "test", None),
+        "gsm8k": ("openai/gsm8k", "test", "main"),
+    }
     assert set(PAPER_BENCHMARKS) == set(table)
     for name, (hub, split, config) in table.items():
         s = BENCHMARKS[name]
@@ -109,7 +129,9 @@ def test_minerva_gold_from_answer_column_or_last_boxed(tmp_path):
     rows = load_benchmark("minerva", data_dir=FIXTURES)
     assert [r["answer"] for r in rows] == ["1.6", "6"]  # no answer column: last \boxed{} of the solution
     assert [r["id"] for r in rows] == ["0", "1"]
-    (tmp_path / "minerva.jsonl").write_text(json.dumps({"problem": "p", "solution": "\\boxed{1}", "answer": "2"}) + "\n")
+    (tmp_path / "minerva.jsonl").write_text(
+        json.dumps({"problem": "p", "solution": "\\boxed{1}", "answer": "2"}) + "\n"
+    )
     assert load_benchmark("minerva", data_dir=tmp_path)[0]["answer"] == "2"
     assert D.last_boxed("a \\boxed{1} then \\boxed{\\frac{a}{b^{2}}} end") == "\\frac{a}{b^{2}}"
     assert D.last_boxed("none here") is None
@@ -203,7 +225,9 @@ def test_deepmath_shuffle_matches_datasets_shuffle():
 
 
 def _prepare_args(**kw):
-    base = dict(benchmarks="all", train_sets="deepmath", train_size="4", seed=42, data_dir=None, source_dir=None, force=False)
+    base = dict(
+        benchmarks="all", train_sets="deepmath", train_size="4", seed=42, data_dir=None, source_dir=None, force=False
+    )
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -249,8 +273,11 @@ def test_data_prepare_from_the_hub_checks_the_schema(tmp_path, monkeypatch, caps
     datasets = pytest.importorskip("datasets")
     from benchmarks.prepare import cmd_data_prepare, prepare_train_set
 
-    by_hub = {"zwhe99/simplerl-OlympiadBench": FIXTURES / "olympiadbench/test.jsonl", "zwhe99/DeepMath-103K": FIXTURES / "deepmath/train.jsonl",
-              "openai/gsm8k": FIXTURES / "gsm8k/main/test-00000-of-00001.parquet"}
+    by_hub = {
+        "zwhe99/simplerl-OlympiadBench": FIXTURES / "olympiadbench/test.jsonl",
+        "zwhe99/DeepMath-103K": FIXTURES / "deepmath/train.jsonl",
+        "openai/gsm8k": FIXTURES / "gsm8k/main/test-00000-of-00001.parquet",
+    }
     calls, drop = [], set()
 
     def fake_load_dataset(path, name=None, split=None, **kw):
@@ -262,7 +289,9 @@ def test_data_prepare_from_the_hub_checks_the_schema(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     out = tmp_path / "prepared"
-    rc = cmd_data_prepare(_prepare_args(benchmarks="olympiadbench,gsm8k", train_sets="deepmath", train_size="3", data_dir=str(out)))
+    rc = cmd_data_prepare(
+        _prepare_args(benchmarks="olympiadbench,gsm8k", train_sets="deepmath", train_size="3", data_dir=str(out))
+    )
     assert rc == 0, capsys.readouterr().err
     assert ("openai/gsm8k", "main", "test") in calls and ("zwhe99/DeepMath-103K", None, "train") in calls
     meta = json.loads((out / "gsm8k.meta.json").read_text())
@@ -290,7 +319,10 @@ def test_champ_offline_benchmark():
         pytest.skip("champ-dataset is not installed (pip install champ-dataset)")
     rows = load_benchmark("champ")
     assert len(rows) == 270 and len({r["id"] for r in rows}) == 270
-    assert all(r["benchmark"] == "champ" and r["problem"] and r["answer"] and "@@" not in r["problem"] + r["answer"] for r in rows)
+    assert all(
+        r["benchmark"] == "champ" and r["problem"] and r["answer"] and "@@" not in r["problem"] + r["answer"]
+        for r in rows
+    )
     assert "champ" not in expand_benchmarks("all")
 
 
@@ -310,14 +342,20 @@ class _StubEngine:
         self.answers, self.calls = answers, 0
 
     def generate(self, prompts, params):
-        from harness.rollout import Completion
         import numpy as np
+
+        from harness.rollout import Completion
 
         self.calls += 1
         out = []
         for p in prompts:
             texts = self.answers["".join(chr(i) for i in p)]
-            out.append([Completion(token_ids=np.array([ord(c) for c in texts[j % len(texts)]]), finish_reason="stop") for j in range(params.n)])
+            out.append(
+                [
+                    Completion(token_ids=np.array([ord(c) for c in texts[j % len(texts)]]), finish_reason="stop")
+                    for j in range(params.n)
+                ]
+            )
         return out
 
 
@@ -333,7 +371,9 @@ def test_evaluate_metrics_skips_and_stored_completions(tmp_path):
     encode = lambda p: ([ord(c) for c in p], len(p) > 60)  # noqa: E731 - long prompts count as "too long"
     settings = EvalSettings(num_samples=1, samples_per_benchmark={"aime25": 4}, data_dir=str(FIXTURES), batch_size=1)
     cache = CompletionCache(tmp_path / "completions", "stub-model")
-    res = evaluate(engine, _StubTok(), ["aime25", "math500"], settings, InProcessScorer(), encode, progress=False, cache=cache)
+    res = evaluate(
+        engine, _StubTok(), ["aime25", "math500"], settings, InProcessScorer(), encode, progress=False, cache=cache
+    )
 
     a = res["benchmarks"]["aime25"]
     assert (a["num_rows"], a["num_prompts"], a["skipped_too_long"], a["num_samples"]) == (2, 1, 1, 4)
@@ -351,17 +391,38 @@ def test_evaluate_metrics_skips_and_stored_completions(tmp_path):
     s = [x for x in res["samples"] if x["benchmark"] == "aime25"]
     assert len(s) == 4 and {"prompt", "completion", "extracted", "correct", "reward", "gold"} <= set(s[0])
     assert [x["correct"] for x in s] == [True, False, False, True] and s[0]["extracted"] == "13"
-    assert res["settings"]["temperature"] == 0.2 and res["settings"]["top_k"] == 50 and res["settings"]["max_new_tokens"] == 2048
+    assert (
+        res["settings"]["temperature"] == 0.2
+        and res["settings"]["top_k"] == 50
+        and res["settings"]["max_new_tokens"] == 2048
+    )
 
     # same eval again: every completion comes from the store, the engine is not called, results identical
     calls = engine.calls
-    again = evaluate(engine, _StubTok(), ["aime25", "math500"], settings, InProcessScorer(), encode, progress=False,
-                     cache=CompletionCache(tmp_path / "completions", "stub-model"))
+    again = evaluate(
+        engine,
+        _StubTok(),
+        ["aime25", "math500"],
+        settings,
+        InProcessScorer(),
+        encode,
+        progress=False,
+        cache=CompletionCache(tmp_path / "completions", "stub-model"),
+    )
     assert engine.calls == calls
     assert again["benchmarks"]["aime25"]["reused_prompts"] == 1 and again["macro_accuracy"] == res["macro_accuracy"]
     # other sampling settings do not reuse
     other = EvalSettings(num_samples=1, samples_per_benchmark={"aime25": 4}, data_dir=str(FIXTURES), temperature=0.7)
-    evaluate(engine, _StubTok(), ["aime25"], other, InProcessScorer(), encode, progress=False, cache=CompletionCache(tmp_path / "completions", "stub-model"))
+    evaluate(
+        engine,
+        _StubTok(),
+        ["aime25"],
+        other,
+        InProcessScorer(),
+        encode,
+        progress=False,
+        cache=CompletionCache(tmp_path / "completions", "stub-model"),
+    )
     assert engine.calls == calls + 1
 
 
@@ -392,24 +453,41 @@ def untrained_tiny_dir(tmp_path_factory):
 def test_run_eval_offline_writes_mlflow_and_local_results(untrained_tiny_dir, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from harness.evaluation import run_eval
     from harness.config import build_config
+    from harness.evaluation import run_eval
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = build_config("tiny", {"model": {"name": str(untrained_tiny_dir)}, "data": {"max_prompt_length": 64},
-                                "eval": {"max_examples": 3, "max_new_tokens": 16, "samples_per_benchmark": {"aime24": 2}},
-                                "tracking": {"tracking_uri": uri, "experiment_name": "eval-test"}})
+    cfg = build_config(
+        "tiny",
+        {
+            "model": {"name": str(untrained_tiny_dir)},
+            "data": {"max_prompt_length": 64},
+            "eval": {"max_examples": 3, "max_new_tokens": 16, "samples_per_benchmark": {"aime24": 2}},
+            "tracking": {"tracking_uri": uri, "experiment_name": "eval-test"},
+        },
+    )
     res_dir = tmp_path / "results"
-    recs = run_eval([str(untrained_tiny_dir)], "arith,math500,gsm8k,aime24", lambda m: cfg, results_dir=res_dir, data_dir=str(FIXTURES), progress=False)
+    recs = run_eval(
+        [str(untrained_tiny_dir)],
+        "arith,math500,gsm8k,aime24",
+        lambda m: cfg,
+        results_dir=res_dir,
+        data_dir=str(FIXTURES),
+        progress=False,
+    )
     (rec,) = recs
     b = rec["benchmarks"]
     assert b["arith"]["num_prompts"] == 3 and b["aime24"]["num_samples"] == 2
-    assert b["gsm8k"]["skipped_too_long"] == 3 and b["gsm8k"]["num_prompts"] == 0  # 64-token limit: reported, not dropped
+    assert (
+        b["gsm8k"]["skipped_too_long"] == 3 and b["gsm8k"]["num_prompts"] == 0
+    )  # 64-token limit: reported, not dropped
     assert rec["settings"]["max_prompt_length"] == 64 and rec["settings"]["max_new_tokens"] == 16
     lines = (res_dir / "results.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["mlflow_run_id"] == rec["mlflow_run_id"]
     samples = [json.loads(x) for x in Path(rec["samples_file"]).read_text().splitlines()]
-    assert len(samples) == 3 + 2 + 0 + 2  # arith 3, math500 2 of 3 fit, gsm8k none, aime24 the short problem x 2 samples
+    assert (
+        len(samples) == 3 + 2 + 0 + 2
+    )  # arith 3, math500 2 of 3 fit, gsm8k none, aime24 the short problem x 2 samples
     assert {"prompt", "completion", "extracted", "correct", "gold", "benchmark"} <= set(samples[0])
 
     client = MlflowClient(uri)
@@ -422,7 +500,15 @@ def test_run_eval_offline_writes_mlflow_and_local_results(untrained_tiny_dir, tm
     assert "macro accuracy" in capsys.readouterr().out
 
     # re-running the same eval reuses the stored completions
-    (rec2,) = run_eval([str(untrained_tiny_dir)], "arith,math500,gsm8k,aime24", lambda m: cfg, results_dir=res_dir, data_dir=str(FIXTURES), progress=False, tracking=False)
+    (rec2,) = run_eval(
+        [str(untrained_tiny_dir)],
+        "arith,math500,gsm8k,aime24",
+        lambda m: cfg,
+        results_dir=res_dir,
+        data_dir=str(FIXTURES),
+        progress=False,
+        tracking=False,
+    )
     assert rec2["benchmarks"]["arith"]["reused_prompts"] == 3 and rec2["benchmarks"]["aime24"]["reused_prompts"] == 1
     assert rec2["macro_accuracy"] == rec["macro_accuracy"]
     assert len((res_dir / "results.jsonl").read_text().splitlines()) == 2

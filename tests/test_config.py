@@ -7,26 +7,38 @@ from harness.config import ConfigError, build_config, parse_override
 
 def test_paper_defaults_and_tiny_preset_layering():
     paper = build_config()
-    assert (paper.train.learning_rate, paper.generation.num_generations, paper.generation.max_completion_length) == (1e-6, 8, 1024)
-    assert (paper.eval.temperature, paper.eval.top_p, paper.eval.top_k, paper.eval.max_new_tokens) == (0.2, 0.95, 50, 2048)
+    assert (paper.train.learning_rate, paper.generation.num_generations, paper.generation.max_completion_length) == (
+        1e-6,
+        8,
+        1024,
+    )
+    assert (paper.eval.temperature, paper.eval.top_p, paper.eval.top_k, paper.eval.max_new_tokens) == (
+        0.2,
+        0.95,
+        50,
+        2048,
+    )
     tiny = build_config("tiny", overrides=["train.seed=7", "algorithm.name=repo:recent_k", "algorithm.num_replays=4"])
     assert tiny.data.train == "arith" and tiny.train.seed == 7 and tiny.generation.top_k == 50
     assert tiny.algorithm == {"name": "repo:recent_k", "num_replays": 4}
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("train.bogus=1", "unknown config key 'train.bogus'"),
-    ("nosection.x=1", "unknown config section 'nosection'"),
-    ("train.learning_rate=fast", "train.learning_rate: expected a number"),
-    ("train.max_steps=2.5", "train.max_steps: expected an integer"),
-    ("generation.num_generations=1", "generation.num_generations must be >= 2"),
-    ("generation.top_p=0", "generation.top_p"),
-    ("train.lr_scheduler=step", "train.lr_scheduler: expected one of"),
-    ("algorithm.loss_type=sum", "algorithm.loss_type: expected one of grpo, bnpo, dr_grpo"),
-    ("algorithm.epsilon=0.3", "unknown config key 'algorithm.epsilon'"),
-    ("algorithm.name=ppo", "unknown algorithm 'ppo'"),
-    ("algorithm.num_iterations=0", "algorithm.num_iterations must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.bogus=1", "unknown config key 'train.bogus'"),
+        ("nosection.x=1", "unknown config section 'nosection'"),
+        ("train.learning_rate=fast", "train.learning_rate: expected a number"),
+        ("train.max_steps=2.5", "train.max_steps: expected an integer"),
+        ("generation.num_generations=1", "generation.num_generations must be >= 2"),
+        ("generation.top_p=0", "generation.top_p"),
+        ("train.lr_scheduler=step", "train.lr_scheduler: expected one of"),
+        ("algorithm.loss_type=sum", "algorithm.loss_type: expected one of grpo, bnpo, dr_grpo"),
+        ("algorithm.epsilon=0.3", "unknown config key 'algorithm.epsilon'"),
+        ("algorithm.name=ppo", "unknown algorithm 'ppo'"),
+        ("algorithm.num_iterations=0", "algorithm.num_iterations must be >= 1"),
+    ],
+)
 def test_bad_values_are_rejected_naming_the_key(override, fragment):
     with pytest.raises(ConfigError) as e:
         build_config("tiny", overrides=[override])

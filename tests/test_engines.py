@@ -113,7 +113,7 @@ def prompts(base):
 def completion_logits(model, prompt: list[int], completion: np.ndarray) -> torch.Tensor:
     """Trainer logits [len(completion), V] that predicted each completion token."""
     ids = torch.as_tensor([list(prompt) + completion.tolist()], dtype=torch.long)
-    return model(input_ids=ids).logits[0, len(prompt) - 1:len(prompt) + len(completion) - 1].float()
+    return model(input_ids=ids).logits[0, len(prompt) - 1 : len(prompt) + len(completion) - 1].float()
 
 
 def processed_logprobs(logits: torch.Tensor, ids: np.ndarray, temperature: float, top_k: int = 0) -> np.ndarray:
@@ -175,7 +175,9 @@ def test_logprobs_are_those_of_the_sampling_distribution(engine, base, prompts, 
     """Per-token log-probs = log softmax(logits / T) over the top-k: what RePO stores as behaviour log-probs."""
     model, _ = base
     torch.manual_seed(1)
-    outs = engine.generate(prompts, SamplingParams(n=3, temperature=temperature, top_k=top_k, max_new_tokens=16, return_logprobs=True))
+    outs = engine.generate(
+        prompts, SamplingParams(n=3, temperature=temperature, top_k=top_k, max_new_tokens=16, return_logprobs=True)
+    )
     gaps = []
     for p, g in zip(prompts, outs):
         for c in g:
@@ -200,7 +202,10 @@ def test_sampling_settings_are_honoured(engine, base, prompts):
     assert [[c.token_ids.tolist() for c in g] for g in k1] == greedy
     # top-k: every sampled token is among the trainer's k most likely; top-p: inside the nucleus
     torch.manual_seed(3)
-    for params in (SamplingParams(n=6, temperature=1.5, top_k=3, max_new_tokens=12), SamplingParams(n=6, temperature=1.5, top_p=0.6, max_new_tokens=12)):
+    for params in (
+        SamplingParams(n=6, temperature=1.5, top_k=3, max_new_tokens=12),
+        SamplingParams(n=6, temperature=1.5, top_p=0.6, max_new_tokens=12),
+    ):
         for p, g in zip(prompts, engine.generate(prompts, params)):
             for c in g:
                 logits = completion_logits(model, p, c.token_ids) / params.temperature
@@ -220,7 +225,9 @@ def test_sampling_settings_are_honoured(engine, base, prompts):
     b = engine.generate(prompts, params)
     assert all(len(c.token_ids) <= 5 for g in a for c in g)
     assert [[c.token_ids.tolist() for c in g] for g in a] == [[c.token_ids.tolist() for c in g] for g in b]
-    assert sum(len({tuple(c.token_ids.tolist()) for c in g}) for g in a) > len(a)  # not every group is one repeated sample
+    assert sum(len({tuple(c.token_ids.tolist()) for c in g}) for g in a) > len(
+        a
+    )  # not every group is one repeated sample
 
 
 def _perturbed(model, scale=0.5, seed=0):
@@ -263,7 +270,9 @@ def test_sync_check_catches_stale_weights(engine, base, monkeypatch):
     with pytest.raises(WeightSyncError, match="do not match"):
         engine.sync_weights(new, 1)
     # a push that misses a tensor (the tied LM head) is caught too
-    monkeypatch.setattr(vllm_local, "named_weights", lambda m, dtype=None: ((k, v) for k, v in real(m, dtype) if k != "lm_head.weight"))
+    monkeypatch.setattr(
+        vllm_local, "named_weights", lambda m, dtype=None: ((k, v) for k, v in real(m, dtype) if k != "lm_head.weight")
+    )
     with pytest.raises(WeightSyncError):
         engine.sync_weights(new, 1)
     monkeypatch.setattr(vllm_local, "named_weights", real)
@@ -284,7 +293,9 @@ def test_server_attach_to_nothing_times_out(base):
         port = s.getsockname()[1]
     t0 = time.monotonic()
     with pytest.raises(EngineError, match=rf"127.0.0.1:{port} not healthy within 2s"):
-        create_engine("vllm-server", model=model, tokenizer=tok, server_url=f"http://127.0.0.1:{port}", server_startup_timeout_s=2)
+        create_engine(
+            "vllm-server", model=model, tokenizer=tok, server_url=f"http://127.0.0.1:{port}", server_startup_timeout_s=2
+        )
     assert time.monotonic() - t0 < 15
 
 
@@ -313,7 +324,13 @@ def test_server_that_never_answers_times_out(base):
     try:
         t0 = time.monotonic()
         with pytest.raises(EngineError, match="not healthy within 3s"):
-            create_engine("vllm-server", model=model, tokenizer=tok, server_url=f"http://127.0.0.1:{port}", server_startup_timeout_s=3)
+            create_engine(
+                "vllm-server",
+                model=model,
+                tokenizer=tok,
+                server_url=f"http://127.0.0.1:{port}",
+                server_startup_timeout_s=3,
+            )
         assert time.monotonic() - t0 < 20
     finally:
         stop.set()
@@ -331,7 +348,14 @@ def test_server_start_failure_reports_the_log(base, tmp_path):
     model, tok = base
     t0 = time.monotonic()
     with pytest.raises(EngineError, match=r"(exited with code|failed to start)") as info:
-        create_engine("vllm-server", model=model, tokenizer=tok, kv_cache_gb=100000.0, server_log=str(tmp_path / "server.log"), server_startup_timeout_s=300)
+        create_engine(
+            "vllm-server",
+            model=model,
+            tokenizer=tok,
+            kv_cache_gb=100000.0,
+            server_log=str(tmp_path / "server.log"),
+            server_startup_timeout_s=300,
+        )
     assert "kv" in str(info.value).lower() or "memory" in str(info.value).lower()
     assert time.monotonic() - t0 < 300
 
@@ -341,12 +365,13 @@ def test_server_start_failure_reports_the_log(base, tmp_path):
 
 
 def test_auto_picks_vllm_when_importable(base, monkeypatch):
-    from harness.engines import CPU_CHOICE, resolve_auto
-    from harness.engines import vllm_local
+    from harness.engines import CPU_CHOICE, resolve_auto, vllm_local
 
     model, _ = base
     ok, _ = _vllm_ok()
-    assert resolve_auto(model)[0] == ("vllm" if ok and not vllm_local.on_cpu() else "hf")  # on a CPU hf's step is faster
+    assert resolve_auto(model)[0] == (
+        "vllm" if ok and not vllm_local.on_cpu() else "hf"
+    )  # on a CPU hf's step is faster
     if vllm_local.on_cpu():
         assert resolve_auto(model)[1] == (CPU_CHOICE if ok else resolve_auto(model)[1])
     monkeypatch.setattr(vllm_local, "on_cpu", lambda: False)  # as on a GPU
@@ -393,20 +418,23 @@ def test_gap_and_tis_helpers():
 # config: the engine fields
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("generation.engine=vllm2", "generation.engine: expected one of hf, hf-generate, vllm, vllm-server, auto"),
-    ("generation.tis_cap=1.0", "generation.tis_cap must be > 1"),
-    ("generation.tis_cap=0.5", "generation.tis_cap must be > 1"),
-    ("generation.behaviour_logprobs=vllm", "generation.behaviour_logprobs: expected one of trainer, engine"),
-    ("generation.vllm_dtype=int8", "generation.vllm_dtype"),
-    ("generation.vllm_gpu_memory_utilization=1.5", "generation.vllm_gpu_memory_utilization must be in (0, 1]"),
-    ("generation.vllm_kv_cache_gb=0", "generation.vllm_kv_cache_gb must be > 0"),
-    ("generation.sync_check_tolerance=-1", "generation.sync_check_tolerance must be > 0"),
-    ("generation.server_request_timeout_s=0", "generation.server_request_timeout_s must be > 0"),
-    ("generation.server_url=127.0.0.1:8765", "generation.server_url must start with http:// or https://"),
-    ("generation.server_url=http://127.0.0.1:8765", "generation.server_url is set but generation.engine is 'hf'"),
-    ("generation.vllm_sleep=true", "generation.vllm_sleep applies to the colocated vllm engine only"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("generation.engine=vllm2", "generation.engine: expected one of hf, hf-generate, vllm, vllm-server, auto"),
+        ("generation.tis_cap=1.0", "generation.tis_cap must be > 1"),
+        ("generation.tis_cap=0.5", "generation.tis_cap must be > 1"),
+        ("generation.behaviour_logprobs=vllm", "generation.behaviour_logprobs: expected one of trainer, engine"),
+        ("generation.vllm_dtype=int8", "generation.vllm_dtype"),
+        ("generation.vllm_gpu_memory_utilization=1.5", "generation.vllm_gpu_memory_utilization must be in (0, 1]"),
+        ("generation.vllm_kv_cache_gb=0", "generation.vllm_kv_cache_gb must be > 0"),
+        ("generation.sync_check_tolerance=-1", "generation.sync_check_tolerance must be > 0"),
+        ("generation.server_request_timeout_s=0", "generation.server_request_timeout_s must be > 0"),
+        ("generation.server_url=127.0.0.1:8765", "generation.server_url must start with http:// or https://"),
+        ("generation.server_url=http://127.0.0.1:8765", "generation.server_url is set but generation.engine is 'hf'"),
+        ("generation.vllm_sleep=true", "generation.vllm_sleep applies to the colocated vllm engine only"),
+    ],
+)
 def test_config_rejects_bad_engine_settings(override, fragment):
     from harness.config import ConfigError, build_config
 
@@ -426,10 +454,19 @@ def test_config_engine_fields_map_to_engine_options(capsys):
 
         with pytest.raises(ConfigError, match="generation.vllm_sleep needs a GPU"):
             build_config("tiny", overrides=["generation.engine=vllm", "generation.vllm_sleep=true"])
-    cfg = build_config("tiny", overrides=["generation.engine=vllm-server", "generation.server_url=http://127.0.0.1:9", "generation.vllm_kv_cache_gb=0.5"])
+    cfg = build_config(
+        "tiny",
+        overrides=[
+            "generation.engine=vllm-server",
+            "generation.server_url=http://127.0.0.1:9",
+            "generation.vllm_kv_cache_gb=0.5",
+        ],
+    )
     opts = engine_options(cfg)
     assert set(CONFIG_FIELDS) <= {f for f in vars(cfg.generation)}, "every engine option has a config field"
-    assert opts["server_url"] == "http://127.0.0.1:9" and opts["kv_cache_gb"] == 0.5 and opts["max_model_len"] == 64 + 32
+    assert (
+        opts["server_url"] == "http://127.0.0.1:9" and opts["kv_cache_gb"] == 0.5 and opts["max_model_len"] == 64 + 32
+    )
     EngineOptions.from_kwargs(**opts)  # all of them are engine options
     assert main(["config", "show"]) == 0
     shown = capsys.readouterr().out
@@ -482,8 +519,11 @@ def test_trainer_with_vllm_engine(algo, engine_pool, make_config):
     if algo == "grpo":
         cfg = make_config("grpo")
     else:  # replay from step 2 (4 prompts, all revisited every step), TIS on, behaviour log-probs from the engine
-        cfg = make_config({"name": "repo:recent_k", "min_cache_to_replay": 4, "max_cache_size": 8, "num_replays": 2}, data={"train_size": 4},
-                          generation={"tis_cap": 2.0, "behaviour_logprobs": "engine"})
+        cfg = make_config(
+            {"name": "repo:recent_k", "min_cache_to_replay": 4, "max_cache_size": 8, "num_replays": 2},
+            data={"train_size": 4},
+            generation={"tis_cap": 2.0, "behaviour_logprobs": "engine"},
+        )
     eng = Recording(engine_pool("vllm"))
     tr, records, summary = _train(cfg, eng)
     assert summary["status"] == "FINISHED" and summary["engine"] == "vllm" and len(records) == 3
@@ -499,7 +539,9 @@ def test_trainer_with_vllm_engine(algo, engine_pool, make_config):
         assert m["engine/sync_probe_mean_abs"] < 1e-3 and m["time/weight_sync_s"] > 0 and m["engine/sync_s"] > 0
         # top_k=50 of a 102-token vocabulary: the engine's log-probs are renormalised over the kept tokens (gap > 0, small)
         assert 0 < m["engine/logprob_gap_mean_abs"] < 0.05 and m["engine/logprob_gap_mean"] > 0
-    assert records[-1].metrics["time/weight_sync_s_total"] == pytest.approx(sum(r.metrics["time/weight_sync_s"] for r in records))
+    assert records[-1].metrics["time/weight_sync_s_total"] == pytest.approx(
+        sum(r.metrics["time/weight_sync_s"] for r in records)
+    )
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
     run = mlflow.search_runs(experiment_names=["test"]).iloc[0]
     assert run["tags.engine"] == "vllm" and run["params.engine.resolved"] == "vllm"
@@ -514,12 +556,17 @@ def test_trainer_with_vllm_engine(algo, engine_pool, make_config):
         for version, _, out in eng.calls:
             for g in out:
                 for c in g:
-                    sampled.setdefault((tuple(c.token_ids.tolist()), version), []).append(c.logprobs)  # the same answer may come from several prompts
+                    sampled.setdefault((tuple(c.token_ids.tolist()), version), []).append(
+                        c.logprobs
+                    )  # the same answer may come from several prompts
         buf = tr.algorithm.buffer
         versions = set()
         for pid in buf.prompt_ids():
             for e in buf.get(pid, range(buf.size(pid))):
-                assert any(np.allclose(e.logprobs, lp, atol=1e-6, rtol=0) for lp in sampled[(tuple(e.completion_ids.tolist()), e.policy_version)])
+                assert any(
+                    np.allclose(e.logprobs, lp, atol=1e-6, rtol=0)
+                    for lp in sampled[(tuple(e.completion_ids.tolist()), e.policy_version)]
+                )
                 versions.add(e.policy_version)
         assert versions == {1, 2}  # FIFO of 8 = the last two steps' 4 samples per prompt
 
@@ -531,7 +578,9 @@ def test_trainer_logprob_plumbing_changes_nothing_when_tis_is_off(make_config, b
         cfg = make_config("grpo", tracking={"run_name": f"lp-{logprobs}"})
         eng = Recording(create_engine("hf", model=base[0], tokenizer=base[1]), logprobs=logprobs)
         tr, records, _ = _train(cfg, eng)
-        runs.append((records, {k: v.detach().clone() for k, v in tr.accelerator.unwrap_model(tr.model).state_dict().items()}))
+        runs.append(
+            (records, {k: v.detach().clone() for k, v in tr.accelerator.unwrap_model(tr.model).state_dict().items()})
+        )
     (rec_a, par_a), (rec_b, par_b) = runs
     assert "engine/logprob_gap_mean_abs" in rec_a[0].metrics and "engine/logprob_gap_mean_abs" not in rec_b[0].metrics
     assert [r.completion_ids for r in rec_a] == [r.completion_ids for r in rec_b]
@@ -544,11 +593,20 @@ def test_behaviour_logprobs_from_the_engine_skip_the_extra_pass(make_config, bas
     """RePO stores behaviour log-probs of rows without gradient: trainer = extra no-grad forward; engine = none."""
     seen = {}
     for source in ("trainer", "engine"):
-        cfg = make_config("repo:recent_k", train={"format_reward_weight": 0.0}, generation={"behaviour_logprobs": source},
-                          tracking={"run_name": f"beh-{source}"})
+        cfg = make_config(
+            "repo:recent_k",
+            train={"format_reward_weight": 0.0},
+            generation={"behaviour_logprobs": source},
+            tracking={"run_name": f"beh-{source}"},
+        )
         eng = Recording(create_engine("hf", model=base[0], tokenizer=base[1]))
         tr, records, _ = _train(cfg, eng)
-        seen[source] = (sum(r.metrics["tokens/logprob"] for r in records), sum(r.metrics["flops/logprob"] for r in records), tr, eng)
+        seen[source] = (
+            sum(r.metrics["tokens/logprob"] for r in records),
+            sum(r.metrics["flops/logprob"] for r in records),
+            tr,
+            eng,
+        )
     assert seen["trainer"][0] > 0 and seen["trainer"][1] > 0, "without gradient rows there is nothing to compare"
     assert seen["engine"][0] == 0 and seen["engine"][1] == 0
     _, _, tr, eng = seen["engine"]
@@ -560,7 +618,10 @@ def test_behaviour_logprobs_from_the_engine_skip_the_extra_pass(make_config, bas
     buf = tr.algorithm.buffer
     for pid in buf.prompt_ids():
         for e in buf.get(pid, range(buf.size(pid))):
-            assert any(np.allclose(e.logprobs, lp, atol=1e-6, rtol=0) for lp in sampled[(tuple(e.completion_ids.tolist()), e.policy_version)])
+            assert any(
+                np.allclose(e.logprobs, lp, atol=1e-6, rtol=0)
+                for lp in sampled[(tuple(e.completion_ids.tolist()), e.policy_version)]
+            )
 
 
 def test_is_weights_in_the_policy_loss():
@@ -570,8 +631,16 @@ def test_is_weights_in_the_policy_loss():
     torch.manual_seed(0)
     B, T = 3, 5
     lp = torch.randn(B, T) * 0.1 - 1
-    inputs = dict(logprobs=lp.clone().requires_grad_(), old_logprobs=lp - 0.05, ref_logprobs=None, mask=torch.ones(B, T), advantages=torch.tensor([1.0, -0.5, 0.3]),
-                  row_weights=torch.full((B,), 1 / B), token_sum=torch.zeros(B, dtype=torch.bool), source=torch.tensor([0, 0, 1]))
+    inputs = dict(
+        logprobs=lp.clone().requires_grad_(),
+        old_logprobs=lp - 0.05,
+        ref_logprobs=None,
+        mask=torch.ones(B, T),
+        advantages=torch.tensor([1.0, -0.5, 0.3]),
+        row_weights=torch.full((B,), 1 / B),
+        token_sum=torch.zeros(B, dtype=torch.bool),
+        source=torch.tensor([0, 0, 1]),
+    )
     for name in ("grpo", "repo:recent_k"):
         algo = create_algorithm({"name": name}, seed=0, max_completion_length=T)
         plain, _ = algo.loss(LossInputs(**inputs))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -16,7 +15,9 @@ REPO = {"name": "repo:recent_k", "min_cache_to_replay": 4, "max_cache_size": 8, 
 def _members(make_config):
     out = []
     for algo in ("grpo", REPO):
-        cfg = make_config(algo, train={"max_steps": -1, "budget": "trained_tokens:500", "save_every": 1}, data={"train_size": 4})
+        cfg = make_config(
+            algo, train={"max_steps": -1, "budget": "trained_tokens:500", "save_every": 1}, data={"train_size": 4}
+        )
         out.append(Member("quick", algo if isinstance(algo, str) else algo["name"], cfg.train.seed, cfg))
     return out
 
@@ -34,7 +35,10 @@ def test_matrix_layout_budget_and_restart(make_config, tmp_path, monkeypatch):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert sorted(c.data.tags["algorithm"] for c in children) == ["grpo", "repo:recent_k"]
-    assert all(c.data.tags["harness.role"] == "member" and c.data.tags["harness.budget_unit"] == "trained_tokens" for c in children)
+    assert all(
+        c.data.tags["harness.role"] == "member" and c.data.tags["harness.budget_unit"] == "trained_tokens"
+        for c in children
+    )
     # matched compute: both spent the same budget (stopping at the first step that crosses it)
     for _, _, _, s in results:
         assert s["budget"]["spent"] >= 500 and s["status"] == "FINISHED"
@@ -62,17 +66,47 @@ def test_cli_run_writes_the_comparison_report(quick_model_dir, tmp_path, monkeyp
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["run", "--algos", "grpo,repo:recent_k", "--models", str(quick_model_dir), "--config", "tiny", "--budget", "steps:2", "--no-progress",
-            "--tracking-uri", uri, "--experiment", "cli", "--name", "clitest", "--report-dir", str(tmp_path / "rep"),
-            "--set", "train.prompts_per_step=2", "--set", "generation.num_generations=4", "--set", "generation.max_completion_length=16",
-            "--set", "data.train_size=8", "--set", "eval.max_examples=4", "--set", "algorithm.min_cache_to_replay=1"]
+    args = [
+        "run",
+        "--algos",
+        "grpo,repo:recent_k",
+        "--models",
+        str(quick_model_dir),
+        "--config",
+        "tiny",
+        "--budget",
+        "steps:2",
+        "--no-progress",
+        "--tracking-uri",
+        uri,
+        "--experiment",
+        "cli",
+        "--name",
+        "clitest",
+        "--report-dir",
+        str(tmp_path / "rep"),
+        "--set",
+        "train.prompts_per_step=2",
+        "--set",
+        "generation.num_generations=4",
+        "--set",
+        "generation.max_completion_length=16",
+        "--set",
+        "data.train_size=8",
+        "--set",
+        "eval.max_examples=4",
+        "--set",
+        "algorithm.min_cache_to_replay=1",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "vs the grpo run with the same model and seed" in out and "report:" in out
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "repo:recent_k" in md and "grpo" in md
     assert (tmp_path / "rep" / "report.html").exists() and list((tmp_path / "rep" / "tables").glob("*.csv"))
-    runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("cli").experiment_id], "tags.`harness.role` = 'member'")
+    runs = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("cli").experiment_id], "tags.`harness.role` = 'member'"
+    )
     assert sorted(r.data.tags["algorithm"] for r in runs) == ["grpo", "repo:recent_k"]
     assert all(int(r.data.metrics["budget/fraction"]) == 1 for r in runs)
     # the report's accuracy table holds the real runs' final macro accuracy (one seed each: the mean is that run's value)
@@ -87,12 +121,30 @@ def test_cli_run_writes_the_comparison_report(quick_model_dir, tmp_path, monkeyp
 def test_dry_run_estimates_steps_and_warns_about_a_buffer_that_cannot_replay(capsys):
     from harness.cli import main
 
-    assert main(["run", "--algos", "grpo,repo:recent_k", "--config", "paper-qwen3-1.7b", "--models", "qwen3-1.7b", "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--algos",
+                "grpo,repo:recent_k",
+                "--config",
+                "paper-qwen3-1.7b",
+                "--models",
+                "qwen3-1.7b",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    assert out.count("steps:768") == 2 and "warning" not in out  # 1,024 prompts / 4 per step x 3 epochs; replay starts in epoch 3
+    assert (
+        out.count("steps:768") == 2 and "warning" not in out
+    )  # 1,024 prompts / 4 per step x 3 epochs; replay starts in epoch 3
     assert main(["run", "--algos", "grpo,repo", "--models", "tiny", "--set", "data.train_size=1024", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "warning: repo-tiny-s42: RePO replays a prompt from its visit 3 on" in out and "~1.6 times" in out
     assert "warning: grpo" not in out
-    assert main(["run", "--algos", "repo", "--models", "tiny", "--dry-run"]) == 0  # the tiny preset's 256 prompts: ~6 visits
+    assert (
+        main(["run", "--algos", "repo", "--models", "tiny", "--dry-run"]) == 0
+    )  # the tiny preset's 256 prompts: ~6 visits
     assert "warning" not in capsys.readouterr().out

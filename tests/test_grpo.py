@@ -59,11 +59,17 @@ def test_aggregation_types_hand_computed():
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
     lengths = np.array([3, 1])
     w, ts = row_weights_for("grpo", lengths, max_completion_length=5)
-    assert aggregate(token_loss, mask, torch.tensor(w, dtype=torch.float32), torch.tensor(ts)).item() == pytest.approx((2.0 + 4.0) / 2)
+    assert aggregate(token_loss, mask, torch.tensor(w, dtype=torch.float32), torch.tensor(ts)).item() == pytest.approx(
+        (2.0 + 4.0) / 2
+    )
     w, ts = row_weights_for("bnpo", lengths, max_completion_length=5)
-    assert aggregate(token_loss, mask, torch.tensor(w, dtype=torch.float32), torch.tensor(ts)).item() == pytest.approx(10.0 / 4)
+    assert aggregate(token_loss, mask, torch.tensor(w, dtype=torch.float32), torch.tensor(ts)).item() == pytest.approx(
+        10.0 / 4
+    )
     w, ts = row_weights_for("dr_grpo", lengths, max_completion_length=5)
-    assert aggregate(token_loss, mask, torch.tensor(w, dtype=torch.float32), torch.tensor(ts)).item() == pytest.approx(10.0 / (2 * 5))
+    assert aggregate(token_loss, mask, torch.tensor(w, dtype=torch.float32), torch.tensor(ts)).item() == pytest.approx(
+        10.0 / (2 * 5)
+    )
 
 
 def _groups():
@@ -86,7 +92,16 @@ def test_build_batch_and_loss_match_hand_computation():
     B, T = 4, 3
     mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 0]], dtype=torch.float32)
     lp = torch.full((B, T), -0.5, requires_grad=True)
-    inputs = LossInputs(lp, lp.detach(), None, mask, torch.tensor(batch.advantages), torch.tensor(batch.row_weights, dtype=torch.float32), torch.tensor(batch.token_sum), torch.zeros(B, dtype=torch.int8))
+    inputs = LossInputs(
+        lp,
+        lp.detach(),
+        None,
+        mask,
+        torch.tensor(batch.advantages),
+        torch.tensor(batch.row_weights, dtype=torch.float32),
+        torch.tensor(batch.token_sum),
+        torch.zeros(B, dtype=torch.int8),
+    )
     loss, metrics = algo.loss(inputs)
     assert loss.item() == pytest.approx(-(a - a + 0 + 0) / 4, abs=1e-7)
     loss.backward()
@@ -124,6 +139,15 @@ def test_kl_is_aggregated_like_the_policy_loss_as_in_trl(loss_type):
     for idx in ([0, 3], [1, 2]):
         sub = batch.select(np.array(idx))
         t = torch.tensor(idx)
-        inputs = LossInputs(lp[t], old[t], ref[t], mask[t], torch.tensor(sub.advantages), torch.tensor(sub.row_weights, dtype=torch.float32), torch.tensor(sub.token_sum), torch.zeros(2, dtype=torch.int8))
+        inputs = LossInputs(
+            lp[t],
+            old[t],
+            ref[t],
+            mask[t],
+            torch.tensor(sub.advantages),
+            torch.tensor(sub.row_weights, dtype=torch.float32),
+            torch.tensor(sub.token_sum),
+            torch.zeros(2, dtype=torch.int8),
+        )
         total += algo.loss(inputs)[0].item()
     assert total == pytest.approx(expected.item(), rel=1e-5)

@@ -13,9 +13,25 @@ from algorithms.grpo import aggregate, clipped_token_loss
 from harness.logprobs import HEAD_TRANSFORMS, chunked_unsupported_reason, completion_logprobs, full_logprobs
 from harness.memory import arch_from_config, estimate_peak_memory, plan_microbatches
 
-SMALL = dict(vocab_size=211, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-             max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-EXTRA = {"gemma2": {"final_logit_softcapping": 3.0}, "gemma3_text": {"final_logit_softcapping": 3.0}, "granite": {"logits_scaling": 4.0}, "cohere": {"logit_scale": 0.5}}
+SMALL = dict(
+    vocab_size=211,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=128,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+EXTRA = {
+    "gemma2": {"final_logit_softcapping": 3.0},
+    "gemma3_text": {"final_logit_softcapping": 3.0},
+    "granite": {"logits_scaling": 4.0},
+    "cohere": {"logit_scale": 0.5},
+}
 
 
 def small_model(model_type: str, dtype=torch.float64, **kw):
@@ -23,7 +39,9 @@ def small_model(model_type: str, dtype=torch.float64, **kw):
 
     torch.manual_seed(0)
     cfg = AutoConfig.for_model(model_type, **{**SMALL, **EXTRA.get(model_type, {}), **kw})
-    return AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa").train()  # eager in float64 gives NaN at left padding
+    return AutoModelForCausalLM.from_config(
+        cfg, dtype=dtype, attn_implementation="sdpa"
+    ).train()  # eager in float64 gives NaN at left padding
 
 
 def padded_batch(vocab: int, seed: int = 0):
@@ -35,7 +53,7 @@ def padded_batch(vocab: int, seed: int = 0):
     mask = torch.zeros(4, P + C, dtype=torch.long)
     cmask = torch.zeros(4, C)
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        mask[i, P - p:P + c] = 1
+        mask[i, P - p : P + c] = 1
         cmask[i, :c] = 1
     ids = ids * mask  # pad id 0
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -50,7 +68,11 @@ def loss_and_grads(model, fn):
     token_loss = clipped_token_loss(lp, old, adv, 0.2, 0.2)[0]
     loss = aggregate(token_loss, cmask, torch.full((4,), 0.25), torch.zeros(4, dtype=torch.bool))
     loss.backward()
-    return loss.detach(), (lp * cmask).detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return (
+        loss.detach(),
+        (lp * cmask).detach(),
+        {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None},
+    )
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -63,7 +85,9 @@ def test_chunked_logprobs_match_full_path_loss_and_gradient(model_type):
     assert chunked_unsupported_reason(model) is None
     T = 0.7
     full = loss_and_grads(model, lambda m, i, a, p, c, cm: full_logprobs(m, i, a, p, c, T))
-    chunked = loss_and_grads(model, lambda m, i, a, p, c, cm: completion_logprobs(m, i, a, p, c, cm, T, chunk_size=5))  # 18 tokens: 4 chunks
+    chunked = loss_and_grads(
+        model, lambda m, i, a, p, c, cm: completion_logprobs(m, i, a, p, c, cm, T, chunk_size=5)
+    )  # 18 tokens: 4 chunks
     assert rel(chunked[0], full[0]) <= 1e-6
     assert rel(chunked[1], full[1]) <= 1e-6  # log-probs on real tokens
     assert full[2].keys() == chunked[2].keys() and len(full[2]) > 0
@@ -109,14 +133,18 @@ def test_wrapper_forward_is_called_and_forward_restored():
     lp.sum().backward()
     assert wrapped.calls == 1 and "forward" not in vars(model)
     assert model.lm_head.weight.grad is not None and model.model.layers[0].mlp.up_proj.weight.grad is not None
-    assert model(input_ids=ids, attention_mask=mask).logits.shape[-1] == model.config.vocab_size  # the class forward again
+    assert (
+        model(input_ids=ids, attention_mask=mask).logits.shape[-1] == model.config.vocab_size
+    )  # the class forward again
 
 
 def test_unsupported_architecture_falls_back_to_full_path():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=32, n_layer=1, n_head=2, n_positions=64)).double().eval()  # eval: no dropout
+    model = (
+        GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=32, n_layer=1, n_head=2, n_positions=64)).double().eval()
+    )  # eval: no dropout
     assert "gpt2" in chunked_unsupported_reason(model)
     ids, mask, pos, cids, cmask, _ = padded_batch(97)
     a = completion_logprobs(model, ids, mask, pos, cids, cmask, 1.0, chunk_size=4)
@@ -134,7 +162,9 @@ def test_plan_microbatches_respects_budget_and_caps():
     rows = np.arange(3, 50)
     width = lambda sel: len(sel) * (P[sel].max() + max(C[sel].max(), 1))  # noqa: E731
     assert [list(m) for m in plan_microbatches(rows, P, C)] == [list(rows)]  # no caps: one pass, order kept
-    assert [list(m) for m in plan_microbatches(rows, P, C, max_rows=10)] == [list(rows[s:s + 10]) for s in range(0, len(rows), 10)]
+    assert [list(m) for m in plan_microbatches(rows, P, C, max_rows=10)] == [
+        list(rows[s : s + 10]) for s in range(0, len(rows), 10)
+    ]
     plan = plan_microbatches(rows, P, C, max_rows=6, max_tokens=400)
     assert sorted(np.concatenate(plan).tolist()) == rows.tolist()
     assert all(len(m) <= 6 and (width(m) <= 400 or len(m) == 1) for m in plan)
@@ -153,7 +183,9 @@ def test_token_budget_microbatches_give_the_same_update(make_config):
     try:
         groups, _ = tr.rollout(tr.sampler.next_indices())
         batch = tr.algorithm.build_batch(groups, 0)
-        batch.advantages = np.random.default_rng(0).normal(size=len(batch)).astype(np.float32)  # every row carries gradient
+        batch.advantages = (
+            np.random.default_rng(0).normal(size=len(batch)).astype(np.float32)
+        )  # every row carries gradient
         engine_lp = row_engine_logprobs(batch, groups)
         model = tr.accelerator.unwrap_model(tr.model)
         start_params = copy.deepcopy(model.state_dict())
@@ -175,7 +207,9 @@ def test_token_budget_microbatches_give_the_same_update(make_config):
             tr.cfg.train.logprob_chunk_size, tr.cfg.train.max_tokens_per_microbatch = chunk, tokens
             metrics, behaviour = tr.train_on(batch, engine_lp)
             results.append((metrics, behaviour, {k: v.detach().clone() for k, v in model.state_dict().items()}))
-        plan = plan_microbatches(np.arange(len(batch)), [len(p) for p in batch.prompt_ids], [len(c) for c in batch.completion_ids], 0, budget)
+        plan = plan_microbatches(
+            np.arange(len(batch)), [len(p) for p in batch.prompt_ids], [len(c) for c in batch.completion_ids], 0, budget
+        )
         assert len(plan) > 2  # really split (and sorted by length)
         (m0, b0, p0), (m1, b1, p1) = results
         assert m1["loss/policy"] == pytest.approx(m0["loss/policy"], rel=1e-5, abs=1e-7)
@@ -186,7 +220,9 @@ def test_token_budget_microbatches_give_the_same_update(make_config):
         for k in p0:
             update0, update1 = p0[k] - start_params[k], p1[k] - start_params[k]
             if update0.norm() > 0:
-                assert rel(update1, update0) <= 1e-2, k  # AdamW's first step ~ lr * sign(grad): tiny gradients may round differently
+                assert rel(update1, update0) <= 1e-2, (
+                    k
+                )  # AdamW's first step ~ lr * sign(grad): tiny gradients may round differently
     finally:
         tr.close()
 
@@ -211,8 +247,17 @@ def test_memory_estimate_within_a_factor_of_measured_peak():
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    cfg = AutoConfig.for_model("llama", vocab_size=8192, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                               num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
+    cfg = AutoConfig.for_model(
+        "llama",
+        vocab_size=8192,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
     rows, P, C, chunk = 8, 16, 240, 512
     ids = torch.randint(0, 8192, (rows, P + C))
     mask = torch.ones_like(ids)
@@ -225,12 +270,19 @@ def test_memory_estimate_within_a_factor_of_measured_peak():
         p.grad = torch.zeros_like(p)
     opt.step()  # AdamW's moments exist, as in any step after the first
     opt.zero_grad(set_to_none=True)
-    Path("/proc/self/clear_refs").write_text("5")  # the peak from here on: the training step (model construction's transients excluded)
+    Path("/proc/self/clear_refs").write_text(
+        "5"
+    )  # the peak from here on: the training step (model construction's transients excluded)
     lp = completion_logprobs(model, ids, mask, pos, ids[:, P:], cmask, 0.7, chunk)
     (lp * cmask).sum().div(cmask.sum()).backward()
     opt.step()
     measured = _status_kb("VmHWM") * 1024 - before
-    est = estimate_peak_memory(arch_from_config(cfg), tokens=rows * (P + C), completion_tokens=rows * C, chunk_size=chunk)
+    est = estimate_peak_memory(
+        arch_from_config(cfg), tokens=rows * (P + C), completion_tokens=rows * C, chunk_size=chunk
+    )
     predicted = est["total"] - est["base"]
-    assert abs(arch_from_config(cfg).params - sum(p.numel() for p in model.parameters())) / arch_from_config(cfg).params < 0.05
+    assert (
+        abs(arch_from_config(cfg).params - sum(p.numel() for p in model.parameters())) / arch_from_config(cfg).params
+        < 0.05
+    )
     assert 0.5 <= predicted / measured <= 2.0, (predicted / 1e6, measured / 1e6, {k: v / 1e6 for k, v in est.items()})

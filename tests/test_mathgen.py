@@ -25,8 +25,10 @@ from benchmarks import datasets as D
 from benchmarks import mathematics as M
 from benchmarks.datasets import DatasetError, available_benchmarks, available_train_sets, load_benchmark, load_train_set
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("mathematics_dataset") is None,
-                                reason="mathematics-dataset is not installed (pip install mathematics-dataset)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("mathematics_dataset") is None,
+    reason="mathematics-dataset is not installed (pip install mathematics-dataset)",
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +68,9 @@ def test_same_seed_same_problems_and_global_rngs_untouched():
     before = (random.getstate(), np.random.get_state()[1].copy())
     a = M.make_dm("dm_easy", "train", 48, seed=3)
     after = (random.getstate(), np.random.get_state()[1].copy())
-    assert before[0] == after[0] and (before[1] == after[1]).all(), "the generator must not move the caller's random streams"
+    assert before[0] == after[0] and (before[1] == after[1]).all(), (
+        "the generator must not move the caller's random streams"
+    )
     M._generate_module.cache_clear()  # really generate again
     assert M.make_dm("dm_easy", "train", 48, seed=3) == a
     assert M.make_dm("dm_easy", "train", 48, seed=4) != a
@@ -76,12 +80,18 @@ def test_same_seed_same_problems_and_global_rngs_untouched():
 
 
 def test_same_problems_in_a_fresh_process_whatever_the_hash_seed():
-    names = [("dm_easy", "test", 40), ("dm_algebra__linear_1d_composed", "train", 12), ("dm_comparison__pair_composed-medium", "test", 12)]
+    names = [
+        ("dm_easy", "test", 40),
+        ("dm_algebra__linear_1d_composed", "train", 12),
+        ("dm_comparison__pair_composed-medium", "test", 12),
+    ]
     here = {n: _fingerprint(M.make_dm(n, split, k, seed=None if split == "test" else 7)) for n, split, k in names}
-    code = ("import hashlib, json; from benchmarks import mathematics as M\n"
-            f"names = {names!r}\n"
-            "print(json.dumps({n: hashlib.sha256(json.dumps([[r['id'], r['problem'], r['answer']] for r in "
-            "M.make_dm(n, s, k, seed=None if s == 'test' else 7)]).encode()).hexdigest() for n, s, k in names}))")
+    code = (
+        "import hashlib, json; from benchmarks import mathematics as M\n"
+        f"names = {names!r}\n"
+        "print(json.dumps({n: hashlib.sha256(json.dumps([[r['id'], r['problem'], r['answer']] for r in "
+        "M.make_dm(n, s, k, seed=None if s == 'test' else 7)]).encode()).hexdigest() for n, s, k in names}))"
+    )
     env = dict(os.environ, PYTHONHASHSEED="4242", PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -126,7 +136,11 @@ def test_every_offered_module_scores_1_when_boxed_and_0_when_wrong():
 
 
 def test_answer_normalisation_and_filters():
-    assert M.normalize_answer("True") == "Yes" and M.normalize_answer("False") == "No" and M.normalize_answer("-7/2") == "-7/2"
+    assert (
+        M.normalize_answer("True") == "Yes"
+        and M.normalize_answer("False") == "No"
+        and M.normalize_answer("-7/2") == "-7/2"
+    )
     rows = M.make_dm("dm_numbers__is_prime", "test", 20)
     assert {r["answer"] for r in rows} <= {"Yes", "No"} and {r["answer_original"] for r in rows} <= {"True", "False"}
     # no answer with more decimals than the verifier compares (it rounds to 6 places)
@@ -150,7 +164,9 @@ def test_names_levels_and_errors():
     assert len(load_train_set("dm_easy-medium", 16, 1)) == 16
     with pytest.raises(DatasetError, match="unknown level 'extreme'"):
         load_benchmark("dm_numbers__gcd-extreme")
-    with pytest.raises(DatasetError, match="calculus__differentiate' is not offered.*verifier reads predictions as LaTeX"):
+    with pytest.raises(
+        DatasetError, match="calculus__differentiate' is not offered.*verifier reads predictions as LaTeX"
+    ):
         load_train_set("dm_calculus__differentiate", 10)
     with pytest.raises(DatasetError, match="not offered"):
         load_benchmark("dm_nope")
@@ -162,7 +178,11 @@ def test_dm_train_set_in_a_training_config(tmp_path):
     rows = load_train_set("dm_arithmetic__add_or_sub", None, 42)
     assert len(rows) == M.DEFAULT_SIZES["train"] == 1024
     assert load_train_set("dm_arithmetic__add_or_sub", 100, 42) == rows[:100]  # a smaller size is a prefix
-    assert all(set(r) >= {"id", "problem", "answer", "benchmark"} and all(isinstance(r[k], str) for k in ("id", "problem", "answer")) for r in rows)
+    assert all(
+        set(r) >= {"id", "problem", "answer", "benchmark"}
+        and all(isinstance(r[k], str) for k in ("id", "problem", "answer"))
+        for r in rows
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -213,6 +233,8 @@ def test_unreachable_hub_is_treated_as_offline(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     flags = (datasets.config.HF_HUB_OFFLINE, hc.HF_HUB_OFFLINE)
-    with pytest.raises(DatasetError, match=r"cannot be reached \(huggingface.co:443.*harness data prepare --train-sets deepmath"):
+    with pytest.raises(
+        DatasetError, match=r"cannot be reached \(huggingface.co:443.*harness data prepare --train-sets deepmath"
+    ):
         load_train_set("deepmath", 16, 42)
     assert seen == [(True, True)] and (datasets.config.HF_HUB_OFFLINE, hc.HF_HUB_OFFLINE) == flags  # restored

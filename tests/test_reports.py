@@ -38,9 +38,16 @@ def store(tmp_path_factory):
 
     c = MlflowClient(uri)
     eid = c.create_experiment("sparse", artifact_location=(root / "artifacts3").as_uri())
-    parent = c.create_run(eid, run_name="sparse-matrix", tags={"harness.role": "experiment", "harness.experiment": "sparse"})
+    parent = c.create_run(
+        eid, run_name="sparse-matrix", tags={"harness.role": "experiment", "harness.experiment": "sparse"}
+    )
     tags = {"mlflow.parentRunId": parent.info.run_id, "harness.role": "member", "model": "tiny"}
-    r0 = c.create_run(eid, run_name="grpo-tiny-s42", tags={**tags, "algorithm": "grpo", "seed": "42"}, start_time=int(time.time() * 1000) - 60_000)
+    r0 = c.create_run(
+        eid,
+        run_name="grpo-tiny-s42",
+        tags={**tags, "algorithm": "grpo", "seed": "42"},
+        start_time=int(time.time() * 1000) - 60_000,
+    )
     c.set_terminated(r0.info.run_id, status="FAILED")  # crashed, then re-run (resume) as r1
     r1 = c.create_run(eid, run_name="grpo-tiny-s42", tags={**tags, "algorithm": "grpo", "seed": "42"})
     for step in range(1, 4):
@@ -53,7 +60,9 @@ def store(tmp_path_factory):
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "matrix.json").write_text(json.dumps({"members": ["grpo|tiny|42", "repo:recent_k|tiny|42", "repo:highest_k|tiny|42"]}))
+        (Path(d) / "matrix.json").write_text(
+            json.dumps({"members": ["grpo|tiny|42", "repo:recent_k|tiny|42", "repo:highest_k|tiny|42"]})
+        )
         c.log_artifact(parent.info.run_id, str(Path(d) / "matrix.json"))
     s.sparse = (parent.info.run_id, r1.info.run_id, r2.info.run_id)
     s.superseded = r0.info.run_id
@@ -133,8 +142,22 @@ def test_report_writes_markdown_html_figures_and_csvs(report):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
         assert f"](figures/{fig}.png)" in md
         assert f'data-file="figures/{fig}.png"' in page
-    for table in ("accuracy", "compute_overhead", "phase_breakdown", "effective_steps", "effective_curves", "accuracy_vs_compute",
-                  "matched_compute", "ablation", "sweep_trials", "sweep_importances", "runs", "environment", "config_diff", "missing_data"):
+    for table in (
+        "accuracy",
+        "compute_overhead",
+        "phase_breakdown",
+        "effective_steps",
+        "effective_curves",
+        "accuracy_vs_compute",
+        "matched_compute",
+        "ablation",
+        "sweep_trials",
+        "sweep_importances",
+        "runs",
+        "environment",
+        "config_diff",
+        "missing_data",
+    ):
         assert not pd.read_csv(path / "tables" / f"{table}.csv").empty, table
         assert f"tables/{table}.csv" in md
     # self-contained: every image is a data URI, nothing is fetched
@@ -142,8 +165,16 @@ def test_report_writes_markdown_html_figures_and_csvs(report):
     assert len(srcs) == 6 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<link" not in page and 'src="http' not in page
     assert "](" not in page  # no Markdown link left unrendered
-    for heading in ("1. Accuracy", "2. Compute overhead", "3. Effective optimization steps", "4. Accuracy vs compute",
-                    "5. Replay-strategy ablation", "6. Provenance", "Missing data and caveats", "Summary vs the paper"):
+    for heading in (
+        "1. Accuracy",
+        "2. Compute overhead",
+        "3. Effective optimization steps",
+        "4. Accuracy vs compute",
+        "5. Replay-strategy ablation",
+        "6. Provenance",
+        "Missing data and caveats",
+        "Summary vs the paper",
+    ):
         assert heading in md and heading in page
 
 
@@ -173,7 +204,10 @@ def test_accuracy_table_matches_mlflow(store, report):
             assert row["delta_ci_low"] <= row["delta"] <= row["delta_ci_high"]
     # the FAILED seed is left out; the seed without per-sample records is resampled at seed level only
     assert acc[(acc["algorithm"] == "repo:highest_k")]["seeds"].astype(str).unique().tolist() == ["42"]
-    assert acc[(acc["algorithm"] == "grpo") & (acc["benchmark"] == "arith")]["resampling"].iloc[0] == "seeds x prompts (some seeds: seeds only)"
+    assert (
+        acc[(acc["algorithm"] == "grpo") & (acc["benchmark"] == "arith")]["resampling"].iloc[0]
+        == "seeds x prompts (some seeds: seeds only)"
+    )
     # the HTML table shows the same numbers, best per row highlighted
     t = _html_table(path, "tables/accuracy.csv")
     for _, r in t.iterrows():
@@ -200,21 +234,27 @@ def test_compute_effective_and_curves_match_mlflow(store, report):
         per_step[algo] = wall
         row = over[(over["algorithm"] == algo) & (over["unit"] == "wall seconds")].iloc[0]
         assert row["per_step"] == pytest.approx(wall, rel=1e-9)
-        assert over[(over["algorithm"] == algo) & (over["unit"] == "FLOPs")].iloc[0]["per_step"] == pytest.approx(flops, rel=1e-9)
+        assert over[(over["algorithm"] == algo) & (over["unit"] == "FLOPs")].iloc[0]["per_step"] == pytest.approx(
+            flops, rel=1e-9
+        )
         totals[algo] = np.mean([_final(client, r, "effective/steps_total") for r in rids])
         assert eff[eff["algorithm"] == algo].iloc[0]["effective_total"] == pytest.approx(totals[algo], rel=1e-9)
         for r in rids:  # every evaluation of every used run is a point of the accuracy-vs-compute curves
             evals = client.get_metric_history(r, "eval/macro_accuracy")
             pts = curves[curves["run_id"] == r].sort_values("step")
             assert len(pts) == len(evals)
-            assert pts["macro_accuracy"].tolist() == pytest.approx([m.value for m in sorted(evals, key=lambda m: m.step)])
+            assert pts["macro_accuracy"].tolist() == pytest.approx(
+                [m.value for m in sorted(evals, key=lambda m: m.step)]
+            )
             cum = {m.step: m.value for m in client.get_metric_history(r, "flops/total_cum")}
             for _, p in pts.iterrows():
                 assert p["flops"] == pytest.approx(cum.get(p["step"], 0.0))
     for algo in ("repo:recent_k", "repo:highest_k"):
         row = over[(over["algorithm"] == algo) & (over["unit"] == "wall seconds")].iloc[0]
         assert row["overhead"] == pytest.approx(per_step[algo] / per_step["grpo"] - 1, rel=1e-9)
-        assert eff[eff["algorithm"] == algo].iloc[0]["gain_total"] == pytest.approx(totals[algo] / totals["grpo"] - 1, rel=1e-9)
+        assert eff[eff["algorithm"] == algo].iloc[0]["gain_total"] == pytest.approx(
+            totals[algo] / totals["grpo"] - 1, rel=1e-9
+        )
     assert set(curves["run_id"]).isdisjoint(failed)
 
 
@@ -236,7 +276,9 @@ def test_sweep_section(store, report):
 
     path, _ = report
     client = _client(store)
-    best = json.loads(Path(client.download_artifacts(store.sweep_run_id, "sweep/best_trial.json", str(path.parent))).read_text())
+    best = json.loads(
+        Path(client.download_artifacts(store.sweep_run_id, "sweep/best_trial.json", str(path.parent))).read_text()
+    )
     trials = pd.read_csv(path / "tables" / "sweep_trials.csv")
     assert len(trials) == len(store.trial_run_ids)
     assert trials.loc[trials["value"].idxmax(), "number"] == best["number"]
@@ -260,13 +302,32 @@ def _chromium() -> str | None:
     return None
 
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
 
 
 def _dump_dom(browser: str, page: Path, profile: Path) -> str:
-    res = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            browser,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     return res.stdout
 
@@ -276,7 +337,9 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     browser = _chromium()
     if browser is None:
         if os.environ.get("REPORTS_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("chromium is required (REPORTS_REQUIRE_CHROMIUM=1) but not installed: apt-get install -y chromium")
+            pytest.fail(
+                "chromium is required (REPORTS_REQUIRE_CHROMIUM=1) but not installed: apt-get install -y chromium"
+            )
         pytest.skip("chromium not installed (Debian package `chromium`)")
     path, _ = report
     dom = _dump_dom(browser, path / "report.html", tmp_path / "profile")
@@ -286,12 +349,31 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     assert dom.count('data-loaded="true"') == 6
     # the check itself catches a broken image
     broken = tmp_path / "broken.html"
-    broken.write_text(re.sub(r'src="data:image/png;base64,[^"]{0,40}', 'src="data:image/png;base64,AAAA', (path / "report.html").read_text(), count=1))
+    broken.write_text(
+        re.sub(
+            r'src="data:image/png;base64,[^"]{0,40}',
+            'src="data:image/png;base64,AAAA',
+            (path / "report.html").read_text(),
+            count=1,
+        )
+    )
     dom = _dump_dom(browser, broken, tmp_path / "profile2")
     assert 'data-images-loaded="false"' in re.search(r"<body[^>]*>", dom).group(0)
     shot = tmp_path / "shot.png"
-    res = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile3'}", "--window-size=1400,2400", f"--screenshot={shot}",
-                          (path / "report.html").resolve().as_uri()], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    res = subprocess.run(
+        [
+            browser,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'profile3'}",
+            "--window-size=1400,2400",
+            f"--screenshot={shot}",
+            (path / "report.html").resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
 
 
@@ -303,7 +385,10 @@ def test_sparse_runs_never_crash_or_draw_empty_plots(store, tmp_path):
     md = (out / "report.md").read_text()
     assert killed in md and "KILLED" in md
     assert "Planned member `repo:highest_k|tiny|42` has no MLflow run" in md
-    assert f"Run `{store.superseded}` (grpo, tiny, seed 42) ended with status **FAILED**; it is superseded by the finished run `{finished}`" in md
+    assert (
+        f"Run `{store.superseded}` (grpo, tiny, seed 42) ended with status **FAILED**; it is superseded by the finished run `{finished}`"
+        in md
+    )
     assert f"Run `{finished}` (grpo, tiny, seed 42) logged no evaluation" in md
     assert "No finished run logged an evaluation." in md
     assert "No finished run logged per-step cost metrics" in md
@@ -320,7 +405,13 @@ def test_sweep_only_and_unknown_experiment(store, tmp_path):
     assert store.sweep_only.sweep_run_id in md
     assert [p.name for p in (out / "figures").glob("*.png")] == ["sweep.png"]
     # what `harness sweep` asks for: the sweep alone, even where the experiment also holds a matrix
-    out = generate_report(store.tracking_uri, experiment="synthetic", out_dir=tmp_path / "sweep2", sweep_run_id=store.sweep_run_id, sweep_only=True)
+    out = generate_report(
+        store.tracking_uri,
+        experiment="synthetic",
+        out_dir=tmp_path / "sweep2",
+        sweep_run_id=store.sweep_run_id,
+        sweep_only=True,
+    )
     md = (out / "report.md").read_text()
     assert "A sweep report" in md and "## 1. Accuracy" not in md and "No member runs" not in md
     assert all(rid in md for rid in store.trial_run_ids)
@@ -332,7 +423,10 @@ def test_sweep_only_and_unknown_experiment(store, tmp_path):
 def test_inline_markdown_to_html():
     from reports.render import inline_html
 
-    assert inline_html("see [`t/a.csv`](t/a.csv) and **b** `x<y>`") == 'see <a href="t/a.csv"><code>t/a.csv</code></a> and <strong>b</strong> <code>x&lt;y&gt;</code>'
+    assert (
+        inline_html("see [`t/a.csv`](t/a.csv) and **b** `x<y>`")
+        == 'see <a href="t/a.csv"><code>t/a.csv</code></a> and <strong>b</strong> <code>x&lt;y&gt;</code>'
+    )
     assert inline_html("[run](http://h/#/r?a=1&b=2)") == '<a href="http://h/#/r?a=1&amp;b=2">run</a>'
     assert inline_html("a*b and *it*") == "a*b and <em>it</em>"
 
@@ -342,12 +436,35 @@ def test_cli_parser_and_explicit_parent(store, tmp_path, capsys):
 
     parser = argparse.ArgumentParser(prog="harness")
     add_report_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", "--tracking-uri", store.tracking_uri, "--experiment", "synthetic", "--parent", store.parent_run_id,
-                              "--sweep", "none", "--out", str(tmp_path / "cli"), "--bootstrap", "200", "--svg", "--compute-unit", "wall_seconds"])
+    args = parser.parse_args(
+        [
+            "report",
+            "--tracking-uri",
+            store.tracking_uri,
+            "--experiment",
+            "synthetic",
+            "--parent",
+            store.parent_run_id,
+            "--sweep",
+            "none",
+            "--out",
+            str(tmp_path / "cli"),
+            "--bootstrap",
+            "200",
+            "--svg",
+            "--compute-unit",
+            "wall_seconds",
+        ]
+    )
     assert cmd_report(args) == 0
     assert "report.html" in capsys.readouterr().out
     md = (tmp_path / "cli" / "report.md").read_text()
-    assert store.parent_run_id in md and "No sweep" in md and "cumulative wall seconds" in md and "Planned member" not in md
+    assert (
+        store.parent_run_id in md
+        and "No sweep" in md
+        and "cumulative wall seconds" in md
+        and "Planned member" not in md
+    )
     assert (tmp_path / "cli" / "figures" / "accuracy.svg").exists()
 
 
@@ -390,8 +507,15 @@ def test_matched_compute_merges_one_schedule_across_runs():
     from reports.analysis import matched_compute
 
     rows = []
-    for run, algo, fracs in (("a", "grpo", [0.0, 0.26, 0.5, 1.0]), ("b", "grpo", [0.0, 0.25, 0.51, 1.0]), ("c", "repo", [0.0, 0.27, 0.52, 1.0])):
-        rows += [{"run_id": run, "model": "m", "algorithm": algo, "step": i, "budget_fraction": f, "macro_accuracy": 0.1 * i} for i, f in enumerate(fracs)]
+    for run, algo, fracs in (
+        ("a", "grpo", [0.0, 0.26, 0.5, 1.0]),
+        ("b", "grpo", [0.0, 0.25, 0.51, 1.0]),
+        ("c", "repo", [0.0, 0.27, 0.52, 1.0]),
+    ):
+        rows += [
+            {"run_id": run, "model": "m", "algorithm": algo, "step": i, "budget_fraction": f, "macro_accuracy": 0.1 * i}
+            for i, f in enumerate(fracs)
+        ]
     t = matched_compute(pd.DataFrame(rows))
     assert sorted(t["fraction"].unique()) == [0.0, 0.25, 0.5, 1.0]
     assert t[(t["fraction"] == 0.5) & (t["algorithm"] == "grpo")]["count"].item() == 2
@@ -404,13 +528,29 @@ def test_cost_to_target_interpolates_and_compares_to_the_baseline():
     from reports.analysis import cost_to_target
 
     rows = []
-    for run, algo, accs, flops in (("a", "grpo", [0.2, 0.3, 0.5], [0, 100, 200]), ("b", "repo", [0.2, 0.4, 0.45], [0, 100, 200])):
-        rows += [{"run_id": run, "model": "m", "algorithm": algo, "step": i, "budget_fraction": i / 2, "macro_accuracy": a, "flops": f, "steps": i}
-                 for i, (a, f) in enumerate(zip(accs, flops))]
+    for run, algo, accs, flops in (
+        ("a", "grpo", [0.2, 0.3, 0.5], [0, 100, 200]),
+        ("b", "repo", [0.2, 0.4, 0.45], [0, 100, 200]),
+    ):
+        rows += [
+            {
+                "run_id": run,
+                "model": "m",
+                "algorithm": algo,
+                "step": i,
+                "budget_fraction": i / 2,
+                "macro_accuracy": a,
+                "flops": f,
+                "steps": i,
+            }
+            for i, (a, f) in enumerate(zip(accs, flops))
+        ]
     t = cost_to_target(pd.DataFrame(rows)).set_index(["algorithm", "unit"])
     # default target = the lowest peak (repo's 0.45); grpo crosses it 3/4 of the way from 100 to 200 FLOPs, repo at 200
     assert t.loc[("grpo", "flops"), "target"] == pytest.approx(0.45)
-    assert t.loc[("grpo", "flops"), "cost"] == pytest.approx(175.0) and t.loc[("repo", "flops"), "cost"] == pytest.approx(200.0)
+    assert t.loc[("grpo", "flops"), "cost"] == pytest.approx(175.0) and t.loc[
+        ("repo", "flops"), "cost"
+    ] == pytest.approx(200.0)
     assert t.loc[("repo", "flops"), "vs_baseline"] == pytest.approx(200 / 175 - 1)
     t = cost_to_target(pd.DataFrame(rows), target=0.48).set_index(["algorithm", "unit"])
     assert not t.loc[("repo", "flops"), "reached"] and t.loc[("grpo", "flops"), "cost"] == pytest.approx(190.0)

@@ -61,7 +61,9 @@ def test_resume_after_a_kill_logs_every_step_once(make_config):
     hist = {m.step: m.value for m in _client(cfg).get_metric_history(run_id, "reward/mean")}
     assert [hist[r.step] for r in records] == pytest.approx([r.metrics["reward/mean"] for r in records])
     latest = _client(cfg).get_run(run_id)
-    assert latest.info.status == "FINISHED" and latest.data.metrics["reward/mean"] == pytest.approx(records[-1].metrics["reward/mean"])
+    assert latest.info.status == "FINISHED" and latest.data.metrics["reward/mean"] == pytest.approx(
+        records[-1].metrics["reward/mean"]
+    )
     assert "checkpoint-2" in latest.data.tags["harness.resumed_from"]
     lines = [json.loads(x) for x in (out / "completions.jsonl").read_text().splitlines()]
     per_step = [sum(1 for x in lines if x["step"] == s) for s in range(1, 6)]
@@ -117,7 +119,11 @@ def test_no_intact_checkpoint_refuses_and_leaves_no_run_running(make_config):
     with pytest.raises(ckpt.CheckpointError) as e:
         Trainer(cfg, resume=str(out), progress=False)
     msg = str(e.value)
-    assert "no intact checkpoint" in msg and "checkpoint-4" in msg and "checkpoint-2 (optimizer.safetensors: missing" in msg
+    assert (
+        "no intact checkpoint" in msg
+        and "checkpoint-4" in msg
+        and "checkpoint-2 (optimizer.safetensors: missing" in msg
+    )
     assert _client(cfg).get_run(run_id).info.status == "FAILED"  # the killed run is not left RUNNING
     assert (out / "checkpoint-4").exists() and (out / "checkpoint-2").exists()  # nothing overwritten or moved
     # a damaged checkpoint named explicitly is refused too, with the file
@@ -215,12 +221,19 @@ def _fake_checkpoint(folder: Path) -> Path:
 def test_manifest_catches_each_kind_of_damage(tmp_path):
     c = _fake_checkpoint(tmp_path / "checkpoint-2")
     manifest = ckpt.write_manifest(c)
-    assert set(manifest["files"]) >= {"model/model.safetensors", "optimizer.safetensors", "trainer_state.json", "rank0/rng.json"}
+    assert set(manifest["files"]) >= {
+        "model/model.safetensors",
+        "optimizer.safetensors",
+        "trainer_state.json",
+        "rank0/rng.json",
+    }
     assert ckpt.verify_checkpoint(c) == []
     p = c / "model" / "model.safetensors"
     data = p.read_bytes()
     p.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    assert ckpt.verify_checkpoint(c) == ["model/model.safetensors: sha256 differs from the manifest (the file is corrupted)"]
+    assert ckpt.verify_checkpoint(c) == [
+        "model/model.safetensors: sha256 differs from the manifest (the file is corrupted)"
+    ]
     p.write_bytes(data[:100])
     assert ckpt.verify_checkpoint(c) == [f"model/model.safetensors: 100 bytes, expected {len(data)} (truncated)"]
     p.write_bytes(data)

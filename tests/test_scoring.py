@@ -91,8 +91,16 @@ TRICKY: list[tuple[str, str, float]] = [
     ("85", "$85$", 0.0),
     ("85", "Final answer: $85$", 1.0),
     # several boxed answers: far apart -> the last one counts ...
-    ("42", "\\boxed{41}.\n\nWait, let me recheck. " + "We recompute the sum. " * 20 + "\nSo the answer is \\boxed{42}", 1.0),
-    ("42", "\\boxed{42}.\n\nWait, let me recheck. " + "We recompute the sum. " * 20 + "\nSo the answer is \\boxed{41}", 0.0),
+    (
+        "42",
+        "\\boxed{41}.\n\nWait, let me recheck. " + "We recompute the sum. " * 20 + "\nSo the answer is \\boxed{42}",
+        1.0,
+    ),
+    (
+        "42",
+        "\\boxed{42}.\n\nWait, let me recheck. " + "We recompute the sum. " * 20 + "\nSo the answer is \\boxed{41}",
+        0.0,
+    ),
     # ... but adjacent ones are merged into a set, so hedging between candidates fails
     # (good: it cannot be used to game the reward). Repeating one answer is fine.
     ("42", "\\boxed{41} or \\boxed{42}", 0.0),
@@ -304,19 +312,23 @@ def test_tricky_tables_agree_with_the_worker_pool(scorer: Scorer) -> None:
 
 # --------------------------------------------------------------------------- format reward: no empty boxes
 
-@pytest.mark.parametrize("text,expected", [
-    ("so \\boxed{5}", True),
-    ("\\boxed{\\frac{1}{2}}.", True),
-    ("\\boxed{ x = {3} }", True),
-    ("\\fbox{7}", True),
-    ("\\boxed {5}", True),
-    ("\\boxed{}", False),
-    ("The answer is \\boxed{ }.", False),
-    ("\\boxed{$ $}", False),
-    ("\\boxed{3", False),  # never closed
-    ("no box at all: 5", False),
-    ("\\boxed{} then \\boxed{8}", True),
-])
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("so \\boxed{5}", True),
+        ("\\boxed{\\frac{1}{2}}.", True),
+        ("\\boxed{ x = {3} }", True),
+        ("\\fbox{7}", True),
+        ("\\boxed {5}", True),
+        ("\\boxed{}", False),
+        ("The answer is \\boxed{ }.", False),
+        ("\\boxed{$ $}", False),
+        ("\\boxed{3", False),  # never closed
+        ("no box at all: 5", False),
+        ("\\boxed{} then \\boxed{8}", True),
+    ],
+)
 def test_has_boxed_answer(text: str, expected: bool) -> None:
     from benchmarks.scoring import has_boxed_answer
 
@@ -325,21 +337,25 @@ def test_has_boxed_answer(text: str, expected: bool) -> None:
 
 # --------------------------------------------------------------------------- answer_fallback (issue 10)
 
-@pytest.mark.parametrize("text,mode,expected", [
-    ("The answer is: 10", "answer_is", "10"),
-    ("So the answer is 85. I hope it is correct.", "answer_is", "85"),
-    ("Final Answer: $\\frac{3}{4}$", "answer_is", "\\frac{3}{4}"),
-    ("**Answer:** 3.5 cm.", "answer_is", "3.5 cm"),
-    ("the answer is 2, then later the final answer is 7", "answer_is", "7"),
-    ("I computed 3 + 4 = 7", "answer_is", None),
-    ("The answer is: 10", "none", None),
-    ("So 3 + 4 = 7 apples.", "last_number", "7"),
-    ("We get -12 in total", "last_number", "-12"),
-    ("about 1,000 or 2.5", "last_number", "2.5"),
-    ("the ratio is 3/4", "last_number", "3/4"),
-    ("no digits here", "last_number", None),
-    ("x2 and v3", "last_number", None),
-])
+
+@pytest.mark.parametrize(
+    "text,mode,expected",
+    [
+        ("The answer is: 10", "answer_is", "10"),
+        ("So the answer is 85. I hope it is correct.", "answer_is", "85"),
+        ("Final Answer: $\\frac{3}{4}$", "answer_is", "\\frac{3}{4}"),
+        ("**Answer:** 3.5 cm.", "answer_is", "3.5 cm"),
+        ("the answer is 2, then later the final answer is 7", "answer_is", "7"),
+        ("I computed 3 + 4 = 7", "answer_is", None),
+        ("The answer is: 10", "none", None),
+        ("So 3 + 4 = 7 apples.", "last_number", "7"),
+        ("We get -12 in total", "last_number", "-12"),
+        ("about 1,000 or 2.5", "last_number", "2.5"),
+        ("the ratio is 3/4", "last_number", "3/4"),
+        ("no digits here", "last_number", None),
+        ("x2 and v3", "last_number", None),
+    ],
+)
 def test_fallback_answer_rule(text: str, mode: str, expected: str | None) -> None:
     from benchmarks.scoring import fallback_answer
 
@@ -355,7 +371,9 @@ def test_fallback_is_off_by_default_and_only_used_without_an_answer() -> None:
     # a boxed answer wins: the fallback never overrides a wrong boxed one
     assert score("\\boxed{84}, and 85 is the last number: 85", "85", answer_fallback="last_number") == 0.0
     # an empty box is no answer, so the fallback reads on
-    assert score_one("total 85 \\boxed{}", "85", answer_fallback="last_number") == ScoreResult(1.0, "85", None, fallback=True)
+    assert score_one("total 85 \\boxed{}", "85", answer_fallback="last_number") == ScoreResult(
+        1.0, "85", None, fallback=True
+    )
     assert score_one("nothing", "85", answer_fallback="last_number").reason == "no_answer"
     with pytest.raises(ValueError, match="answer_fallback"):
         score_one("\\boxed{1}", "1", answer_fallback="guess")
@@ -403,7 +421,9 @@ def test_fallback_reaches_the_trainer_rewards(make_config, monkeypatch) -> None:
     """data.answer_fallback reaches the trainer's scorer; the format reward ignores an empty box."""
     from harness.trainer import Trainer
 
-    cfg = make_config("grpo", data={"train_size": 4, "answer_fallback": "last_number"}, train={"format_reward_weight": 0.5})
+    cfg = make_config(
+        "grpo", data={"train_size": 4, "answer_fallback": "last_number"}, train={"format_reward_weight": 0.5}
+    )
     tr = Trainer(cfg, progress=False)
     assert tr.scorer.answer_fallback == "last_number"
     tr.train_rows = [{"id": "p0", "problem": "What is 3 + 4?", "answer": "7"}]
@@ -430,7 +450,9 @@ def test_fallback_reaches_harness_eval(make_config, tmp_path, monkeypatch) -> No
     monkeypatch.setattr(ev, "evaluate", fake_evaluate)
     cfg = make_config("grpo", data={"answer_fallback": "answer_is"}, generation={"engine": "hf"})
     with pytest.raises(Stop):
-        ev.run_eval([cfg.model.name], "arith", lambda m: cfg, results_dir=tmp_path / "res", progress=False, tracking=False)
+        ev.run_eval(
+            [cfg.model.name], "arith", lambda m: cfg, results_dir=tmp_path / "res", progress=False, tracking=False
+        )
     (s,) = seen
     assert s.answer_fallback == "answer_is"
     assert [r.reward for r in s.score_batch(["The answer is 7.", "\\boxed{7}"], ["7", "7"])] == [1.0, 1.0]
@@ -475,15 +497,18 @@ def test_normalize_gold(raw: str, expected: str) -> None:
     assert normalize_gold(raw) == expected
 
 
-@pytest.mark.parametrize("raw,answer", [
-    ("2 inequalities", "\\boxed{2}"),
-    ("98 values", "\\boxed{98}"),
-    ("C(10, 5), or equivalently 252", "\\boxed{252}"),
-    ("The limit exists and is equal to 2/3", "\\boxed{\\frac{2}{3}}"),
-    ("5/14, or approximately 35.7%", "\\boxed{\\frac{5}{14}}"),
-    ("The only possible value for the limit is sqrt(a)", "\\boxed{\\sqrt{a}}"),
-    ("2^floor(n/2)*floor(n/2)!", "\\boxed{2^{\\lfloor n/2 \\rfloor} \\cdot \\lfloor n/2 \\rfloor!}"),
-])
+@pytest.mark.parametrize(
+    "raw,answer",
+    [
+        ("2 inequalities", "\\boxed{2}"),
+        ("98 values", "\\boxed{98}"),
+        ("C(10, 5), or equivalently 252", "\\boxed{252}"),
+        ("The limit exists and is equal to 2/3", "\\boxed{\\frac{2}{3}}"),
+        ("5/14, or approximately 35.7%", "\\boxed{\\frac{5}{14}}"),
+        ("The only possible value for the limit is sqrt(a)", "\\boxed{\\sqrt{a}}"),
+        ("2^floor(n/2)*floor(n/2)!", "\\boxed{2^{\\lfloor n/2 \\rfloor} \\cdot \\lfloor n/2 \\rfloor!}"),
+    ],
+)
 def test_right_answers_to_prose_golds_score(raw: str, answer: str) -> None:
     from benchmarks.golds import normalize_gold
 

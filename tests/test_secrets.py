@@ -19,22 +19,31 @@ import yaml
 from harness.secrets import SecretMissingError, is_masked, mask_secrets, mask_uri, unmask_uri, without_credentials
 
 
-@pytest.mark.parametrize("uri, masked", [
-    ("http://user:s3cret@mlflow.example:5000", "http://user:***@mlflow.example:5000"),
-    ("https://user:s3cret@mlflow.example/path?x=1", "https://user:***@mlflow.example/path?x=1"),
-    ("postgresql+psycopg://harness:s3cret@127.0.0.1:5432/mlflow", "postgresql+psycopg://harness:***@127.0.0.1:5432/mlflow"),
-    ("mysql://u:p%40ss@db/x?charset=utf8", "mysql://u:***@db/x?charset=utf8"),
-    ("postgresql://harness@db/mlflow?password=s3cret&sslmode=require", "postgresql://harness@db/mlflow?password=***&sslmode=require"),
-    ("https://store.example/bucket?sig=abc123&se=2030", "https://store.example/bucket?sig=***&se=2030"),
-    ("sqlite:////abs/path/mlflow.db", "sqlite:////abs/path/mlflow.db"),
-    ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
-    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
-    ("http://host:8080/a@b", "http://host:8080/a@b"),
-    ("file:///tmp/mlruns", "file:///tmp/mlruns"),
-    ("connecting to postgresql://a:b@h/db failed", "connecting to postgresql://a:***@h/db failed"),
-    (None, None),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "uri, masked",
+    [
+        ("http://user:s3cret@mlflow.example:5000", "http://user:***@mlflow.example:5000"),
+        ("https://user:s3cret@mlflow.example/path?x=1", "https://user:***@mlflow.example/path?x=1"),
+        (
+            "postgresql+psycopg://harness:s3cret@127.0.0.1:5432/mlflow",
+            "postgresql+psycopg://harness:***@127.0.0.1:5432/mlflow",
+        ),
+        ("mysql://u:p%40ss@db/x?charset=utf8", "mysql://u:***@db/x?charset=utf8"),
+        (
+            "postgresql://harness@db/mlflow?password=s3cret&sslmode=require",
+            "postgresql://harness@db/mlflow?password=***&sslmode=require",
+        ),
+        ("https://store.example/bucket?sig=abc123&se=2030", "https://store.example/bucket?sig=***&se=2030"),
+        ("sqlite:////abs/path/mlflow.db", "sqlite:////abs/path/mlflow.db"),
+        ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("http://host:8080/a@b", "http://host:8080/a@b"),
+        ("file:///tmp/mlruns", "file:///tmp/mlruns"),
+        ("connecting to postgresql://a:b@h/db failed", "connecting to postgresql://a:***@h/db failed"),
+        (None, None),
+        ("", ""),
+    ],
+)
 def test_mask_uri(uri, masked):
     assert mask_uri(uri) == masked
     if masked and masked != uri:
@@ -42,8 +51,16 @@ def test_mask_uri(uri, masked):
 
 
 def test_mask_secrets_and_links():
-    cfg = {"tracking": {"tracking_uri": "http://u:pw@h:5000", "experiment_name": "x"}, "list": ["http://a:b@c", 3], "n": 1}
-    assert mask_secrets(cfg) == {"tracking": {"tracking_uri": "http://u:***@h:5000", "experiment_name": "x"}, "list": ["http://a:***@c", 3], "n": 1}
+    cfg = {
+        "tracking": {"tracking_uri": "http://u:pw@h:5000", "experiment_name": "x"},
+        "list": ["http://a:b@c", 3],
+        "n": 1,
+    }
+    assert mask_secrets(cfg) == {
+        "tracking": {"tracking_uri": "http://u:***@h:5000", "experiment_name": "x"},
+        "list": ["http://a:***@c", 3],
+        "n": 1,
+    }
     assert cfg["tracking"]["tracking_uri"] == "http://u:pw@h:5000"  # a copy
     assert without_credentials("https://u:pw@mlflow.example/") == "https://mlflow.example/"
 
@@ -56,7 +73,10 @@ def test_masked_uri_is_completed_from_the_environment(monkeypatch):
     assert resolve_tracking_uri(mask_uri(real)) == real
     assert resolve_tracking_uri(None) == real
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:other@elsewhere:5000")
-    with pytest.raises(SecretMissingError, match=r"http://user:\*\*\*@mlflow.example:5000 was saved without its password.*MLFLOW_TRACKING_URI"):
+    with pytest.raises(
+        SecretMissingError,
+        match=r"http://user:\*\*\*@mlflow.example:5000 was saved without its password.*MLFLOW_TRACKING_URI",
+    ):
         resolve_tracking_uri(mask_uri(real))
     assert unmask_uri("sqlite:///x.db", []) == "sqlite:///x.db"
 
@@ -70,14 +90,19 @@ def test_save_config_and_params_hold_no_password(tmp_path):
     cfg = build_config("tiny", {"tracking": {"tracking_uri": "http://user:s3cret@mlflow.example:5000"}})
     save_config(cfg, tmp_path / "config.yaml")
     text = (tmp_path / "config.yaml").read_text()
-    assert "s3cret" not in text and yaml.safe_load(text)["tracking"]["tracking_uri"] == "http://user:***@mlflow.example:5000"
+    assert (
+        "s3cret" not in text
+        and yaml.safe_load(text)["tracking"]["tracking_uri"] == "http://user:***@mlflow.example:5000"
+    )
     assert cfg.tracking.tracking_uri == "http://user:s3cret@mlflow.example:5000"  # the config itself keeps the real one
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tr = Tracker(enabled=True, tracking_uri=uri, experiment="t", run_name="r")
     tr.log_params(cfg.to_dict())
     tr.set_tags({"where": "http://user:s3cret@mlflow.example:5000"})
     run = MlflowClient(uri).get_run(tr.run_id)
-    assert run.data.params["tracking.tracking_uri"] == "http://user:***@mlflow.example:5000" and run.data.tags["where"].endswith(":***@mlflow.example:5000")
+    assert run.data.params["tracking.tracking_uri"] == "http://user:***@mlflow.example:5000" and run.data.tags[
+        "where"
+    ].endswith(":***@mlflow.example:5000")
     tr.finish()
 
 
@@ -95,7 +120,11 @@ def test_trainer_files_hold_no_password(make_config, tmp_path):
     summary, completions) holds the URI masked."""
     from harness.trainer import Trainer
 
-    cfg = make_config("grpo", train={"max_steps": 2, "save_every": 1}, tracking={"enabled": False, "tracking_uri": "http://user:s3cret@127.0.0.1:9"})
+    cfg = make_config(
+        "grpo",
+        train={"max_steps": 2, "save_every": 1},
+        tracking={"enabled": False, "tracking_uri": "http://user:s3cret@127.0.0.1:9"},
+    )
     tr = Trainer(cfg, progress=False)
     tr.fit()
     assert _files_holding(tr.output_dir, ["s3cret"]) == []
@@ -115,7 +144,9 @@ def _postgres_url() -> str:
     return url
 
 
-def test_no_password_anywhere_after_a_run_a_resume_and_a_sweep_on_postgresql(quick_model_dir, tmp_path, monkeypatch, capsys):
+def test_no_password_anywhere_after_a_run_a_resume_and_a_sweep_on_postgresql(
+    quick_model_dir, tmp_path, monkeypatch, capsys
+):
     """`harness run` (with its report), `harness run --resume` and `harness sweep` against an MLflow store on PostgreSQL whose
     URI holds the password; then every file they wrote (outputs, artifacts, reports, the Optuna study) and every row of the
     MLflow tables is searched for it."""
@@ -136,16 +167,56 @@ def test_no_password_anywhere_after_a_run_a_resume_and_a_sweep_on_postgresql(qui
     engine = sa.create_engine(base)
     with engine.begin() as c:
         c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    uri = base + ("&" if parts.query else "?") + f"options=-csearch_path%3D{schema}"  # MLflow's tables in a schema of their own
+    uri = (
+        base + ("&" if parts.query else "?") + f"options=-csearch_path%3D{schema}"
+    )  # MLflow's tables in a schema of their own
     monkeypatch.chdir(tmp_path)  # MLflow's artifacts (./mlruns), the runs and the reports all land here
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     try:
-        common = ["--models", str(quick_model_dir), "--config", "tiny", "--no-progress", "--experiment", "sec",
-                  "--set", "train.prompts_per_step=2", "--set", "generation.num_generations=4", "--set", "generation.max_completion_length=12",
-                  "--set", "data.train_size=8", "--set", "eval.max_examples=4", "--set", "eval.before_training=false"]
-        assert main(["run", "--algos", "grpo", "--budget", "steps:2", "--tracking-uri", uri, "--name", "sec", "--report-dir", "rep", *common]) == 0
+        common = [
+            "--models",
+            str(quick_model_dir),
+            "--config",
+            "tiny",
+            "--no-progress",
+            "--experiment",
+            "sec",
+            "--set",
+            "train.prompts_per_step=2",
+            "--set",
+            "generation.num_generations=4",
+            "--set",
+            "generation.max_completion_length=12",
+            "--set",
+            "data.train_size=8",
+            "--set",
+            "eval.max_examples=4",
+            "--set",
+            "eval.before_training=false",
+        ]
+        assert (
+            main(
+                [
+                    "run",
+                    "--algos",
+                    "grpo",
+                    "--budget",
+                    "steps:2",
+                    "--tracking-uri",
+                    uri,
+                    "--name",
+                    "sec",
+                    "--report-dir",
+                    "rep",
+                    *common,
+                ]
+            )
+            == 0
+        )
         out_dir = next((tmp_path / "runs" / "sec").iterdir())
-        saved = json.loads((out_dir / "checkpoint-2" / "trainer_state.json").read_text())["config"]["tracking"]["tracking_uri"]
+        saved = json.loads((out_dir / "checkpoint-2" / "trainer_state.json").read_text())["config"]["tracking"][
+            "tracking_uri"
+        ]
         assert is_masked(saved)
         # --resume reads the config saved with the checkpoint: its masked URI is completed from the environment
         # (mlflow.set_tracking_uri exported the real one into this process's environment: a new process has none)
@@ -156,14 +227,50 @@ def test_no_password_anywhere_after_a_run_a_resume_and_a_sweep_on_postgresql(qui
         assert main(["run", "--resume", str(out_dir), "--no-progress"]) == 0
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the sweep gets it from --tracking-uri alone
         space = tmp_path / "space.yaml"
-        space.write_text(yaml.safe_dump({"base": {"model": {"name": str(quick_model_dir)}, "algorithm": {"name": "grpo"}, "data": {"train_size": 8},
-                                                  "train": {"max_steps": 1, "prompts_per_step": 2}, "generation": {"num_generations": 4, "max_completion_length": 12},
-                                                  "eval": {"every_steps": 0, "max_examples": 4, "before_training": False}},
-                                         "objective": {"metric": "reward/mean", "direction": "maximize"}, "sampler": {"type": "random", "seed": 0},
-                                         "pruner": {"type": "none"}, "params": {"train.learning_rate": {"type": "float", "low": 1e-6, "high": 1e-5, "log": True}}}))
-        assert sweep_main([str(space), "--study-name", "sec", "--trials", "1", "--workers", "0", "--no-progress", "--config", "tiny",
-                           "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--tracking-uri", uri, "--experiment", "sec",
-                           "--output-dir", str(tmp_path / "sweep-runs"), "--no-report"]) == 0
+        space.write_text(
+            yaml.safe_dump(
+                {
+                    "base": {
+                        "model": {"name": str(quick_model_dir)},
+                        "algorithm": {"name": "grpo"},
+                        "data": {"train_size": 8},
+                        "train": {"max_steps": 1, "prompts_per_step": 2},
+                        "generation": {"num_generations": 4, "max_completion_length": 12},
+                        "eval": {"every_steps": 0, "max_examples": 4, "before_training": False},
+                    },
+                    "objective": {"metric": "reward/mean", "direction": "maximize"},
+                    "sampler": {"type": "random", "seed": 0},
+                    "pruner": {"type": "none"},
+                    "params": {"train.learning_rate": {"type": "float", "low": 1e-6, "high": 1e-5, "log": True}},
+                }
+            )
+        )
+        assert (
+            sweep_main(
+                [
+                    str(space),
+                    "--study-name",
+                    "sec",
+                    "--trials",
+                    "1",
+                    "--workers",
+                    "0",
+                    "--no-progress",
+                    "--config",
+                    "tiny",
+                    "--storage",
+                    f"sqlite:///{tmp_path / 'optuna.db'}",
+                    "--tracking-uri",
+                    uri,
+                    "--experiment",
+                    "sec",
+                    "--output-dir",
+                    str(tmp_path / "sweep-runs"),
+                    "--no-report",
+                ]
+            )
+            == 0
+        )
         printed = capsys.readouterr()
 
         client = MlflowClient(uri)
@@ -175,7 +282,12 @@ def test_no_password_anywhere_after_a_run_a_resume_and_a_sweep_on_postgresql(qui
         assert _files_holding(tmp_path, needles) == []
         assert not [n for n in needles if n in printed.out + printed.err]
         with engine.connect() as c:
-            tables = [t for (t,) in c.execute(sa.text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"), {"s": schema})]
+            tables = [
+                t
+                for (t,) in c.execute(
+                    sa.text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"), {"s": schema}
+                )
+            ]
             assert "params" in tables
             rows = [row for t in tables for (row,) in c.execute(sa.text(f'SELECT t::text FROM "{schema}"."{t}" t'))]
         assert rows and not [r for r in rows if any(n in r for n in needles)]
@@ -212,7 +324,9 @@ def _post(url: str, path: str, body: bytes = b"{}", token: str | None = None) ->
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url + path, data=body, method="POST", headers=headers), timeout=10) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(url + path, data=body, method="POST", headers=headers), timeout=10
+        ) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -234,8 +348,8 @@ def token_server():
 
 
 def test_server_refuses_pushes_and_shutdown_without_the_token(token_server):
-    from safetensors.torch import save as st_save
     import torch
+    from safetensors.torch import save as st_save
 
     url, state = token_server
     blob = st_save({"w": torch.zeros(1 << 16)})  # a real push body: the 401 arrives intact, not as a reset
@@ -247,7 +361,10 @@ def test_server_refuses_pushes_and_shutdown_without_the_token(token_server):
     assert state.runner.loaded == 0 and state.version == 0 and not state.stop.is_set()
     with urllib.request.urlopen(url + "/health", timeout=10) as r:  # health stays open
         assert json.loads(r.read())["status"] == "ready"
-    assert _post(url, "/weights?version=3&first=1&final=1", blob, "tok-123") == (200, {"version": 3, "load_s": 0.0, "tensors": 1})
+    assert _post(url, "/weights?version=3&first=1&final=1", blob, "tok-123") == (
+        200,
+        {"version": 3, "load_s": 0.0, "tensors": 1},
+    )
     assert _post(url, "/shutdown", b"{}", "tok-123")[0] == 200 and state.stop.is_set()
 
 
@@ -276,8 +393,8 @@ def test_real_server_started_by_the_engine_needs_its_token(quick_model_dir, monk
         if os.environ.get("HARNESS_REQUIRE_VLLM") == "1":
             pytest.fail(f"HARNESS_REQUIRE_VLLM=1 but {why}")
         pytest.skip(why)
-    from harness.models import encode_prompt, load_model, load_tokenizer
     from harness.engines import create_engine
+    from harness.models import encode_prompt, load_model, load_tokenizer
     from harness.rollout import SamplingParams
 
     monkeypatch.setenv("HARNESS_SERVE_TOKEN", "shared-tok-9")

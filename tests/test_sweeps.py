@@ -45,23 +45,42 @@ def _space_file(tmp_path: Path, model_dir, *, params=None, pruner=None, name="sp
     }
     for k, v in base_sections.items():
         base.setdefault(k, {}).update(v)
-    data = {"base": base, "objective": {"metric": "eval/macro_accuracy", "direction": "maximize"}, "sampler": {"type": "random", "seed": 0},
-            "pruner": pruner or {"type": "none"}, "params": params or PARAMS}
+    data = {
+        "base": base,
+        "objective": {"metric": "eval/macro_accuracy", "direction": "maximize"},
+        "sampler": {"type": "random", "seed": 0},
+        "pruner": pruner or {"type": "none"},
+        "params": params or PARAMS,
+    }
     p = tmp_path / f"{name}.yaml"
     p.write_text(yaml.safe_dump(data, sort_keys=False))
     return p
 
 
 def _common(tmp_path: Path) -> list[str]:
-    return ["--config", "tiny", "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--experiment", "sweeptest", "--output-dir", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report")]
+    return [
+        "--config",
+        "tiny",
+        "--storage",
+        f"sqlite:///{tmp_path / 'optuna.db'}",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--experiment",
+        "sweeptest",
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--report-dir",
+        str(tmp_path / "report"),
+    ]
 
 
 def _runs(tmp_path: Path):
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return mlflow.search_runs(experiment_names=["sweeptest"]), mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["sweeptest"]), mlflow.tracking.MlflowClient(
+        f"sqlite:///{tmp_path / 'mlflow.db'}"
+    )
 
 
 def _validate(data: dict):
@@ -73,22 +92,58 @@ def _validate(data: dict):
 # Search-space validation (no training)
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"train.learning_rate": {"type": "uniform", "low": 1, "high": 2}}, "params.train.learning_rate.type: unknown parameter type 'uniform'"),
-    ({"train.learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}, "params.train.learning_rate: low (0.1) > high (0.01)"),
-    ({"train.learning_rate": {"type": "float", "low": 0.0, "high": 0.01, "log": True}}, "params.train.learning_rate: a log range needs low > 0"),
-    ({"train.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True, "step": 1e-5}}, "cannot be combined"),
-    ({"algorithm.num_replays": {"type": "int", "low": 1, "hgih": 4}}, "params.algorithm.num_replays: unknown field(s) hgih"),
-    ({"algorithm.num_replays": {"type": "int", "low": 1.5, "high": 4}}, "params.algorithm.num_replays.low: an int parameter needs integer bounds"),
-    ({"algorithm.strategy": {"type": "categorical", "choices": []}}, "params.algorithm.strategy.choices: expected a non-empty list"),
-    ({"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3}}, "must be a dotted config key"),
-    ({"train.learnin_rate": {"type": "float", "low": 1e-5, "high": 1e-3}}, "params.train.learnin_rate: unknown config key 'train.learnin_rate'"),
-    ({"trian.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3}}, "params.trian.learning_rate: unknown config section 'trian'"),
-    ({"algorithm.num_replay": {"type": "int", "low": 1, "high": 4}}, "params.algorithm.num_replay: unknown config key 'algorithm.num_replay' for algorithm(s) repo"),
-    ({"tracking.experiment_name": {"type": "categorical", "choices": ["a", "b"]}}, "cannot be searched"),
-    ({"train.max_steps": {"type": "float", "low": 1.5, "high": 1.7}}, "train.max_steps: expected an integer"),
-    ({"algorithm.strategy": {"type": "categorical", "choices": ["recent_k", "newest_k"]}}, None),  # one bad choice: a warning, not an error
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (
+            {"train.learning_rate": {"type": "uniform", "low": 1, "high": 2}},
+            "params.train.learning_rate.type: unknown parameter type 'uniform'",
+        ),
+        (
+            {"train.learning_rate": {"type": "float", "low": 0.1, "high": 0.01}},
+            "params.train.learning_rate: low (0.1) > high (0.01)",
+        ),
+        (
+            {"train.learning_rate": {"type": "float", "low": 0.0, "high": 0.01, "log": True}},
+            "params.train.learning_rate: a log range needs low > 0",
+        ),
+        (
+            {"train.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True, "step": 1e-5}},
+            "cannot be combined",
+        ),
+        (
+            {"algorithm.num_replays": {"type": "int", "low": 1, "hgih": 4}},
+            "params.algorithm.num_replays: unknown field(s) hgih",
+        ),
+        (
+            {"algorithm.num_replays": {"type": "int", "low": 1.5, "high": 4}},
+            "params.algorithm.num_replays.low: an int parameter needs integer bounds",
+        ),
+        (
+            {"algorithm.strategy": {"type": "categorical", "choices": []}},
+            "params.algorithm.strategy.choices: expected a non-empty list",
+        ),
+        ({"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3}}, "must be a dotted config key"),
+        (
+            {"train.learnin_rate": {"type": "float", "low": 1e-5, "high": 1e-3}},
+            "params.train.learnin_rate: unknown config key 'train.learnin_rate'",
+        ),
+        (
+            {"trian.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3}},
+            "params.trian.learning_rate: unknown config section 'trian'",
+        ),
+        (
+            {"algorithm.num_replay": {"type": "int", "low": 1, "high": 4}},
+            "params.algorithm.num_replay: unknown config key 'algorithm.num_replay' for algorithm(s) repo",
+        ),
+        ({"tracking.experiment_name": {"type": "categorical", "choices": ["a", "b"]}}, "cannot be searched"),
+        ({"train.max_steps": {"type": "float", "low": 1.5, "high": 1.7}}, "train.max_steps: expected an integer"),
+        (
+            {"algorithm.strategy": {"type": "categorical", "choices": ["recent_k", "newest_k"]}},
+            None,
+        ),  # one bad choice: a warning, not an error
+    ],
+)
 def test_space_validation_names_the_key(params, message):
     if message is None:
         _, warnings = _validate({"params": params})
@@ -99,14 +154,17 @@ def test_space_validation_names_the_key(params, message):
     assert message in str(e.value)
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"parms": {}}, "unknown top-level key(s) parms"),
-    ({"params": {}}, "'params' must be a non-empty mapping"),
-    ({"objective": {"direction": "up"}, "params": PARAMS}, "objective.direction: expected maximize or minimize"),
-    ({"pruner": {"type": "median", "n_startup": 3}, "params": PARAMS}, "pruner:"),
-    ({"sampler": {"type": "cmaes"}, "params": PARAMS}, "sampler.type: unknown sampler 'cmaes'"),
-    ({"base": {"trian": {}}, "params": PARAMS}, "base: unknown config section 'trian'"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"parms": {}}, "unknown top-level key(s) parms"),
+        ({"params": {}}, "'params' must be a non-empty mapping"),
+        ({"objective": {"direction": "up"}, "params": PARAMS}, "objective.direction: expected maximize or minimize"),
+        ({"pruner": {"type": "median", "n_startup": 3}, "params": PARAMS}, "pruner:"),
+        ({"sampler": {"type": "cmaes"}, "params": PARAMS}, "sampler.type: unknown sampler 'cmaes'"),
+        ({"base": {"trian": {}}, "params": PARAMS}, "base: unknown config section 'trian'"),
+    ],
+)
 def test_space_file_structure_errors(data, message):
     with pytest.raises(SpaceError) as e:
         parse_space(data)
@@ -116,15 +174,30 @@ def test_space_file_structure_errors(data, message):
 
 def test_inconsistent_midpoint_is_a_warning_and_conditions_skip_params():
     # 4..8 step 4 -> midpoint 4 < min_cache_to_replay midpoint 5: only some draws are valid.
-    cfg, warnings = _validate({"params": {"algorithm.max_cache_size": {"type": "int", "low": 4, "high": 8, "step": 4},
-                                          "algorithm.min_cache_to_replay": {"type": "int", "low": 2, "high": 8}}})
+    cfg, warnings = _validate(
+        {
+            "params": {
+                "algorithm.max_cache_size": {"type": "int", "low": 4, "high": 8, "step": 4},
+                "algorithm.min_cache_to_replay": {"type": "int", "low": 2, "high": 8},
+            }
+        }
+    )
     assert any("midpoint is not a valid config" in w for w in warnings)
     assert cfg.algorithm["min_cache_to_replay"] <= cfg.algorithm["max_cache_size"]
-    space = parse_space({"params": {"algorithm.name": {"type": "categorical", "choices": ["grpo", "repo"]},
-                                    "algorithm.num_replays": {"type": "int", "low": 1, "high": 4, "when": {"algorithm.name": "repo"}}}})
+    space = parse_space(
+        {
+            "params": {
+                "algorithm.name": {"type": "categorical", "choices": ["grpo", "repo"]},
+                "algorithm.num_replays": {"type": "int", "low": 1, "high": 4, "when": {"algorithm.name": "repo"}},
+            }
+        }
+    )
     check_space(space, ["tiny", SWEEP_DEFAULTS])
     assert space.sample(optuna.trial.FixedTrial({"algorithm.name": "grpo"}), {}) == {"algorithm.name": "grpo"}
-    assert space.sample(optuna.trial.FixedTrial({"algorithm.name": "repo", "algorithm.num_replays": 3}), {}) == {"algorithm.name": "repo", "algorithm.num_replays": 3}
+    assert space.sample(optuna.trial.FixedTrial({"algorithm.name": "repo", "algorithm.num_replays": 3}), {}) == {
+        "algorithm.name": "repo",
+        "algorithm.num_replays": 3,
+    }
 
 
 def test_bundled_space_dry_run(capsys):
@@ -140,19 +213,35 @@ def test_summaries_of_a_study(tmp_path):
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
 
     def objective(t):
-        x, y = t.suggest_float("train.learning_rate", 1e-5, 1e-3, log=True), t.suggest_int("algorithm.num_replays", 1, 8)
+        x, y = (
+            t.suggest_float("train.learning_rate", 1e-5, 1e-3, log=True),
+            t.suggest_int("algorithm.num_replays", 1, 8),
+        )
         t.report(y / 8, 1)
         return y / 8 + 0.01 * x
 
     study.optimize(objective, n_trials=8)
     written = write_summaries(study, tmp_path / "summary")
-    assert {"best_trial", "trials", "importances", "optimization_history", "param_importances", "intermediate_values"} <= set(written)
+    assert {
+        "best_trial",
+        "trials",
+        "importances",
+        "optimization_history",
+        "param_importances",
+        "intermediate_values",
+    } <= set(written)
     best = json.loads(written["best_trial"].read_text())
     assert best["best_trial"]["number"] == study.best_trial.number and best["states"]["COMPLETE"] == 8
     imp = json.loads(written["importances"].read_text())
-    assert imp["evaluator"] == "fanova" and max(imp["importances"], key=imp["importances"].get) == "algorithm.num_replays"
+    assert (
+        imp["evaluator"] == "fanova" and max(imp["importances"], key=imp["importances"].get) == "algorithm.num_replays"
+    )
     assert len(written["trials"].read_text().splitlines()) == 9
-    assert all(p.stat().st_size > 1000 for k, p in written.items() if k.endswith(("history", "importances", "values")) and p.suffix == ".png")
+    assert all(
+        p.stat().st_size > 1000
+        for k, p in written.items()
+        if k.endswith(("history", "importances", "values")) and p.suffix == ".png"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,17 +249,31 @@ def test_summaries_of_a_study(tmp_path):
 
 
 def test_bad_config_fails_its_trial_and_pruner_stops_training(tmp_path, quick_model_dir, capsys):
-    params = {"algorithm.max_cache_size": {"type": "int", "low": 2, "high": 8, "step": 2},
-              "algorithm.min_cache_to_replay": {"type": "int", "low": 2, "high": 6},
-              "algorithm.num_replays": {"type": "int", "low": 1, "high": 2}}
+    params = {
+        "algorithm.max_cache_size": {"type": "int", "low": 2, "high": 8, "step": 2},
+        "algorithm.min_cache_to_replay": {"type": "int", "low": 2, "high": 6},
+        "algorithm.num_replays": {"type": "int", "low": 1, "high": 2},
+    }
     # accuracy < 2: pruned at the first intermediate evaluation, at half the budget -> reported at step 500 (permille)
-    space = _space_file(tmp_path, quick_model_dir, params=params, pruner={"type": "threshold", "lower": 2.0}, eval={"every_steps": 0, "at_budget_fractions": [0.5]})
+    space = _space_file(
+        tmp_path,
+        quick_model_dir,
+        params=params,
+        pruner={"type": "threshold", "lower": 2.0},
+        eval={"every_steps": 0, "at_budget_fractions": [0.5]},
+    )
     common = _common(tmp_path)
-    assert sweep_main([str(space), "--study-name", "s", "--trials", "0", *common]) == 1  # creates the study (no trial yet)
+    assert (
+        sweep_main([str(space), "--study-name", "s", "--trials", "0", *common]) == 1
+    )  # creates the study (no trial yet)
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    study.enqueue_trial({"algorithm.max_cache_size": 2, "algorithm.min_cache_to_replay": 6, "algorithm.num_replays": 1})  # min > max: rejected
+    study.enqueue_trial(
+        {"algorithm.max_cache_size": 2, "algorithm.min_cache_to_replay": 6, "algorithm.num_replays": 1}
+    )  # min > max: rejected
     study.enqueue_trial({"algorithm.max_cache_size": 8, "algorithm.min_cache_to_replay": 2, "algorithm.num_replays": 2})
-    assert sweep_main(["--study-name", "s", "--trials", "2", "--workers", "0", "--no-progress", *common]) == 1  # no trial completed
+    assert (
+        sweep_main(["--study-name", "s", "--trials", "2", "--workers", "0", "--no-progress", *common]) == 1
+    )  # no trial completed
     trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.PRUNED]
     assert "algorithm.min_cache_to_replay (6) > algorithm.max_cache_size (2)" in trials[0].user_attrs["fail_reason"]
@@ -185,12 +288,22 @@ def test_bad_config_fails_its_trial_and_pruner_stops_training(tmp_path, quick_mo
     assert set(kids["tags.mlflow.parentRunId"]) == {parent_id}
     assert kids.loc["0", "status"] == "FAILED" and "min_cache_to_replay" in kids.loc["0", "tags.harness.fail_reason"]
     assert kids.loc["1", "status"] == "KILLED" and kids.loc["1", "tags.optuna.state"] == "PRUNED"
-    assert kids.loc["1", "params.trial.algorithm.max_cache_size"] == "8" and kids.loc["1", "params.algorithm.max_cache_size"] == "8"
+    assert (
+        kids.loc["1", "params.trial.algorithm.max_cache_size"] == "8"
+        and kids.loc["1", "params.algorithm.max_cache_size"] == "8"
+    )
     assert trials[1].user_attrs["mlflow_run_id"] == kids.loc["1", "run_id"]
-    assert {"sweep/best_trial.json", "sweep/trials.csv", "sweep/space.yaml"} <= {a.path for a in client.list_artifacts(parent_id, "sweep")}
+    assert {"sweep/best_trial.json", "sweep/trials.csv", "sweep/space.yaml"} <= {
+        a.path for a in client.list_artifacts(parent_id, "sweep")
+    }
 
     # Joining the study with a different space is refused, naming the study.
-    changed = _space_file(tmp_path, quick_model_dir, params={**params, "algorithm.num_replays": {"type": "int", "low": 1, "high": 3}}, name="changed")
+    changed = _space_file(
+        tmp_path,
+        quick_model_dir,
+        params={**params, "algorithm.num_replays": {"type": "int", "low": 1, "high": 3}},
+        name="changed",
+    )
     capsys.readouterr()
     assert sweep_main([str(changed), "--study-name", "s", *common]) == 2
     assert "study 's' already exists" in capsys.readouterr().err
@@ -229,8 +342,23 @@ def test_two_workers_share_sqlite_and_survive_a_killed_worker(tmp_path, quick_mo
     space = _space_file(tmp_path, quick_model_dir)
     storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "sweeps.cli", str(space), "--study-name", "par", "--trials", "6", "--workers", "2",
-           "--heartbeat-interval", "1", "--grace-period", "5", *_common(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sweeps.cli",
+        str(space),
+        "--study-name",
+        "par",
+        "--trials",
+        "6",
+        "--workers",
+        "2",
+        "--heartbeat-interval",
+        "1",
+        "--grace-period",
+        "5",
+        *_common(tmp_path),
+    ]
     log = (tmp_path / "sweep.log").open("w")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -251,10 +379,14 @@ def test_two_workers_share_sqlite_and_survive_a_killed_worker(tmp_path, quick_mo
     assert by_number[killed_number].state == TrialState.FAIL
     assert "killed by signal 9" in by_number[killed_number].user_attrs["fail_reason"]
     others = [t for t in trials if t.number != killed_number]
-    assert all(t.state == TrialState.COMPLETE for t in others), [(t.number, t.state, t.user_attrs.get("fail_reason")) for t in others]
+    assert all(t.state == TrialState.COMPLETE for t in others), [
+        (t.number, t.state, t.user_attrs.get("fail_reason")) for t in others
+    ]
     assert len({t.user_attrs["worker_pid"] for t in trials}) >= 2  # really ran in parallel processes
     assert all(Path(t.user_attrs["output_dir"]).name == f"trial-{t.number}" for t in trials)
-    assert all(sorted(t.intermediate_values) == [1, 2] for t in others)  # eval.every_steps=1 at step 1, then the final evaluation
+    assert all(
+        sorted(t.intermediate_values) == [1, 2] for t in others
+    )  # eval.every_steps=1 at step 1, then the final evaluation
 
     runs, client = _runs(tmp_path)
     parent = runs[runs["tags.harness.role"] == "sweep"].iloc[0]
@@ -265,7 +397,9 @@ def test_two_workers_share_sqlite_and_survive_a_killed_worker(tmp_path, quick_mo
     assert all(kids.loc[str(t.number), "status"] == "FINISHED" for t in others)
     artifacts = {a.path for a in client.list_artifacts(parent["run_id"], "sweep")}
     assert {"sweep/best_trial.json", "sweep/trials.csv", "sweep/optimization_history.png"} <= artifacts
-    best = json.loads(Path(client.download_artifacts(parent["run_id"], "sweep/best_trial.json", str(tmp_path / "dl"))).read_text())
+    best = json.loads(
+        Path(client.download_artifacts(parent["run_id"], "sweep/best_trial.json", str(tmp_path / "dl"))).read_text()
+    )
     assert best["n_trials"] == len(trials) and best["states"]["FAIL"] == 1
     # `harness sweep` writes its report at the end: the sweep section with history and importances
     report = (tmp_path / "report" / "report.md").read_text()
@@ -281,11 +415,35 @@ def test_heartbeat_fails_the_trial_of_a_lone_killed_worker(tmp_path, quick_model
     """A worker started directly (as on another machine) dies: no parent sees it, the heartbeat does."""
     space = _space_file(tmp_path, quick_model_dir)
     storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    assert sweep_main([str(space), "--study-name", "hb", "--trials", "1", "--report-only", *_common(tmp_path)]) == 0  # create only
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), HARNESS_SWEEP_STORAGE=storage_url, OMP_NUM_THREADS="1")
+    assert (
+        sweep_main([str(space), "--study-name", "hb", "--trials", "1", "--report-only", *_common(tmp_path)]) == 0
+    )  # create only
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        HARNESS_SWEEP_STORAGE=storage_url,
+        OMP_NUM_THREADS="1",
+    )
     log = (tmp_path / "worker.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "sweeps.worker", "--study", "hb", "--output-dir", str(tmp_path / "runs"), "--heartbeat-interval", "1",
-                             "--grace-period", "3"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sweeps.worker",
+            "--study",
+            "hb",
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--heartbeat-interval",
+            "1",
+            "--grace-period",
+            "3",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         number, _ = _wait_for_running_trial(storage_url, "hb", proc)
         proc.wait(timeout=30)
@@ -293,7 +451,12 @@ def test_heartbeat_fails_the_trial_of_a_lone_killed_worker(tmp_path, quick_model
         if proc.poll() is None:
             proc.kill()
         log.close()
-    storage = open_storage(storage_url, heartbeat_interval=1, grace_period=3, stale_callback=stale_trial_callback(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    storage = open_storage(
+        storage_url,
+        heartbeat_interval=1,
+        grace_period=3,
+        stale_callback=stale_trial_callback(f"sqlite:///{tmp_path / 'mlflow.db'}"),
+    )
     study = optuna.load_study(study_name="hb", storage=storage)
     assert study.trials[number].state == TrialState.RUNNING  # nobody has looked yet
     time.sleep(4.5)
@@ -316,13 +479,44 @@ def test_two_workers_share_a_postgresql_study(tmp_path, quick_model_dir):
     study_name = f"pg-{os.getpid()}-{time.time_ns()}"  # a fresh study in a shared database
     space = _space_file(tmp_path, quick_model_dir, eval={"every_steps": 0, "max_examples": 4})
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    common = ["--config", "tiny", "--storage", url, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "pg",
-              "--output-dir", str(tmp_path / "runs"), "--no-report"]
-    res = subprocess.run([sys.executable, "-m", "sweeps.cli", str(space), "--study-name", study_name, "--trials", "4", "--workers", "2", *common],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    common = [
+        "--config",
+        "tiny",
+        "--storage",
+        url,
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--experiment",
+        "pg",
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--no-report",
+    ]
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweeps.cli",
+            str(space),
+            "--study-name",
+            study_name,
+            "--trials",
+            "4",
+            "--workers",
+            "2",
+            *common,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     study = optuna.load_study(study_name=study_name, storage=url)
     assert len(study.trials) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
     assert len({t.user_attrs["worker_pid"] for t in study.trials}) == 2  # both workers took trials from the one study
-    assert "postgresql://" in res.stdout and "harness:harness@" not in res.stdout  # the URL is shown with its password redacted
+    assert (
+        "postgresql://" in res.stdout and "harness:harness@" not in res.stdout
+    )  # the URL is shown with its password redacted
     optuna.delete_study(study_name=study_name, storage=url)

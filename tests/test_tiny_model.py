@@ -54,8 +54,13 @@ def test_special_tokens(tok):
     assert tok.pad_token_id != tok.eos_token_id
     assert tok.unk_token == "<unk>"
     ids = tok.encode(f"{USER_TOKEN}hi{ASSISTANT_TOKEN}x{EOS_TOKEN}")
-    assert ids == [tok.convert_tokens_to_ids(USER_TOKEN), *tok.encode("hi"),
-                   tok.convert_tokens_to_ids(ASSISTANT_TOKEN), *tok.encode("x"), tok.eos_token_id]
+    assert ids == [
+        tok.convert_tokens_to_ids(USER_TOKEN),
+        *tok.encode("hi"),
+        tok.convert_tokens_to_ids(ASSISTANT_TOKEN),
+        *tok.encode("x"),
+        tok.eos_token_id,
+    ]
     assert tok.decode(ids, skip_special_tokens=True) == "hix"
     assert tok.encode("é") == [tok.unk_token_id]
     assert len(tok) == 5 + 2 + 95  # specials, \n \t, printable ASCII
@@ -91,7 +96,11 @@ def test_tokenizer_save_load_round_trip(tok, tmp_path):
     s = "12*34=408 \\boxed{408}\n"
     assert loaded.encode(s) == tok.encode(s)
     assert loaded.decode(loaded.encode(s)) == s
-    assert (loaded.pad_token_id, loaded.eos_token_id, loaded.unk_token_id) == (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id)
+    assert (loaded.pad_token_id, loaded.eos_token_id, loaded.unk_token_id) == (
+        tok.pad_token_id,
+        tok.eos_token_id,
+        tok.unk_token_id,
+    )
     assert len(loaded) == len(tok)
     msgs = [{"role": "user", "content": "5+6"}]
     assert loaded.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == "<|user|>5+6<|assistant|>"
@@ -109,7 +118,9 @@ def test_untrained_model_config_and_save_load(tok, tmp_path):
     assert c.vocab_size == len(tok)
     assert c.tie_word_embeddings
     assert c.max_position_embeddings == 256
-    assert c.eos_token_id == tok.eos_token_id and c.pad_token_id == tok.pad_token_id and c.bos_token_id == tok.eos_token_id
+    assert (
+        c.eos_token_id == tok.eos_token_id and c.pad_token_id == tok.pad_token_id and c.bos_token_id == tok.eos_token_id
+    )
     assert model.generation_config.eos_token_id == tok.eos_token_id
     assert model.generation_config.pad_token_id == tok.pad_token_id
 
@@ -151,7 +162,10 @@ def test_quick_build_saves_a_loadable_model_and_is_reused(tmp_path, monkeypatch)
 
     model = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
-    assert tok.apply_chat_template([{"role": "user", "content": "1+2"}], tokenize=False, add_generation_prompt=True) == "<|user|>1+2<|assistant|>"
+    assert (
+        tok.apply_chat_template([{"role": "user", "content": "1+2"}], tokenize=False, add_generation_prompt=True)
+        == "<|user|>1+2<|assistant|>"
+    )
     enc = tok(["1+2", "10+20"], return_tensors="pt", padding=True)
     out = model.generate(**enc, max_new_tokens=4, do_sample=False)
     assert out.shape[0] == 2
@@ -177,7 +191,9 @@ def test_quick_build_is_deterministic(tmp_path):
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    c = build_tiny_model(TinyBuildConfig(**{**QUICK, "pass_k": 0, "seed": 1}), cache_dir=tmp_path / "a", check_band=False, progress=False)
+    c = build_tiny_model(
+        TinyBuildConfig(**{**QUICK, "pass_k": 0, "seed": 1}), cache_dir=tmp_path / "a", check_band=False, progress=False
+    )
     assert c != a
 
 
@@ -197,4 +213,6 @@ def test_unreachable_band_raises_and_saves_nothing(tmp_path):
 
 def test_bad_completion_format_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="completion_format"):
-        build_tiny_model(TinyBuildConfig(completion_format="latex", **QUICK), cache_dir=tmp_path, check_band=False, progress=False)
+        build_tiny_model(
+            TinyBuildConfig(completion_format="latex", **QUICK), cache_dir=tmp_path, check_band=False, progress=False
+        )

@@ -38,24 +38,47 @@ def test_mlflow_run_has_params_metrics_and_artifacts(make_config, tmp_path):
     assert float(run["params.algorithm.epsilon_high"]) == 0.2
     assert int(run["params.train.max_steps"]) == 3
     assert int(run["params.generation.num_generations"]) == 4
-    for m in ["reward/mean", "reward/std", "reward/accuracy", "groups/zero_std_frac", "samples/nonzero_adv_frac", "loss/policy", "clip/region_frac",
-              "completion/mean_length", "tokens/generated", "tokens/trained", "time/generate_s", "time/score_s", "time/train_s", "effective/steps_total",
-              "eval/arith/accuracy", "eval/macro_accuracy"]:
+    for m in [
+        "reward/mean",
+        "reward/std",
+        "reward/accuracy",
+        "groups/zero_std_frac",
+        "samples/nonzero_adv_frac",
+        "loss/policy",
+        "clip/region_frac",
+        "completion/mean_length",
+        "tokens/generated",
+        "tokens/trained",
+        "time/generate_s",
+        "time/score_s",
+        "time/train_s",
+        "effective/steps_total",
+        "eval/arith/accuracy",
+        "eval/macro_accuracy",
+    ]:
         assert f"metrics.{m}" in runs.columns, m
     client = mlflow.tracking.MlflowClient(cfg.tracking.tracking_uri)
     history = client.get_metric_history(summary["run_id"], "reward/mean")
     assert sorted(h.step for h in history) == [1, 2, 3]
-    assert [h.value for h in sorted(history, key=lambda h: h.step)] == pytest.approx([r.metrics["reward/mean"] for r in records])
+    assert [h.value for h in sorted(history, key=lambda h: h.step)] == pytest.approx(
+        [r.metrics["reward/mean"] for r in records]
+    )
     names = {a.path for a in client.list_artifacts(summary["run_id"])}
     assert {"config.yaml", "summary.json", "completions.jsonl", "eval"} <= names
     evals = {a.path for a in client.list_artifacts(summary["run_id"], "eval")}
     assert any(p.startswith("eval/after") for p in evals) and any(p.startswith("eval/before") for p in evals)
-    completions = Path(client.download_artifacts(summary["run_id"], "completions.jsonl", str(tmp_path / "dl"))).read_text().splitlines()
+    completions = (
+        Path(client.download_artifacts(summary["run_id"], "completions.jsonl", str(tmp_path / "dl")))
+        .read_text()
+        .splitlines()
+    )
     first = json.loads(completions[0])
     assert set(first) == {"step", "prompt_id", "completion", "reward"} and len(completions) == 3 * 4 * 4
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", {"name": "repo:recent_k", "min_cache_to_replay": 4, "max_cache_size": 8, "num_replays": 2}])
+@pytest.mark.parametrize(
+    "algorithm", ["grpo", {"name": "repo:recent_k", "min_cache_to_replay": 4, "max_cache_size": 8, "num_replays": 2}]
+)
 def test_resume_gives_identical_next_batch_and_parameters(make_config, algorithm):
     # 4 training prompts, 4 per step: every prompt is revisited each step, so replay starts at step 2.
     cfg = make_config(algorithm, train={"save_every": 2, "max_steps": 3, "keep_checkpoints": 3}, data={"train_size": 4})

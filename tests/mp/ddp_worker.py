@@ -15,18 +15,34 @@ def main() -> None:
     from harness.config import build_config
     from harness.trainer import Trainer
 
-    cfg = build_config("tiny", {
-        "model": {"name": model_dir},
-        "algorithm": {"name": algo, **({"min_cache_to_replay": 4, "max_cache_size": 8, "num_replays": 2} if algo.startswith("repo") else {})},
-        "data": {"train_size": 8},
-        "generation": {"num_generations": 4},
-        "train": {"max_steps": 4, "prompts_per_step": 2, "format_reward_weight": 0.5, "output_dir": str(out_dir / "run"), "log_completions_every": 0},
-        "eval": {"before_training": False, "after_training": False},
-        "tracking": {"tracking_uri": f"sqlite:///{out_dir / 'mlflow.db'}", "experiment_name": "ddp"},
-    })
+    cfg = build_config(
+        "tiny",
+        {
+            "model": {"name": model_dir},
+            "algorithm": {
+                "name": algo,
+                **(
+                    {"min_cache_to_replay": 4, "max_cache_size": 8, "num_replays": 2} if algo.startswith("repo") else {}
+                ),
+            },
+            "data": {"train_size": 8},
+            "generation": {"num_generations": 4},
+            "train": {
+                "max_steps": 4,
+                "prompts_per_step": 2,
+                "format_reward_weight": 0.5,
+                "output_dir": str(out_dir / "run"),
+                "log_completions_every": 0,
+            },
+            "eval": {"before_training": False, "after_training": False},
+            "tracking": {"tracking_uri": f"sqlite:///{out_dir / 'mlflow.db'}", "experiment_name": "ddp"},
+        },
+    )
     tr = Trainer(cfg, progress=False)
     steps = []
-    tr.callbacks.append(lambda r: steps.append({"prompt_ids": r.prompt_ids, "replay_rows": r.metrics.get("replay/rows", 0.0)}))
+    tr.callbacks.append(
+        lambda r: steps.append({"prompt_ids": r.prompt_ids, "replay_rows": r.metrics.get("replay/rows", 0.0)})
+    )
     local_rows = []
     orig = tr.algorithm.build_batch
 
@@ -41,11 +57,19 @@ def main() -> None:
     digest = hashlib.sha256(b"".join(params[k].detach().numpy().tobytes() for k in sorted(params))).hexdigest()
     buffer_prompts = sorted(tr.algorithm.buffer.prompt_ids()) if hasattr(tr.algorithm, "buffer") else []
     rank = tr.accelerator.process_index
-    (out_dir / f"rank{rank}.json").write_text(json.dumps({
-        "rank": rank, "world": tr.accelerator.num_processes, "steps": steps, "local_replay_rows": local_rows,
-        "param_digest": digest, "buffer_prompts": buffer_prompts,
-        "owned": [tr.train_rows[i]["id"] for i in tr.sampler.shard],
-    }))
+    (out_dir / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "rank": rank,
+                "world": tr.accelerator.num_processes,
+                "steps": steps,
+                "local_replay_rows": local_rows,
+                "param_digest": digest,
+                "buffer_prompts": buffer_prompts,
+                "owned": [tr.train_rows[i]["id"] for i in tr.sampler.shard],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
