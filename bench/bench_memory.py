@@ -180,6 +180,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
+
     def gb(b: float) -> str:
         return f"{b / 1e9:7.2f}"
 
