@@ -59,6 +59,7 @@ import torch
 from harness.engines import vllm_local
 from harness.engines.checks import EngineError, SyncCheckedEngine
 from harness.engines.options import EngineOptions
+from harness.io import atomic_write_text
 from harness.models import get_spec, resolve_path
 from harness.rollout import Completion, SamplingParams
 
@@ -277,9 +278,7 @@ def serve(
     httpd.daemon_threads = True
     bound = httpd.server_address[1]
     if port_file:
-        tmp = f"{port_file}.tmp"
-        Path(tmp).write_text(str(bound))
-        os.replace(tmp, port_file)
+        atomic_write_text(port_file, str(bound))  # the parent polls this file: it must never see it half-written
     print(
         f"harness serve: listening on http://{host}:{bound} (loading {model}; "
         + (f"token required from {TOKEN_ENV}" if token else "no token")
