@@ -157,6 +157,56 @@ def model_key(name: str, path: str | None = None) -> str:
 # harness eval
 
 
+def _eval_summary(model: str, spec, mkey: str, cfg, res: dict[str, Any], samples_file: Path) -> dict[str, Any]:
+    """One line of ``results.jsonl``: the model, its settings, the metrics and where the samples are."""
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": model,
+        "model_source": spec.source,
+        "model_key": mkey,
+        "model_confirmed": spec.confirmed,
+        "chat_template_kwargs": spec.chat_template_kwargs,
+        "engine": cfg.generation.engine,
+        "dtype": cfg.model.dtype,
+        "benchmarks": res["benchmarks"],
+        "macro_accuracy": res["macro_accuracy"],
+        "macro_accuracy_ci_low": res["macro_accuracy_ci_low"],
+        "macro_accuracy_ci_high": res["macro_accuracy_ci_high"],
+        "settings": res["settings"],
+        "data": res["data"],
+        "skipped": res["skipped"],
+        "samples_file": str(samples_file),
+        "mlflow_run_id": None,
+    }
+
+
+def _log_eval_run(
+    cfg, model: str, spec, names: list[str], res: dict[str, Any], samples_text: str, summary: dict
+) -> str | None:
+    """An MLflow run of kind ``eval``: settings and model as params, metrics at step 0, samples and the summary."""
+    tracker = Tracker(
+        enabled=True,
+        tracking_uri=cfg.tracking.tracking_uri,
+        experiment=cfg.tracking.experiment_name,
+        run_name=f"eval-{model.split('/')[-1]}",
+        tags={"kind": "eval", "model": model},
+    )
+    model_params = {
+        "name": model,
+        "source": spec.source,
+        "confirmed": spec.confirmed,
+        "chat_template_kwargs": spec.chat_template_kwargs,
+        "dtype": cfg.model.dtype,
+        "engine": cfg.generation.engine,
+    }
+    tracker.log_params({"eval": res["settings"], "model": model_params, "benchmarks": ",".join(names)})
+    tracker.log_metrics(flat_metrics(res), step=0)
+    tracker.log_text(samples_text, "eval/samples.jsonl")
+    tracker.log_dict({**summary, "mlflow_run_id": tracker.run_id}, "eval/results.json")
+    tracker.finish()
+    return tracker.run_id
+
+
 def _default_config(model: str):
     return build_config(get_spec(model).preset, {"model": {"name": model}})
 
@@ -226,52 +276,9 @@ def run_eval(
         samples_file.parent.mkdir(parents=True, exist_ok=True)
         samples_text = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in res["samples"])
         samples_file.write_text(samples_text)
-        summary = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "model": model,
-            "model_source": spec.source,
-            "model_key": mkey,
-            "model_confirmed": spec.confirmed,
-            "chat_template_kwargs": spec.chat_template_kwargs,
-            "engine": cfg.generation.engine,
-            "dtype": cfg.model.dtype,
-            "benchmarks": res["benchmarks"],
-            "macro_accuracy": res["macro_accuracy"],
-            "macro_accuracy_ci_low": res["macro_accuracy_ci_low"],
-            "macro_accuracy_ci_high": res["macro_accuracy_ci_high"],
-            "settings": res["settings"],
-            "data": res["data"],
-            "skipped": res["skipped"],
-            "samples_file": str(samples_file),
-            "mlflow_run_id": None,
-        }
+        summary = _eval_summary(model, spec, mkey, cfg, res, samples_file)
         if tracking and cfg.tracking.enabled:
-            tracker = Tracker(
-                enabled=True,
-                tracking_uri=cfg.tracking.tracking_uri,
-                experiment=cfg.tracking.experiment_name,
-                run_name=f"eval-{model.split('/')[-1]}",
-                tags={"kind": "eval", "model": model},
-            )
-            tracker.log_params(
-                {
-                    "eval": res["settings"],
-                    "model": {
-                        "name": model,
-                        "source": spec.source,
-                        "confirmed": spec.confirmed,
-                        "chat_template_kwargs": spec.chat_template_kwargs,
-                        "dtype": cfg.model.dtype,
-                        "engine": cfg.generation.engine,
-                    },
-                    "benchmarks": ",".join(names),
-                }
-            )
-            tracker.log_metrics(flat_metrics(res), step=0)
-            tracker.log_text(samples_text, "eval/samples.jsonl")
-            summary["mlflow_run_id"] = tracker.run_id
-            tracker.log_dict({k: v for k, v in summary.items()}, "eval/results.json")
-            tracker.finish()
+            summary["mlflow_run_id"] = _log_eval_run(cfg, model, spec, names, res, samples_text, summary)
         with (results_dir / "results.jsonl").open("a") as fh:
             fh.write(json.dumps(summary, ensure_ascii=False, default=str) + "\n")
         records.append(summary)

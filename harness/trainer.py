@@ -952,9 +952,7 @@ class Trainer:
         return final
 
     def fit(self) -> dict[str, Any]:
-        """Train to ``total_steps`` with evaluation before/after; returns a summary."""
-        from tqdm.auto import tqdm
-
+        """Train until the budget is spent, with the configured evaluations and checkpoints; returns a summary."""
         cfg = self.cfg
         summary: dict[str, Any] = {
             "run_id": self.tracker.run_id,
@@ -965,66 +963,13 @@ class Trainer:
         try:
             if self.step == 0 and cfg.eval.before_training and self.is_main and cfg.eval.benchmarks:
                 self.evaluate("before")
-            # Step budgets count steps; other units show the percentage of the budget spent (steps unknown in advance).
-            by_steps = self.budget.unit == "steps"
-            bar = tqdm(
-                total=self.total_steps if by_steps else 100,
-                initial=self.step if by_steps else int(100 * self.budget_fraction()),
-                desc=f"train {self.run_name}",
-                unit="step" if by_steps else "%",
-                disable=not (self.progress and self.is_main),
-                dynamic_ncols=True,
-                bar_format=None
-                if by_steps
-                else "{l_bar}{bar}| {n:.0f}/{total:.0f}% of "
-                + f"{self.budget.unit} budget [{{elapsed}}<{{remaining}}{{postfix}}]",
-            )
-            while not self.budget_done():
-                rec = self.train_step()
-                bar.update(1 if by_steps else 100 * self.budget_fraction() - bar.n)
-                bar.set_postfix(
-                    reward=f"{rec.metrics['reward/mean']:.3f}",
-                    eff=f"{rec.metrics.get('effective/step', 0):.2f}",
-                    budget=f"{self.budget_fraction():.0%}",
-                    step=self.step,
-                )
-                done = self.budget_done()
-                due = [
-                    f
-                    for f in cfg.eval.at_budget_fractions
-                    if f not in self.state.fractions_done and self.budget_fraction() >= f
-                ]
-                if due and not done:
-                    self.state.fractions_done.extend(due)
-                    if self.is_main and cfg.eval.benchmarks:
-                        self.evaluate(f"budget{due[-1]:.2f}")
-                elif (
-                    cfg.eval.every_steps
-                    and self.step % cfg.eval.every_steps == 0
-                    and not done
-                    and self.is_main
-                    and cfg.eval.benchmarks
-                ):
-                    self.evaluate("during")
-                if cfg.train.save_every and self.step % cfg.train.save_every == 0 and not done:
-                    self.save_checkpoint()
-            bar.close()
+            self._train_loop()
             if cfg.eval.after_training and self.is_main and cfg.eval.benchmarks:
                 self.evaluate("after")
             self.save_checkpoint()
             status = "FINISHED"
         finally:
-            summary.update(
-                {
-                    "steps": self.step,
-                    "totals": dict(self.totals),
-                    "evals": self.eval_history,
-                    "budget": {"unit": self.budget.unit, "value": self.budget.value, "spent": self.spent()},
-                    "num_params": self.num_params,
-                    "engine": self.engine_name,
-                    "status": status,
-                }
-            )
+            summary.update(self._summary(status))
             try:
                 if self.is_main:
                     atomic_write_json(self.output_dir / "summary.json", summary)
@@ -1037,6 +982,68 @@ class Trainer:
                 finally:
                     self.close()
         return summary
+
+    def _train_loop(self) -> None:
+        """Steps until the budget is spent, each followed by the evaluations and checkpoint that fall due."""
+        bar = self._progress_bar()
+        by_steps = self.budget.unit == "steps"
+        while not self.budget_done():
+            rec = self.train_step()
+            bar.update(1 if by_steps else 100 * self.budget_fraction() - bar.n)
+            bar.set_postfix(
+                reward=f"{rec.metrics['reward/mean']:.3f}",
+                eff=f"{rec.metrics.get('effective/step', 0):.2f}",
+                budget=f"{self.budget_fraction():.0%}",
+                step=self.step,
+            )
+            if not self.budget_done():
+                self._evaluate_and_save_if_due()
+        bar.close()
+
+    def _progress_bar(self):
+        """Step budgets count steps; other units show the percentage of the budget spent (steps unknown in advance)."""
+        from tqdm.auto import tqdm
+
+        by_steps = self.budget.unit == "steps"
+        fmt = (
+            "{l_bar}{bar}| {n:.0f}/{total:.0f}% of "
+            + f"{self.budget.unit} budget [{{elapsed}}<{{remaining}}{{postfix}}]"
+        )
+        return tqdm(
+            total=self.total_steps if by_steps else 100,
+            initial=self.step if by_steps else int(100 * self.budget_fraction()),
+            desc=f"train {self.run_name}",
+            unit="step" if by_steps else "%",
+            disable=not (self.progress and self.is_main),
+            dynamic_ncols=True,
+            bar_format=None if by_steps else fmt,
+        )
+
+    def _evaluate_and_save_if_due(self) -> None:
+        """Mid-run evaluations (at budget fractions, else every ``eval.every_steps``) and checkpoints (``train.save_every``)."""
+        cfg = self.cfg
+        fraction = self.budget_fraction()
+        due = [f for f in cfg.eval.at_budget_fractions if f not in self.state.fractions_done and fraction >= f]
+        evaluates = self.is_main and bool(cfg.eval.benchmarks)
+        if due:
+            self.state.fractions_done.extend(due)
+            if evaluates:
+                self.evaluate(f"budget{due[-1]:.2f}")
+        elif cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and evaluates:
+            self.evaluate("during")
+        if cfg.train.save_every and self.step % cfg.train.save_every == 0:
+            self.save_checkpoint()
+
+    def _summary(self, status: str) -> dict[str, Any]:
+        return {
+            "steps": self.step,
+            "totals": dict(self.totals),
+            "evals": self.eval_history,
+            "budget": {"unit": self.budget.unit, "value": self.budget.value, "spent": self.spent()},
+            "num_params": self.num_params,
+            "engine": self.engine_name,
+            "status": status,
+        }
 
     def close(self) -> None:
         """Shut down the rollout engine if this trainer started it (a vLLM engine holds memory, a server a process)."""
