@@ -2,8 +2,8 @@
 # A one-node Slurm cluster on this machine (slurmctld + slurmd on localhost, munge authentication), for the tests of
 # `--launcher slurm` and for developers who want to try it: `sudo bash .ci/slurm-up.sh` (root), then `srun hostname`.
 #   - installs Debian's slurm-wlm and munge with apt when they are missing;
-#   - writes a fresh munge key and a minimal slurm.conf (this machine's CPUs and memory, ProctrackType=proctrack/linuxproc,
-#     TaskPlugin=task/none, SelectType=select/cons_tres, no accounting database);
+#   - writes a fresh munge key and a minimal slurm.conf (this machine's CPUs and memory,
+#     ProctrackType=proctrack/linuxproc, TaskPlugin=task/none, SelectType=select/cons_tres, no accounting database);
 #   - (re)starts munged, slurmctld and slurmd, and waits until `srun hostname` answers.
 # Idempotent: running it again restarts the daemons with a freshly written configuration.
 # Stop it with `bash .ci/slurm-up.sh --stop`.
@@ -13,7 +13,8 @@ STATE=/var/spool/slurm-harness
 LOGS=/var/log/slurm-harness
 stop_daemons() {
     for pidfile in /run/slurmd-harness.pid /run/slurmctld-harness.pid; do
-        if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        # only a live slurmd/slurmctld (a stale pid file may name a pid another process has now)
+        if [ -s "$pidfile" ] && grep -qs '^slurm' "/proc/$(cat "$pidfile")/comm"; then
             pid=$(cat "$pidfile")
             kill "$pid" 2>/dev/null || true
             for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
@@ -24,7 +25,9 @@ stop_daemons() {
 if [ "${1:-}" = "--stop" ]; then stop_daemons; echo "slurm-up: stopped"; exit 0; fi
 if [ "$(id -u)" != 0 ]; then echo "slurm-up.sh: run as root (it installs packages and starts daemons)" >&2; exit 2; fi
 
-if ! command -v slurmctld >/dev/null 2>&1 || ! command -v slurmd >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
+missing=0
+for tool in slurmctld slurmd munged srun; do command -v "$tool" >/dev/null 2>&1 || missing=1; done
+if [ "$missing" = 1 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
 fi
@@ -32,7 +35,7 @@ fi
 # munge: a fresh key at every start (the cluster is this machine only)
 install -d -o munge -g munge -m 0700 /etc/munge /var/lib/munge /var/log/munge
 install -d -o munge -g munge -m 0755 /run/munge
-if [ -s /run/munge/munged.pid ] && kill -0 "$(cat /run/munge/munged.pid)" 2>/dev/null; then
+if [ -s /run/munge/munged.pid ] && grep -qs '^munged' "/proc/$(cat /run/munge/munged.pid)/comm"; then
     kill "$(cat /run/munge/munged.pid)"; sleep 0.5
 fi
 dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
@@ -82,7 +85,11 @@ CONF
 # slurmd initialises a cgroup plugin even with proctrack/linuxproc and task/none: the one this machine mounts
 if [ -f /sys/fs/cgroup/cgroup.controllers ]; then CGROUP=cgroup/v2; else CGROUP=cgroup/v1; fi
 printf 'CgroupPlugin=%s\nIgnoreSystemd=yes\n' "$CGROUP" > "$CONF_DIR/cgroup.conf"
-fail() { echo "slurm-up.sh: $1; logs in $LOGS:" >&2; tail -n 20 "$LOGS/slurmctld.log" "$LOGS/slurmd.log" >&2 || true; exit 1; }
+fail() {
+    echo "slurm-up.sh: $1; logs in $LOGS:" >&2
+    tail -n 20 "$LOGS/slurmctld.log" "$LOGS/slurmd.log" >&2 || true
+    exit 1
+}
 slurmctld -c -i || fail "slurmctld did not start"    # -c: no state from an earlier cluster
 slurmd -c || fail "slurmd did not start"
 for _ in $(seq 60); do

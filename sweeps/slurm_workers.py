@@ -31,17 +31,32 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def worker_entry(payload: dict[str, Any]) -> int:
     """One sweep worker in a Slurm job; returns the number of trials it ran."""
     log_dir = Path(payload["log_dir"])
-    atomic_write_json(log_dir / f"worker-{payload['worker_index']}.json",
-                      {"pid": os.getpid(), "host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID")})
+    atomic_write_json(
+        log_dir / f"worker-{payload['worker_index']}.json",
+        {"pid": os.getpid(), "host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID")},
+    )
     signal.signal(signal.SIGTERM, _raise_interrupt)  # scancel / preemption: the running trial FAILs, its run closed
-    return run_worker(os.environ["HARNESS_SWEEP_STORAGE"], payload["study"], output_root=payload["output_dir"],
-                      worker_index=payload["worker_index"], heartbeat_interval=payload["heartbeat_interval"],
-                      grace_period=payload["grace_period"], deadline=payload["deadline"],
-                      log=lambda m: print(m, flush=True))
+    return run_worker(
+        os.environ["HARNESS_SWEEP_STORAGE"],
+        payload["study"],
+        output_root=payload["output_dir"],
+        worker_index=payload["worker_index"],
+        heartbeat_interval=payload["heartbeat_interval"],
+        grace_period=payload["grace_period"],
+        deadline=payload["deadline"],
+        log=lambda m: print(m, flush=True),
+    )
 
 
-def run_slurm_pool(study: Any, spec: dict[str, Any], storage_url: str, args: Any, deadline: float | None,
-                   cfg: SlurmConfig, progress: Callable[[], None]) -> bool:
+def run_slurm_pool(
+    study: Any,
+    spec: dict[str, Any],
+    storage_url: str,
+    args: Any,
+    deadline: float | None,
+    cfg: SlurmConfig,
+    progress: Callable[[], None],
+) -> bool:
     """Submit ``args.workers`` worker jobs and watch them (replacing dead ones); returns False if interrupted."""
     os.environ["HARNESS_SWEEP_STORAGE"] = storage_url  # sbatch passes the environment on: no password in a file
     root = Path(args.output_dir).resolve() / study.study_name
@@ -56,15 +71,24 @@ def run_slurm_pool(study: Any, spec: dict[str, Any], storage_url: str, args: Any
         nonlocal next_index
         payloads = []
         for _ in range(n):
-            payloads.append({"study": study.study_name, "output_dir": str(Path(args.output_dir).resolve()),
-                             "log_dir": str(log_dir), "worker_index": next_index,
-                             "heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period,
-                             "deadline": deadline})
+            payloads.append(
+                {
+                    "study": study.study_name,
+                    "output_dir": str(Path(args.output_dir).resolve()),
+                    "log_dir": str(log_dir),
+                    "worker_index": next_index,
+                    "heartbeat_interval": args.heartbeat_interval,
+                    "grace_period": args.grace_period,
+                    "deadline": deadline,
+                }
+            )
             next_index += 1
         for p, jid in zip(payloads, submit(cfg, folder, f"sweep-{study.study_name}", worker_entry, payloads)):
             jobs[jid] = p["worker_index"]
-            print(f"[sweep] worker {p['worker_index']} submitted as Slurm job {jid} (log {log_path(folder, jid)})",
-                  flush=True)
+            print(
+                f"[sweep] worker {p['worker_index']} submitted as Slurm job {jid} (log {log_path(folder, jid)})",
+                flush=True,
+            )
 
     start(args.workers)
     restarts = 0
@@ -82,8 +106,11 @@ def run_slurm_pool(study: Any, spec: dict[str, Any], storage_url: str, args: Any
                     continue
                 reason = f"worker {i} (Slurm job {jid}) ended {state or 'unseen by Slurm'}"
                 failed = _fail_trials(study, log_dir / f"worker-{i}.json", reason, spec.get("tracking_uri"))
-                print(f"[sweep] {reason}; its running trial(s) {failed or 'none'} marked FAIL. Last log lines:\n"
-                      f"{tail(log_path(folder, jid))}", flush=True)
+                print(
+                    f"[sweep] {reason}; its running trial(s) {failed or 'none'} marked FAIL. Last log lines:\n"
+                    f"{tail(log_path(folder, jid))}",
+                    flush=True,
+                )
                 budget_left = len(counted_trials(study)) < int(spec["trials"])
                 if budget_left and restarts < max_restarts and (deadline is None or time.time() < deadline):
                     restarts += 1
@@ -93,8 +120,12 @@ def run_slurm_pool(study: Any, spec: dict[str, Any], storage_url: str, args: Any
         print("[sweep] interrupted: cancelling the worker jobs (their running trials are marked FAIL)", flush=True)
         cancel(list(jobs))
         for jid, i in jobs.items():
-            _fail_trials(study, log_dir / f"worker-{i}.json", f"worker {i} (Slurm job {jid}) cancelled: sweep "
-                         "interrupted", spec.get("tracking_uri"))
+            _fail_trials(
+                study,
+                log_dir / f"worker-{i}.json",
+                f"worker {i} (Slurm job {jid}) cancelled: sweep interrupted",
+                spec.get("tracking_uri"),
+            )
         return False
     progress()
     return True
@@ -114,6 +145,8 @@ def check_storage(storage_url: str) -> None:
     from sweeps.study import redact_url, sqlite_file
 
     if sqlite_file(storage_url) is not None or storage_url.startswith("sqlite"):
-        raise ConfigError(f"--storage {redact_url(storage_url)}: Slurm workers on other machines cannot share a sqlite "
-                          "file; use a database server every node reaches, e.g. --storage "
-                          "postgresql://user@db-host/optuna (README: 'Running on a cluster')")
+        raise ConfigError(
+            f"--storage {redact_url(storage_url)}: Slurm workers on other machines cannot share a sqlite "
+            "file; use a database server every node reaches, e.g. --storage "
+            "postgresql://user@db-host/optuna (README: 'Running on a cluster')"
+        )

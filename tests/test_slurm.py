@@ -48,9 +48,28 @@ def mlflow_server(tmp_path_factory):
     d = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     log = (d / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}",
-                             "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, cwd=d, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{d / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(d / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=d,
+        start_new_session=True,
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -63,7 +82,9 @@ def mlflow_server(tmp_path_factory):
             assert proc.poll() is None, (d / "server.log").read_text()[-2000:]
             time.sleep(0.5)
         else:
-            raise AssertionError("mlflow server did not answer /health in 120 s: " + (d / "server.log").read_text()[-2000:])
+            raise AssertionError(
+                "mlflow server did not answer /health in 120 s: " + (d / "server.log").read_text()[-2000:]
+            )
         yield uri
     finally:
         proc.terminate()
@@ -76,16 +97,45 @@ def mlflow_server(tmp_path_factory):
 
 def _args(model_dir, uri: str, name: str, *extra: str, algos: str = "grpo,repo:recent_k", steps: int = 2) -> list[str]:
     replay = ["--set", "algorithm.min_cache_to_replay=1"] if "repo" in algos else []
-    return ["run", "--algos", algos, "--models", str(model_dir), "--config", "tiny", "--budget", f"steps:{steps}",
-            "--no-progress", "--tracking-uri", uri, "--experiment", "slurmtest", "--name", name,
-            "--set", "train.prompts_per_step=2", "--set", "generation.num_generations=4", "--set",
-            "generation.max_completion_length=16", "--set", "data.train_size=8", "--set", "eval.max_examples=4",
-            *replay, "--launcher", "slurm", *extra]
+    return [
+        "run",
+        "--algos",
+        algos,
+        "--models",
+        str(model_dir),
+        "--config",
+        "tiny",
+        "--budget",
+        f"steps:{steps}",
+        "--no-progress",
+        "--tracking-uri",
+        uri,
+        "--experiment",
+        "slurmtest",
+        "--name",
+        name,
+        "--set",
+        "train.prompts_per_step=2",
+        "--set",
+        "generation.num_generations=4",
+        "--set",
+        "generation.max_completion_length=16",
+        "--set",
+        "data.train_size=8",
+        "--set",
+        "eval.max_examples=4",
+        *replay,
+        "--launcher",
+        "slurm",
+        *extra,
+    ]
 
 
 def _parent(client: MlflowClient, name: str):
     exp = client.get_experiment_by_name("slurmtest")
-    runs = client.search_runs([exp.experiment_id], f"tags.`harness.experiment` = '{name}' and tags.`harness.role` = 'experiment'")
+    runs = client.search_runs(
+        [exp.experiment_id], f"tags.`harness.experiment` = '{name}' and tags.`harness.role` = 'experiment'"
+    )
     assert len(runs) == 1
     return exp, runs[0]
 
@@ -112,17 +162,34 @@ def test_slurm_refuses_a_tracking_server_that_does_not_answer(tmp_path, monkeypa
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--slurm-gpus", "2"], "--slurm-gpus: only with --launcher slurm"),
-    (["--no-wait"], "--no-wait: only with --launcher slurm"),
-    (["--launcher", "slurm", "--slurm-sbatch=account=lab"], "expected an sbatch option like --account=lab"),
-    (["--launcher", "slurm", "--slurm-gpus", "3", "--slurm-nodes", "2"], "slurm.gpus (3) must split evenly over slurm.nodes (2)"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--slurm-gpus", "2"], "--slurm-gpus: only with --launcher slurm"),
+        (["--no-wait"], "--no-wait: only with --launcher slurm"),
+        (["--launcher", "slurm", "--slurm-sbatch=account=lab"], "expected an sbatch option like --account=lab"),
+        (
+            ["--launcher", "slurm", "--slurm-gpus", "3", "--slurm-nodes", "2"],
+            "slurm.gpus (3) must split evenly over slurm.nodes (2)",
+        ),
+    ],
+)
 def test_bad_launcher_flags_are_named(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--models", "tiny", "--dry-run", *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_slurm_sweep_refuses_a_sqlite_storage_before_creating_it(tmp_path, monkeypatch, capsys):
+    from sweeps.cli import main as sweep_main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["repo_tiny", "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--workers", "2", "--launcher", "slurm"]
+    assert sweep_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--storage sqlite:///" in err and "cannot share a sqlite file" in err and "postgresql://" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no optuna.db, mlflow.db or runs/
 
 
 def test_slurm_config_file_rejects_unknown_keys_and_flags_win(tmp_path):
@@ -144,8 +211,9 @@ def test_slurm_config_file_rejects_unknown_keys_and_flags_win(tmp_path):
 
 @pytest.mark.slow
 def test_two_member_matrix_through_slurm(slurm, mlflow_server, quick_model_dir, tmp_path, monkeypatch, capsys):
-    """Done-when: a 2-member matrix, each member a Slurm job, both runs in MLflow under one parent, logged through a real
-    `mlflow server`; the parent tracks the members' jobs and states; the report is written from the server's runs."""
+    """Done-when: a 2-member matrix, each member a Slurm job, both runs in MLflow under one parent, logged through a
+    real `mlflow server`; the parent tracks the members' jobs and states; the report is written from the server's
+    runs."""
     monkeypatch.chdir(tmp_path)
     t0 = time.monotonic()
     assert main(_args(quick_model_dir, mlflow_server, "s2", "--report-dir", str(tmp_path / "rep"))) == 0
@@ -169,8 +237,9 @@ def test_two_member_matrix_through_slurm(slurm, mlflow_server, quick_model_dir, 
 
 
 @pytest.mark.slow
-def test_scancelled_member_resumes_from_its_checkpoint_in_the_same_run(slurm, mlflow_server, quick_model_dir, tmp_path,
-                                                                      monkeypatch, capsys):
+def test_scancelled_member_resumes_from_its_checkpoint_in_the_same_run(
+    slurm, mlflow_server, quick_model_dir, tmp_path, monkeypatch, capsys
+):
     """A member killed with scancel writes a checkpoint (SIGTERM -> after the current step); re-running the same
     command resubmits it, and it resumes from that checkpoint into the same MLflow run."""
     monkeypatch.chdir(tmp_path)
@@ -220,9 +289,62 @@ def test_scancelled_member_resumes_from_its_checkpoint_in_the_same_run(slurm, ml
     assert "resuming from the newest intact checkpoint" in log
 
 
+def _wait_for_steps(client: MlflowClient, name: str, n: int, deadline: float):
+    """The matrix's one member run once it has logged ``n`` steps."""
+    exp = client.get_experiment_by_name("slurmtest")
+    while time.monotonic() < deadline:
+        runs = client.search_runs(
+            [exp.experiment_id], f"tags.`harness.experiment` = '{name}' and tags.`harness.role` = 'member'"
+        )
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "budget/fraction")) >= n:
+            return runs[0]
+        time.sleep(1)
+    raise AssertionError(f"the member of {name} never logged {n} steps")
+
+
+@pytest.mark.slow
+def test_usr1_checkpoints_and_requeues_the_job_which_resumes(slurm, mlflow_server, quick_model_dir, tmp_path):
+    """SIGUSR1 (what Slurm sends before the time limit, `--signal`): the member checkpoints after the current step, the
+    job requeues itself, and the requeued job resumes from that checkpoint into the same MLflow run, while the waiting
+    `harness run` shows the member preempted and then finished."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = _args(quick_model_dir, mlflow_server, "s4", "--no-report", algos="grpo", steps=40)
+    log = (tmp_path / "run.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", *args], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        client = MlflowClient(mlflow_server)
+        run = _wait_for_steps(client, "s4", 2, time.monotonic() + 300)
+        job = run.data.tags["harness.slurm_job_id"]
+        subprocess.run(["scancel", "--signal=USR1", job], check=True)
+        deadline = time.monotonic() + 120
+        while job_states([job]).get(job) != "PENDING" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert job_states([job]).get(job) == "PENDING", job_states([job])  # requeued by the job itself
+        # Slurm holds a requeued job back for ~2 min (BeginTime); an administrator's nudge, to keep the test short
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+        rc = proc.wait(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    out = (tmp_path / "run.log").read_text()
+    assert rc == 0, out[-3000:]
+    assert f"(job {job}): preempted" in out and f"(job {job}): finished" in out
+    final = client.get_run(run.info.run_id)  # the same run, finished after the requeue
+    assert final.info.status == "FINISHED" and final.data.tags["harness.preempted"].startswith("SIGUSR1 at step ")
+    stopped_at = int(final.data.tags["harness.preempted"].rsplit(" ", 1)[1])
+    assert final.data.tags["harness.resumed_from"] == f"checkpoint-{stopped_at} (step {stopped_at})"
+    job_log = (tmp_path / "runs" / "s4" / "slurm" / f"{job}_0_log.out").read_text()
+    assert f"job {job} requeued" in job_log and "resuming from the newest intact checkpoint" in job_log
+    summary = json.loads(next((tmp_path / "runs" / "s4").glob("grpo-*/summary.json")).read_text())
+    assert summary["steps"] == 40 and summary["status"] == "FINISHED"
+
+
 @pytest.mark.slow
 def test_two_worker_sweep_through_slurm(slurm, mlflow_server, quick_model_dir, tmp_path):
-    """`harness sweep --launcher slurm --workers 2`: two Slurm jobs share one PostgreSQL study (CI starts the server)."""
+    """`harness sweep --launcher slurm --workers 2`: two Slurm jobs share one PostgreSQL study (CI starts it)."""
     url = os.environ.get("HARNESS_TEST_POSTGRES_URL")
     if not url:
         if os.environ.get("HARNESS_REQUIRE_POSTGRES") == "1":
@@ -233,17 +355,62 @@ def test_two_worker_sweep_through_slurm(slurm, mlflow_server, quick_model_dir, t
 
     study_name = f"slurm-{os.getpid()}-{time.time_ns()}"
     space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({
-        "base": {"model": {"name": str(quick_model_dir)}, "algorithm": {"name": "repo"}, "data": {"train_size": 16},
-                 "train": {"max_steps": 2, "prompts_per_step": 2, "log_completions_every": 0, "format_reward_weight": 0.5},
-                 "generation": {"num_generations": 4, "max_completion_length": 12}, "eval": {"max_examples": 4}},
-        "objective": {"metric": "eval/macro_accuracy", "direction": "maximize"}, "sampler": {"type": "random", "seed": 0},
-        "pruner": {"type": "none"}, "params": {"train.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}}}))
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "base": {
+                    "model": {"name": str(quick_model_dir)},
+                    "algorithm": {"name": "repo"},
+                    "data": {"train_size": 16},
+                    "train": {
+                        "max_steps": 2,
+                        "prompts_per_step": 2,
+                        "log_completions_every": 0,
+                        "format_reward_weight": 0.5,
+                    },
+                    "generation": {"num_generations": 4, "max_completion_length": 12},
+                    "eval": {"max_examples": 4},
+                },
+                "objective": {"metric": "eval/macro_accuracy", "direction": "maximize"},
+                "sampler": {"type": "random", "seed": 0},
+                "pruner": {"type": "none"},
+                "params": {"train.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}},
+            }
+        )
+    )
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-m", "sweeps.cli", str(space), "--study-name", study_name, "--trials", "4",
-                          "--workers", "2", "--config", "tiny", "--storage", url, "--tracking-uri", mlflow_server,
-                          "--experiment", "slurmsweep", "--output-dir", str(tmp_path / "runs"), "--no-report",
-                          "--launcher", "slurm"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweeps.cli",
+            str(space),
+            "--study-name",
+            study_name,
+            "--trials",
+            "4",
+            "--workers",
+            "2",
+            "--config",
+            "tiny",
+            "--storage",
+            url,
+            "--tracking-uri",
+            mlflow_server,
+            "--experiment",
+            "slurmsweep",
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--no-report",
+            "--launcher",
+            "slurm",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert res.stdout.count("submitted as Slurm job") == 2
     study = optuna.load_study(study_name=study_name, storage=url)

@@ -18,8 +18,18 @@ from harness.launchers.slurm import LaunchError, SlurmConfig, SlurmLauncher, loa
 
 LAUNCHERS = {"local": LocalLauncher, "slurm": SlurmLauncher}
 
-__all__ = ["LAUNCHERS", "LaunchError", "LocalLauncher", "MemberJob", "Preempted", "SlurmConfig", "SlurmLauncher",
-           "launcher_names", "load_slurm_config", "make_launcher"]
+__all__ = [
+    "LAUNCHERS",
+    "LaunchError",
+    "LocalLauncher",
+    "MemberJob",
+    "Preempted",
+    "SlurmConfig",
+    "SlurmLauncher",
+    "launcher_names",
+    "load_slurm_config",
+    "make_launcher",
+]
 
 
 def launcher_names() -> list[str]:

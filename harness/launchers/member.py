@@ -33,8 +33,10 @@ class Preempted(RuntimeError):
 
     def __init__(self, signum: int, step: int, requeue: bool):
         self.signum, self.step, self.requeue = signum, step, requeue
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step} (checkpoint written)"
-                         + ("; job requeued" if requeue else ""))
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after step {step} (checkpoint written)"
+            + ("; job requeued" if requeue else "")
+        )
 
 
 @dataclass
@@ -47,8 +49,10 @@ class MemberJob:
     model: str
     algorithm: str
     seed: int
-    config: dict[str, Any]  # the resolved config; a password in the tracking URI masked (completed from the environment)
-    tags: dict[str, str] = field(default_factory=dict)  # the member's MLflow tags (harness.role, harness.member, budget)
+    # the resolved config; a password in the tracking URI masked (completed from the environment)
+    config: dict[str, Any]
+    # the member's MLflow tags (harness.role, harness.member, budget)
+    tags: dict[str, str] = field(default_factory=dict)
     parent_run_id: str | None = None
     preemptible: bool = False  # install the PreemptionGuard (Slurm jobs)
 
@@ -72,8 +76,11 @@ def _prior_run(job: MemberJob, tracking_uri: str):
     exp = client.get_experiment_by_name(job.config["tracking"]["experiment_name"])
     if exp is None:
         return client, None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`harness.experiment` = '{job.matrix}' and "
-                              f"tags.`harness.member` = '{job.key}'", order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`harness.experiment` = '{job.matrix}' and tags.`harness.member` = '{job.key}'",
+        order_by=["attributes.start_time DESC"],
+    )
     return client, (runs[0] if runs else None)
 
 
@@ -91,7 +98,8 @@ def run_member(job: MemberJob, *, config: Any = None, progress: bool = True) -> 
     out = Path(cfg.train.output_dir)
     main = os.environ.get("RANK", "0") == "0"
     resume = None
-    if ckpt.list_checkpoints(out):  # found from the folders: a lost latest.json or MLflow store never means starting over
+    # found from the folders: a lost latest.json or MLflow store never means starting over
+    if ckpt.list_checkpoints(out):
         resume = str(out)  # the trainer takes the newest intact checkpoint (or refuses, naming the bad files)
         if main:
             print(f"[{job.matrix}] {job.run_name}: resuming from the newest intact checkpoint in {out}", flush=True)
@@ -140,8 +148,11 @@ class PreemptionGuard:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is None or PREEMPT_SIGNALS[signum]:  # a requeue request wins over a plain stop
             self.signum = signum
-        print(f"[preemption] {signal.Signals(signum).name} received: checkpoint after the current step, then stop",
-              file=sys.stderr, flush=True)
+        print(
+            f"[preemption] {signal.Signals(signum).name} received: checkpoint after the current step, then stop",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _agreed(self, trainer: Any) -> int:
         """0: go on; else the signal number to stop for (the same on every rank)."""
@@ -187,5 +198,8 @@ def _requeue() -> None:
     if res.returncode == 0:
         print(f"[preemption] job {job} requeued: it resumes from the checkpoint", file=sys.stderr, flush=True)
     else:
-        print(f"warning: scontrol requeue {job} failed ({res.stderr.strip()}): re-run `harness run` to resubmit",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: scontrol requeue {job} failed ({res.stderr.strip()}): re-run `harness run` to resubmit",
+            file=sys.stderr,
+            flush=True,
+        )

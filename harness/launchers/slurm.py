@@ -49,18 +49,30 @@ class SlurmConfig:
     nodes: int = _f(1, "Nodes per job; GPUs are split evenly over them (multi-node DDP).", ge=1)
     cpus: int = _f(1, "CPU cores per job and node, shared by its processes (OMP_NUM_THREADS is set from it).", ge=1)
     mem_gb: float | None = _f(None, "Memory per node in GB (sbatch --mem); None = the partition's default.", gt=0)
-    time_min: int = _f(1440, "Time limit per job in minutes (sbatch --time). Before it, the job gets SIGUSR2, "
-                             "checkpoints and requeues itself.", ge=1)
-    array_parallelism: int | None = _f(None, "At most this many members of one submission run at once "
-                                             "(a job array's %N); None = no limit.", ge=1)
-    signal_delay_s: int = _f(120, "Seconds before the time limit at which Slurm sends SIGUSR2 "
-                                  "(checkpoint and requeue; sbatch --signal).", ge=1)
+    time_min: int = _f(
+        1440,
+        "Time limit per job in minutes (sbatch --time). Before it, the job gets SIGUSR2, "
+        "checkpoints and requeues itself.",
+        ge=1,
+    )
+    array_parallelism: int | None = _f(
+        None, "At most this many members of one submission run at once (a job array's %N); None = no limit.", ge=1
+    )
+    signal_delay_s: int = _f(
+        120,
+        "Seconds before the time limit at which Slurm sends SIGUSR2 (checkpoint and requeue; sbatch --signal).",
+        ge=1,
+    )
     sbatch: list[str] = _f([], "Extra #SBATCH options, e.g. ['--account=lab', '--qos=high', '--exclusive'].")
-    setup: list[str] = _f([], "Shell lines run in the job before srun, e.g. ['module load cuda', "
-                              "'source ~/venv/bin/activate'].")
+    setup: list[str] = _f(
+        [], "Shell lines run in the job before srun, e.g. ['module load cuda', 'source ~/venv/bin/activate']."
+    )
     poll_s: float = _f(5.0, "Seconds between two looks at the jobs' states while `harness run` waits.", gt=0)
-    folder: str | None = _f(None, "submitit's job folder (sbatch scripts, logs, payloads); on a file system every "
-                                  "node sees. None = runs/<matrix>/slurm (or the sweep's output folder /slurm).")
+    folder: str | None = _f(
+        None,
+        "submitit's job folder (sbatch scripts, logs, payloads); on a file system every "
+        "node sees. None = runs/<matrix>/slurm (or the sweep's output folder /slurm).",
+    )
 
 
 def load_slurm_config(path: str | None, overrides: dict[str, Any]) -> SlurmConfig:
@@ -92,7 +104,9 @@ def load_slurm_config(path: str | None, overrides: dict[str, Any]) -> SlurmConfi
     check_bounds(cfg, "slurm")
     for line in cfg.sbatch:
         if not line.startswith("--") or len(line) < 3:
-            raise ConfigError(f"slurm.sbatch / --slurm-sbatch: expected an sbatch option like --account=lab, got {line!r}")
+            raise ConfigError(
+                f"slurm.sbatch / --slurm-sbatch: expected an sbatch option like --account=lab, got {line!r}"
+            )
     if cfg.gpus and cfg.gpus % cfg.nodes:
         raise ConfigError(f"slurm.gpus ({cfg.gpus}) must split evenly over slurm.nodes ({cfg.nodes})")
     return cfg
@@ -132,14 +146,17 @@ def check_tracking_uri(uri: str, *, timeout: float = 15.0) -> list[str]:
             f"--tracking-uri {shown}: a local {'sqlite file' if scheme == 'sqlite' else 'path'} cannot be shared by "
             "Slurm jobs on other machines; start an MLflow tracking server every node can reach and pass its URL, "
             "e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db --artifacts-destination /shared/mlartifacts "
-            "--host 0.0.0.0 --port 5000` and --tracking-uri http://HOST:5000 (README: 'Running on a cluster')")
+            "--host 0.0.0.0 --port 5000` and --tracking-uri http://HOST:5000 (README: 'Running on a cluster')"
+        )
     warnings = []
     if scheme in ("http", "https"):
         _check_http(uri, shown, timeout)
         host = uri.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1].split(":")[0]
         if host in ("127.0.0.1", "localhost", "::1", "[::1]"):
-            warnings.append(f"--tracking-uri {shown}: jobs on other nodes cannot reach {host}; this works on a one-node "
-                            "cluster only (give the server's host name or address)")
+            warnings.append(
+                f"--tracking-uri {shown}: jobs on other nodes cannot reach {host}; this works on a one-node "
+                "cluster only (give the server's host name or address)"
+            )
     elif scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
         _check_database(uri, shown, timeout)
     return warnings
@@ -161,8 +178,10 @@ def _check_http(uri: str, shown: str, timeout: float) -> None:
                 raise ConfigError(f"--tracking-uri {shown}: the MLflow server answered /health with {r.status}")
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise ConfigError(f"--tracking-uri {shown}: the MLflow server does not answer ({reason}); start it first "
-                          "(README: 'Running on a cluster')") from None
+        raise ConfigError(
+            f"--tracking-uri {shown}: the MLflow server does not answer ({reason}); start it first "
+            "(README: 'Running on a cluster')"
+        ) from None
 
 
 def _check_database(uri: str, shown: str, timeout: float) -> None:
@@ -203,14 +222,20 @@ def distributed_env(environ: dict[str, str] | None = None) -> dict[str, str]:
         return {}
     nodes = env.get("SLURM_JOB_NODELIST", "localhost")
     try:
-        first = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
-                               timeout=30).stdout.split()[0]
+        first = subprocess.run(
+            ["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, timeout=30
+        ).stdout.split()[0]
     except (OSError, IndexError, subprocess.TimeoutExpired):
         first = nodes.split(",")[0]
     job = int(env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID", "0")) + int(env.get("SLURM_ARRAY_TASK_ID", "0"))
-    return {"RANK": env.get("SLURM_PROCID", "0"), "WORLD_SIZE": str(ntasks), "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
-            "LOCAL_WORLD_SIZE": str(ntasks // int(env.get("SLURM_JOB_NUM_NODES", "1") or 1)),
-            "MASTER_ADDR": first, "MASTER_PORT": str(20000 + job % 20000)}
+    return {
+        "RANK": env.get("SLURM_PROCID", "0"),
+        "WORLD_SIZE": str(ntasks),
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": str(ntasks // int(env.get("SLURM_JOB_NUM_NODES", "1") or 1)),
+        "MASTER_ADDR": first,
+        "MASTER_PORT": str(20000 + job % 20000),
+    }
 
 
 def member_entry(job: dict[str, Any]) -> dict[str, Any]:
@@ -222,8 +247,21 @@ def member_entry(job: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # Submitting and watching
 
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
-          "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
+ACTIVE = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+    "RESV_DEL_HOLD",
+}
 
 
 def make_executor(cfg: SlurmConfig, folder: Path, job_name: str) -> Any:
@@ -231,8 +269,13 @@ def make_executor(cfg: SlurmConfig, folder: Path, job_name: str) -> Any:
 
     tasks = max(1, cfg.gpus // cfg.nodes)
     params: dict[str, Any] = {
-        "job_name": job_name, "time": cfg.time_min, "nodes": cfg.nodes, "ntasks_per_node": tasks,
-        "cpus_per_task": max(1, cfg.cpus // tasks), "signal_delay_s": cfg.signal_delay_s, "stderr_to_stdout": True,
+        "job_name": job_name,
+        "time": cfg.time_min,
+        "nodes": cfg.nodes,
+        "ntasks_per_node": tasks,
+        "cpus_per_task": max(1, cfg.cpus // tasks),
+        "signal_delay_s": cfg.signal_delay_s,
+        "stderr_to_stdout": True,
         "setup": ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}", *cfg.setup],
     }
     if cfg.partition:
@@ -273,8 +316,12 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
     if not ids:
         return {}
     try:
-        res = subprocess.run(["squeue", "-h", "-r", "--states=all", "-o", "%i|%T", "-j", ",".join(ids)],
-                             capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            ["squeue", "-h", "-r", "--states=all", "-o", "%i|%T", "-j", ",".join(ids)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {}
     out = {}
@@ -359,8 +406,9 @@ class SlurmLauncher:
     def folder(self, matrix: str) -> Path:
         return Path(self.cfg.folder or Path("runs") / matrix / "slurm").resolve()
 
-    def run(self, jobs: list[MemberJob], tracker: Any, *, progress: bool,
-            configs: dict[str, Any]) -> tuple[dict, list] | None:
+    def run(
+        self, jobs: list[MemberJob], tracker: Any, *, progress: bool, configs: dict[str, Any]
+    ) -> tuple[dict, list] | None:
         """Submit the members that are not queued or running already, then wait; returns (summaries by member key,
         failures as text), or None without waiting."""
         from harness.io import atomic_write_json
@@ -380,29 +428,36 @@ class SlurmLauncher:
                 j.preemptible = True
                 todo.append(j)
         if todo:
-            new = submit(self.cfg, folder, f"harness-{tracker.name}", member_entry,
-                         [mask_secrets(j.to_dict()) for j in todo])
+            new = submit(
+                self.cfg, folder, f"harness-{tracker.name}", member_entry, [mask_secrets(j.to_dict()) for j in todo]
+            )
             for j, jid in zip(todo, new):
                 ids[j.run_name] = jid
                 tracker.set_member_state(j.run_name, "queued", jid)
-                print_flush(f"[{tracker.name}] {j.run_name}: submitted as Slurm job {jid} (log {log_path(folder, jid)})")
+                print_flush(
+                    f"[{tracker.name}] {j.run_name}: submitted as Slurm job {jid} (log {log_path(folder, jid)})"
+                )
         atomic_write_json(folder / "jobs.json", {"matrix": tracker.name, "jobs": ids})
         if not self.wait:
-            print_flush(f"[{tracker.name}] not waiting: `harness status {tracker.name}` shows the members; re-run the "
-                        "same command to wait for them (it resubmits only members that ended without finishing)")
+            print_flush(
+                f"[{tracker.name}] not waiting: `harness status {tracker.name}` shows the members; re-run the "
+                "same command to wait for them (it resubmits only members that ended without finishing)"
+            )
             return None
         return self._wait(jobs, ids, tracker, folder, progress)
 
-    def _wait(self, jobs: list[MemberJob], ids: dict[str, str], tracker: Any, folder: Path,
-              progress: bool) -> tuple[dict, list]:
+    def _wait(
+        self, jobs: list[MemberJob], ids: dict[str, str], tracker: Any, folder: Path, progress: bool
+    ) -> tuple[dict, list]:
         import json
 
         from tqdm.auto import tqdm
 
         last: dict[str, str] = {}
         seen_running: set[str] = set()
-        bar = tqdm(total=len(jobs), desc=f"{tracker.name} members", unit="member", disable=not progress,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=len(jobs), desc=f"{tracker.name} members", unit="member", disable=not progress, dynamic_ncols=True
+        )
 
         def look(states: dict[str, str]) -> bool:
             for j in jobs:
@@ -430,8 +485,10 @@ class SlurmLauncher:
             wait_for(list(ids.values()), poll_s=self.cfg.poll_s, on_change=look)
         except KeyboardInterrupt:
             bar.close()
-            print_flush(f"[{tracker.name}] stopped waiting; the jobs go on (`harness status {tracker.name}`, "
-                        f"`scancel {' '.join(ids.values())}` to stop them)")
+            print_flush(
+                f"[{tracker.name}] stopped waiting; the jobs go on (`harness status {tracker.name}`, "
+                f"`scancel {' '.join(ids.values())}` to stop them)"
+            )
             raise
         bar.close()
         summaries, failures = {}, []
@@ -440,8 +497,10 @@ class SlurmLauncher:
                 summaries[j.key] = json.loads((j.output_dir / "summary.json").read_text())
             else:
                 log = log_path(folder, ids[j.run_name])
-                failures.append(f"{j.run_name}: {last[j.run_name]} (Slurm job {ids[j.run_name]}, log {log}); "
-                                f"last lines:\n{tail(log)}")
+                failures.append(
+                    f"{j.run_name}: {last[j.run_name]} (Slurm job {ids[j.run_name]}, log {log}); "
+                    f"last lines:\n{tail(log)}"
+                )
         return summaries, failures
 
 
@@ -453,15 +512,20 @@ def matrix_status(tracking_uri: str, experiment: str, matrix: str) -> list[dict[
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`harness.experiment` = '{matrix}' and "
-                                 "tags.`harness.role` = 'experiment'")
+    parents = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`harness.experiment` = '{matrix}' and tags.`harness.role` = 'experiment'",
+    )
     if not parents:
         return None
     tags = parents[0].data.tags
-    jobs = {k[len("harness.job."):]: v for k, v in tags.items() if k.startswith("harness.job.")}
-    recorded = {k[len("harness.state."):]: v for k, v in tags.items() if k.startswith("harness.state.")}
-    members = client.search_runs([exp.experiment_id], filter_string=f"tags.`harness.experiment` = '{matrix}' and "
-                                 "tags.`harness.role` = 'member'", order_by=["attributes.start_time DESC"])
+    jobs = {k[len("harness.job.") :]: v for k, v in tags.items() if k.startswith("harness.job.")}
+    recorded = {k[len("harness.state.") :]: v for k, v in tags.items() if k.startswith("harness.state.")}
+    members = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`harness.experiment` = '{matrix}' and tags.`harness.role` = 'member'",
+        order_by=["attributes.start_time DESC"],
+    )
     runs: dict[str, Any] = {}
     for r in members:
         runs.setdefault(r.info.run_name, r)
@@ -475,8 +539,16 @@ def matrix_status(tracking_uri: str, experiment: str, matrix: str) -> list[dict[
         summary_status = "FINISHED" if run_status == "FINISHED" else None
         preempted = bool(run and run.data.tags.get("harness.preempted"))
         state = member_state(s, summary_status, run_status, preempted) if jid else recorded.get(name, "-")
-        rows.append({"member": name, "job": jid or "-", "state": state, "slurm": s or "-",
-                     "mlflow": run_status or "-", "step": _last_step(client, run) if run else 0})
+        rows.append(
+            {
+                "member": name,
+                "job": jid or "-",
+                "state": state,
+                "slurm": s or "-",
+                "mlflow": run_status or "-",
+                "step": _last_step(client, run) if run else 0,
+            }
+        )
     return rows
 
 
