@@ -9,6 +9,9 @@ Restartable: the same command finds the same parent (the name is a hash of the m
 ``--name`` is given), skips members whose run FINISHED, resumes members with a checkpoint in their
 output folder (same MLflow run; a new one if the store lost it), and restarts the rest. Checkpoints are found from
 the ``checkpoint-<step>`` folders, so a lost ``latest.json`` or ``mlflow.db`` never restarts a member from step 0.
+
+Where members run is the launcher's business (:mod:`harness.launchers`: here, one after another, or as Slurm jobs);
+the parent run records each member's state (``harness.state.<member>``) and job (``harness.job.<member>``).
 """
 
 from __future__ import annotations

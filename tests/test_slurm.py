@@ -205,6 +205,62 @@ def test_slurm_config_file_rejects_unknown_keys_and_flags_win(tmp_path):
         load_slurm_config(str(f), {})
 
 
+def test_multi_gpu_member_is_one_task_per_gpu_with_torch_distributed_variables(tmp_path):
+    """What a 2-node x 4-GPU member asks Slurm for, and the torch.distributed variables each of its tasks derives (no
+    GPU here: the sbatch script is generated, not run)."""
+    import shutil
+
+    from harness.launchers.slurm import distributed_env, make_executor
+
+    env = {
+        "SLURM_NTASKS": "8",
+        "SLURM_PROCID": "5",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_JOB_NODELIST": "gpu-a",
+        "SLURM_JOB_ID": "4321",
+    }
+    assert distributed_env(env) == {
+        "RANK": "5",
+        "WORLD_SIZE": "8",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "4",
+        "MASTER_ADDR": "gpu-a",
+        "MASTER_PORT": "24321",
+    }
+    assert distributed_env({"SLURM_NTASKS": "1"}) == {}  # one process: plain single-process training
+    if shutil.which("srun") is None:
+        pytest.skip("submitit builds Slurm scripts only where srun is installed")
+    cfg = load_slurm_config(
+        None,
+        {
+            "gpus": 8,
+            "nodes": 2,
+            "cpus": 32,
+            "mem_gb": 64,
+            "partition": "gpu",
+            "sbatch": ["--account=lab", "--exclusive"],
+            "setup": ["module load cuda"],
+        },
+    )
+    script = make_executor(cfg, tmp_path, "harness-m")._make_submission_file_text("python -m x", "uid")
+    for line in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=4",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=65536MB",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=lab",
+        "#SBATCH --exclusive",
+        "#SBATCH --signal=USR2@120",
+        "module load cuda",
+        "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
+    ):
+        assert line in script, (line, script)
+    assert "srun --unbuffered" in script
+
+
 # ------------------------------------------------------------------------------------------------
 # A real cluster
 

@@ -67,7 +67,7 @@ class SlurmConfig:
     setup: list[str] = _f(
         [], "Shell lines run in the job before srun, e.g. ['module load cuda', 'source ~/venv/bin/activate']."
     )
-    poll_s: float = _f(5.0, "Seconds between two looks at the jobs' states while `harness run` waits.", gt=0)
+    poll_s: float = _f(2.0, "Seconds between two looks at the jobs' states while `harness run` waits.", gt=0)
     folder: str | None = _f(
         None,
         "submitit's job folder (sbatch scripts, logs, payloads); on a file system every "
