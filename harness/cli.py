@@ -22,7 +22,14 @@ import yaml
 from benchmarks.prepare import add_data_parser, cmd_data
 from harness import checkpoint as ckpt
 from harness.budget import plan_warnings
-from harness.cli_common import add_config_flags, add_data_dir_flag, add_report_flags, run_command
+from harness.cli_common import (
+    add_config_flags,
+    add_data_dir_flag,
+    add_launcher_flags,
+    add_report_flags,
+    launcher_from_args,
+    run_command,
+)
 from harness.config import ConfigError, HarnessConfig, build_config, config_from_dict, describe_fields
 from harness.experiment import Member, matrix_name, name_members, print_matrix, run_matrix
 from harness.preflight import preflight
@@ -42,6 +49,9 @@ RUN_EPILOG = """examples:
   harness run --config my.yaml --resume runs/grpo-tiny-s42
   harness run --algos grpo,repo --models smollm2-135m-gguf --seeds 2    # a real pretrained model on CPU (~27 min)
   harness models prepare smollm2-135m-gguf                              # dequantise the GGUF once, ahead of time
+  harness run --algos grpo,repo --models all --seeds 3 --launcher slurm --slurm-partition gpu --slurm-gpus 4 \
+--slurm-time-min 720 --tracking-uri http://mlflow-host:5000       # every member a Slurm job, one MLflow server
+  harness run ... --launcher slurm --no-wait && harness status NAME     # submit, return; look at the members later
 
 presets (harness/presets, --config NAME): tiny, tiny-matched, smollm2-cpu, paper-qwen2.5-math-1.5b, \
 paper-qwen2.5-math-7b,
@@ -133,7 +143,28 @@ def _add_run_parser(sub: Any) -> None:
         report_dir_help="Where the comparison report is written at the end (default: reports/<matrix>/).",
         no_report_help="Do not write the report at the end (run `harness report` later).",
     )
+    run.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="With --launcher slurm: submit the members, print their job ids and return; `harness status MATRIX` shows "
+        "them, re-running the same command waits for them (e.g. --launcher slurm --no-wait).",
+    )
+    add_launcher_flags(run, job="member")
     _add_common(run)
+
+
+def _add_status_parser(sub: Any) -> None:
+    st = sub.add_parser(
+        "status",
+        help="The members of a matrix: Slurm job, state (queued, running, finished, failed, preempted), MLflow run.",
+        description="Show each member of a `harness run` matrix: its Slurm job id and state, its MLflow run's status "
+        "and last step. E.g. `harness status matrix-1a2b3c4d5e --tracking-uri http://mlflow-host:5000`.",
+    )
+    st.add_argument("matrix", help="Matrix name (printed by `harness run`; --name, or matrix-<hash>).")
+    st.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
+    )
+    st.add_argument("--experiment", default="harness", help="MLflow experiment name (default: harness).")
 
 
 def _add_eval_parser(sub: Any) -> None:
@@ -207,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
+    _add_status_parser(sub)
     _add_eval_parser(sub)
     add_data_parser(sub)
     add_sweep_parser(sub)
@@ -320,6 +352,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not algos or not models:
         raise ConfigError(f"--{'algos' if not algos else 'models'}: no {'algorithm' if not algos else 'model'} given")
     if args.resume:
+        if args.launcher != "local":
+            raise ConfigError(
+                "--resume continues one run in this process: without --launcher (re-run the matrix "
+                "command instead: members resume from their checkpoints)"
+            )
         return _resume(args, algos, models)
     # validate every member's config before running anything
     members = name_members(
@@ -328,19 +365,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     for mem in members:
         mem.seed = mem.config.train.seed
     name = matrix_name(members, args.name)
+    launcher = launcher_from_args(args, wait=not args.no_wait)  # bad --slurm-* values: before anything is written
     if args.dry_run:
         return _dry_run(name, members, args.verbose)
     preflight([m.config for m in members])  # models, training sets and benchmarks resolve: before any MLflow run
+    launcher.check([m.config for m in members])  # e.g. a cluster answers, the tracking server is one all jobs reach
     parent: dict[str, str] = {}
+    results = None
     try:
         results = run_matrix(
             members,
             name=name,
             progress=not args.no_progress,
             on_parent=lambda uri, exp, run_id: parent.update(uri=uri, experiment=exp, run_id=run_id),
+            launcher=launcher,
         )
     finally:
-        if parent and not args.no_report and _is_main_process():
+        if args.no_wait and results is None:
+            pass  # submitted, not finished: no report yet
+        elif parent and not args.no_report and _is_main_process():
             report_at_end(
                 parent["uri"],
                 parent["experiment"],
@@ -349,6 +392,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 sweep_run_id=None,
                 retry_hint=f"harness report --experiment {parent['experiment']} --parent {parent['run_id']}",
             )
+    if results is None:
+        print(f"\nmatrix '{name}' submitted; `harness status {name}` shows its members")
+        return 0
     print(format_summary(results))
     comparison = compare_to_baseline(results)
     if comparison:
@@ -358,6 +404,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"\nMLflow experiment '{members[0].config.tracking.experiment_name}', matrix '{name}' "
         "(re-run the same command to resume or skip finished runs)"
     )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``harness status MATRIX``: one line per member (Slurm job, state, MLflow status, last step)."""
+    from harness.launchers.slurm import matrix_status
+    from harness.tracking import resolve_tracking_uri
+
+    rows = matrix_status(resolve_tracking_uri(args.tracking_uri), args.experiment, args.matrix)
+    if rows is None:
+        print(
+            f"error: no matrix '{args.matrix}' in MLflow experiment '{args.experiment}' "
+            f"({mask_secrets(resolve_tracking_uri(args.tracking_uri))})",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"{'member':40s} {'job':>12s} {'state':10s} {'slurm':12s} {'mlflow':9s} {'step':>5s}")
+    for r in rows:
+        print(f"{r['member']:40s} {r['job']:>12s} {r['state']:10s} {r['slurm']:12s} {r['mlflow']:9s} {r['step']:5d}")
+    counts = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return 0
 
 
@@ -430,6 +499,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run,
+    "status": cmd_status,
     "eval": cmd_eval,
     "models": cmd_models,
     "config": cmd_config,

@@ -9,6 +9,9 @@ Restartable: the same command finds the same parent (the name is a hash of the m
 ``--name`` is given), skips members whose run FINISHED, resumes members with a checkpoint in their
 output folder (same MLflow run; a new one if the store lost it), and restarts the rest. Checkpoints are found from
 the ``checkpoint-<step>`` folders, so a lost ``latest.json`` or ``mlflow.db`` never restarts a member from step 0.
+
+Where members run is the launcher's business (:mod:`harness.launchers`: here, one after another, or as Slurm jobs);
+the parent run records each member's state (``harness.state.<member>``) and job (``harness.job.<member>``).
 """
 
 from __future__ import annotations
@@ -125,22 +128,53 @@ class MatrixTracker:
         )
         return runs[0] if runs else None
 
+    def set_member_state(self, run_name: str, state: str, job_id: str | None = None) -> None:
+        """Tags of the parent run: ``harness.state.<member>`` (queued, running, finished, failed, preempted, cancelled)
+        and, for a launcher with jobs, ``harness.job.<member>`` (the job id)."""
+        self.client.set_tag(self.parent_id, f"harness.state.{run_name}", state)
+        if job_id:
+            self.client.set_tag(self.parent_id, f"harness.job.{run_name}", job_id)
+
+    def member_jobs(self) -> dict[str, str]:
+        """The job id recorded for each member (run name) by an earlier submission of this matrix."""
+        tags = self.client.get_run(self.parent_id).data.tags
+        return {k[len("harness.job.") :]: v for k, v in tags.items() if k.startswith("harness.job.")}
+
+    def log_member_counts(self, counts: dict[str, int]) -> None:
+        """``members/<state>`` metrics of the parent run, a new point whenever the counts change."""
+        if counts != getattr(self, "_counts", None):
+            self._counts = dict(counts)
+            self._count_step = getattr(self, "_count_step", -1) + 1
+            import time
+
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            states = ("queued", "running", "finished", "failed", "preempted", "cancelled", "lost")
+            self.client.log_batch(
+                self.parent_id,
+                metrics=[Metric(f"members/{s}", counts.get(s, 0), now, self._count_step) for s in states],
+            )
+
     def finish(self, status: str, summary_text: str) -> None:
         self.client.log_text(self.parent_id, summary_text, "summary.txt")
         self.client.set_terminated(self.parent_id, status=status)
 
 
 def run_matrix(
-    members: list[Member], *, name: str, progress: bool = True, on_parent=None
-) -> list[tuple[str, str, int, dict]]:
-    """Run (or continue) every member; returns (model, algorithm, seed, summary) per member.
+    members: list[Member], *, name: str, progress: bool = True, on_parent=None, launcher=None
+) -> list[tuple[str, str, int, dict]] | None:
+    """Run (or continue) every member; returns (model, algorithm, seed, summary) per member, or None when the launcher
+    submitted the members without waiting for them (the parent run then stays RUNNING).
 
+    ``launcher``: where members run (:mod:`harness.launchers`; default local, one after another in this process). Each
+    member resumes from its newest checkpoint when its output folder holds one (decided when it starts).
     ``on_parent(tracking_uri, experiment, parent_run_id)`` is called once the parent run exists (the CLI
     uses it to write the report at the end, also when a member fails)."""
-    from harness import checkpoint as ckpt
+    from harness.launchers import LaunchError, LocalLauncher, MemberJob
     from harness.tracking import resolve_tracking_uri
-    from harness.trainer import Trainer
 
+    launcher = launcher or LocalLauncher()
     first = members[0].config
     tracker = MatrixTracker(
         resolve_tracking_uri(first.tracking.tracking_uri),
@@ -148,11 +182,14 @@ def run_matrix(
         name,
         {"members": [m.key for m in members], "budget": first.train.budget},
     )
+    tracker.client.set_tag(tracker.parent_id, "harness.launcher", launcher.name)
     if on_parent is not None:
         on_parent(tracker.client.tracking_uri, first.tracking.experiment_name, tracker.parent_id)
-    results = []
-    status = "FAILED"
+    done: dict[str, dict] = {}
+    status: str | None = "FAILED"
+    failures: list[str] = []
     try:
+        jobs, configs = [], {}
         for m in members:
             cfg = m.config
             cfg.tracking.run_name = m.run_name
@@ -161,25 +198,9 @@ def run_matrix(
             prior = tracker.member_run(m)
             if prior is not None and prior.info.status == "FINISHED" and (out / "summary.json").exists():
                 print(f"[{name}] {m.run_name}: finished earlier, skipped")
-                results.append((m.model, m.algorithm, m.seed, json.loads((out / "summary.json").read_text())))
+                tracker.set_member_state(m.run_name, "finished")
+                done[m.key] = json.loads((out / "summary.json").read_text())
                 continue
-            resume = None
-            if ckpt.list_checkpoints(
-                out
-            ):  # found from the folders: a lost latest.json or MLflow store never means starting over
-                resume = str(out)  # the trainer takes the newest intact checkpoint (or refuses, naming the bad files)
-                print(
-                    f"[{name}] {m.run_name}: resuming from the newest intact checkpoint in {out}"
-                    + (
-                        ""
-                        if prior is not None
-                        else " (no MLflow run of this member in the store: the trainer continues the checkpoint's run or starts a new one)"
-                    )
-                )
-            elif prior is not None:
-                tracker.client.set_terminated(
-                    prior.info.run_id, status="FAILED"
-                )  # no checkpoint to continue: start over
             unit, value = parse_budget(cfg.train.budget) if cfg.train.budget else ("steps", float(cfg.train.max_steps))
             tags = {
                 "harness.role": "member",
@@ -188,11 +209,37 @@ def run_matrix(
                 "harness.budget_unit": unit,
                 "harness.budget_value": f"{value:g}",
             }
-            trainer = Trainer(cfg, resume=resume, progress=progress, tracker_tags=tags, parent_run_id=tracker.parent_id)
-            results.append((m.model, m.algorithm, m.seed, trainer.fit()))
+            jobs.append(
+                MemberJob(
+                    matrix=name,
+                    key=m.key,
+                    run_name=m.run_name,
+                    model=m.model,
+                    algorithm=m.algorithm,
+                    seed=m.seed,
+                    config=cfg.to_dict(),
+                    tags=tags,
+                    parent_run_id=tracker.parent_id,
+                )
+            )
+            configs[m.key] = cfg
+        if jobs:
+            outcome = launcher.run(jobs, tracker, progress=progress, configs=configs)
+            if outcome is None:  # submitted without waiting
+                status = None
+                return None
+            summaries, failures = outcome
+            done.update(summaries)
+        if failures:
+            raise LaunchError(
+                f"{len(failures)} of {len(members)} members did not finish (re-run the same command to resubmit "
+                "them; they resume from their checkpoints):\n" + "\n".join(failures)
+            )
         status = "FINISHED"
     finally:
         from harness.summary import compare_to_baseline, format_summary
 
-        tracker.finish(status, format_summary(results) + "\n" + "\n".join(compare_to_baseline(results)))
+        results = [(m.model, m.algorithm, m.seed, done[m.key]) for m in members if m.key in done]
+        if status is not None:
+            tracker.finish(status, format_summary(results) + "\n" + "\n".join(compare_to_baseline(results)))
     return results

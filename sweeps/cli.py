@@ -20,7 +20,14 @@ from typing import Any
 
 import yaml
 
-from harness.cli_common import add_config_flags, add_data_dir_flag, add_report_flags, run_command
+from harness.cli_common import (
+    add_config_flags,
+    add_data_dir_flag,
+    add_launcher_flags,
+    add_report_flags,
+    launcher_from_args,
+    run_command,
+)
 from harness.config import ConfigError, load_yaml, parse_override
 from harness.preflight import preflight, sweep_configs
 from harness.secrets import has_secret, mask_secrets, mask_uri
@@ -51,6 +58,8 @@ SWEEP_EPILOG = """examples:
 # join from another machine
   harness sweep my_space.yaml --dry-run            # validate the space, print the midpoint trial's config
   harness sweep --study-name repo_tiny --report-only   # rewrite best trial / importances / plots
+  harness sweep my_space.yaml --storage postgresql://user@db/optuna --tracking-uri http://mlflow-host:5000 \
+--workers 8 --launcher slurm --slurm-gpus 1 --slurm-time-min 240   # 8 workers as Slurm jobs
 
 The search space (YAML): `params` maps dotted config keys to {type: categorical, choices: [...]},
 {type: int, low, high[, step][, log]} or {type: float, low, high[, step | log]} (optionally `when:
@@ -90,6 +99,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Hide per-trial progress bars (only with --workers 0; workers never show them).",
     )
+    add_launcher_flags(p, job="worker")
     add_report_flags(
         p,
         report_dir_help="Where the sweep report (history, importances, best trial) is written at the end "
@@ -124,7 +134,8 @@ def _add_study_arguments(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=1,
-        help="Worker processes on this machine (default: 1; 0 = run trials in this process).",
+        help="Worker processes on this machine (default: 1; 0 = run trials in this process); with --launcher slurm, "
+        "worker jobs (e.g. --workers 8 --launcher slurm).",
     )
     p.add_argument("--timeout", type=float, help="Seconds after which no new trial starts (running ones finish).")
 
@@ -609,9 +620,15 @@ def _dry_run(args: argparse.Namespace, storage_url: str) -> int:
     return 0
 
 
-def _run_trials(study: Any, spec: dict[str, Any], storage_url: str, args: argparse.Namespace) -> bool:
-    """Run trials here (--workers 0) or in a pool of worker processes; returns False if interrupted."""
+def _run_trials(
+    study: Any, spec: dict[str, Any], storage_url: str, args: argparse.Namespace, launcher: Any = None
+) -> bool:
+    """Run trials here (--workers 0), in a pool of worker processes or in Slurm jobs; returns False if interrupted."""
     deadline = time.time() + args.timeout if args.timeout else None
+    if launcher is not None and launcher.name == "slurm":
+        from sweeps.slurm_workers import run_slurm_pool
+
+        return run_slurm_pool(study, spec, storage_url, args, deadline, launcher.cfg, _Progress(study))
     if args.workers == 0:
         try:
             run_worker(
@@ -629,6 +646,25 @@ def _run_trials(study: Any, spec: dict[str, Any], storage_url: str, args: argpar
     return run_pool(study, spec, storage_url, args, deadline)
 
 
+def _check_slurm_sweep(args: argparse.Namespace, storage_url: str, launcher: Any) -> None:
+    """Before the storage is created: an RDB storage and a tracking server every node reaches, a cluster answering."""
+    from harness.launchers.slurm import check_tracking_uri
+    from sweeps.slurm_workers import check_storage
+
+    if args.workers < 1:
+        raise ConfigError("--workers: --launcher slurm needs at least one worker job")
+    check_storage(storage_url)
+    if args.space:
+        probe = prepare_spec(load_space(args.space), args)[0]
+        uri = resolve_tracking_uri(probe["tracking_uri"]) if probe.get("tracking_enabled", True) else None
+    else:
+        uri = resolve_tracking_uri(args.tracking_uri)
+    if uri:
+        for w in check_tracking_uri(uri):
+            print(f"warning: {w}", file=sys.stderr)
+    launcher.check([])
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     if args.workers < 0:
         print("error: --workers must be >= 0", file=sys.stderr)
@@ -638,8 +674,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 2
     storage_url = normalize_storage_url(args.storage)
     _export_tracking_secret(args.tracking_uri)
+    launcher = launcher_from_args(args)  # bad --slurm-* values: before anything is created
     if args.dry_run:
         return _dry_run(args, storage_url)
+    if launcher.name == "slurm" and not args.report_only:
+        _check_slurm_sweep(args, storage_url, launcher)
     study, spec, parent = _open_study(args, storage_url)
     objective = spec["space"]["objective"]
     print(
@@ -649,7 +688,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     completed = True
     if not args.report_only:
-        completed = _run_trials(study, spec, storage_url, args)
+        completed = _run_trials(study, spec, storage_url, args, launcher)
         if completed:
             settle_running_trials(study, args.grace_period)
     written = finalize(study, spec, parent, args, status=None if completed else "KILLED")
