@@ -1,10 +1,11 @@
 """The seam between the shared trainer and an algorithm plug-in.
 
 The trainer turns prompts into :class:`RolloutGroup` objects (a prompt, its G completions and their
-rewards). A plug-in turns groups into a :class:`TrainBatch` (rows with advantages, loss weights and,
-for off-policy rows, stored behaviour log-probs), computes the loss on the policy's log-probs, and
-sees the step's outcome in ``after_step``. Everything an algorithm adds (replay buffers included)
-lives behind this interface; the trainer never mentions replay.
+rewards). A plug-in decides which of the step's groups to train on and whether to generate more first
+(``select_groups``: DAPO's dynamic sampling), turns the groups into a :class:`TrainBatch` (rows with
+advantages, loss weights and, for off-policy rows, stored behaviour log-probs), computes the loss on the
+policy's log-probs, and sees the step's outcome in ``after_step``. Everything an algorithm adds (replay
+buffers, resampling included) lives behind this interface; the trainer never mentions replay.
 """
 
 from __future__ import annotations
@@ -31,6 +32,38 @@ class RolloutGroup:
     # The rollout engine's per-token log-probs of each completion under the distribution it sampled from
     # (temperature, top-k, top-p applied); None when the engine returned none.
     engine_logprobs: list[np.ndarray | None] | None = None
+
+
+@dataclass
+class GroupSelection:
+    """An algorithm's answer to "these groups were generated this step: what now?" (``Algorithm.select_groups``).
+
+    ``more_prompts`` > 0: the trainer generates that many more prompts (from this process's own prompts, in the
+    sampler's order), appends their groups to the step's and asks again. 0: the step trains on the groups ``keep``
+    (indices into the step's groups, in the order given; never empty). Every generated token counts in the
+    step's ``tokens/generated`` and FLOPs, kept or not, so budgets stay honest.
+    """
+
+    keep: list[int]
+    more_prompts: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)  # the plug-in's own (logged with the step)
+    warning: str | None = None  # printed once by the trainer (main process) with the run's name
+
+
+def check_selection(selection: GroupSelection, num_groups: int, name: str) -> GroupSelection:
+    """A plug-in's :class:`GroupSelection`, checked (as replay strategies' output is): distinct in-range indices, a
+    non-negative request, and a non-empty ``keep`` once it asks for nothing more."""
+    keep = [int(i) for i in selection.keep]
+    if len(set(keep)) != len(keep) or any(not 0 <= i < num_groups for i in keep):
+        raise ValueError(
+            f"algorithm '{name}': select_groups kept {keep}, not distinct indices in range(0, {num_groups})"
+        )
+    if selection.more_prompts < 0:
+        raise ValueError(f"algorithm '{name}': select_groups asked for {selection.more_prompts} more prompts")
+    if not keep and not selection.more_prompts:
+        raise ValueError(f"algorithm '{name}': select_groups kept no group and asked for no more")
+    selection.keep = keep
+    return selection
 
 
 @dataclass
@@ -117,6 +150,19 @@ class Algorithm:
     def needs_reference_model(self) -> bool:
         return False
 
+    def select_groups(self, groups: list[RolloutGroup], *, rounds: int, prompts_per_step: int) -> GroupSelection:
+        """After scoring: which of the step's groups to train on, or how many more prompts to generate first.
+
+        ``groups``: every group generated this step so far (the first ``prompts_per_step``, then each extra round's);
+        ``rounds``: extra rounds generated so far. The plug-in caps the rounds itself. Default: train on every group
+        (no extra generation: the step is exactly one rollout of the sampler's prompts)."""
+        return GroupSelection(keep=list(range(len(groups))))
+
+    @classmethod
+    def max_prompts_per_step(cls, config: Any, prompts_per_step: int) -> int:
+        """The most prompts one step can generate (``select_groups``' extra rounds included): ``--dry-run``'s bounds."""
+        return prompts_per_step
+
     def build_batch(self, groups: list[RolloutGroup], step: int) -> TrainBatch:
         raise NotImplementedError
 
@@ -192,7 +238,10 @@ def available_algorithms() -> list[str]:
 
 def get_algorithm_class(name: str) -> type[Algorithm]:
     if name not in _ALGORITHMS:
-        raise ConfigError(f"unknown algorithm '{name}'; available: {', '.join(available_algorithms())}")
+        raise ConfigError(
+            f"unknown algorithm '{name}'; available: {', '.join(available_algorithms())} "
+            "(an algorithm of your own: load its module with --plugin MODULE)"
+        )
     return _ALGORITHMS[name]
 
 
