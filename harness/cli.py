@@ -22,7 +22,7 @@ import yaml
 from benchmarks.prepare import add_data_parser, cmd_data
 from harness import checkpoint as ckpt
 from harness.budget import plan_warnings
-from harness.cli_common import add_config_flags, add_data_dir_flag, add_report_flags, run_command
+from harness.cli_common import add_config_flags, add_data_dir_flag, add_plugin_flag, add_report_flags, run_command
 from harness.config import ConfigError, HarnessConfig, build_config, config_from_dict, describe_fields
 from harness.experiment import Member, matrix_name, name_members, print_matrix, run_matrix
 from harness.preflight import preflight
@@ -40,6 +40,7 @@ RUN_EPILOG = """examples:
 --set eval.at_budget_fractions=[0.25,0.5,0.75] --dry-run
   harness run --config paper-qwen3-1.7b --models qwen3-1.7b --algos grpo,repo:highest_k --seeds 3
   harness run --config my.yaml --resume runs/grpo-tiny-s42
+  harness run --plugin examples/my_algorithm.py --algos grpo,rloo --models tiny   # an algorithm of your own
   harness run --algos grpo,repo --models smollm2-135m-gguf --seeds 2    # a real pretrained model on CPU (~27 min)
   harness models prepare smollm2-135m-gguf                              # dequantise the GGUF once, ahead of time
 
@@ -123,6 +124,7 @@ def _add_run_parser(sub: Any) -> None:
         help="Print the matrix with estimated compute and exit (--verbose: also each resolved config).",
     )
     run.add_argument("--verbose", action="store_true", help="With --dry-run, print every resolved config.")
+    add_plugin_flag(run)
     add_data_dir_flag(
         run,
         data_dir_help="Prepared benchmark/training files (from `harness data prepare`); "

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from harness.cli_common import add_config_flags, add_data_dir_flag, add_report_flags, run_command
+from harness.cli_common import add_config_flags, add_data_dir_flag, add_plugin_flag, add_report_flags, run_command
 from harness.config import ConfigError, load_yaml, parse_override
 from harness.preflight import preflight, sweep_configs
 from harness.secrets import has_secret, mask_secrets, mask_uri
@@ -85,6 +85,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         data_dir_help="Prepared benchmark/training files (from `harness data prepare`); "
         "default $HARNESS_DATA_DIR or the cache. Workers inherit it.",
     )
+    add_plugin_flag(p)
     p.add_argument(
         "--no-progress",
         action="store_true",
