@@ -50,6 +50,17 @@ class GroupSelection:
     warning: str | None = None  # printed once by the trainer (main process) with the run's name
 
 
+def check_choice(chosen: list[int], num_offered: int, name: str) -> list[int]:
+    """A plug-in's ``choose_prompts`` answer, checked: distinct indices into the offer, at least one."""
+    out = [int(i) for i in chosen]
+    if not out or len(set(out)) != len(out) or any(not 0 <= i < num_offered for i in out):
+        raise ValueError(
+            f"algorithm '{name}': choose_prompts returned {out}, not distinct indices in range(0, {num_offered}) "
+            "(at least one)"
+        )
+    return out
+
+
 def check_selection(selection: GroupSelection, num_groups: int, name: str) -> GroupSelection:
     """A plug-in's :class:`GroupSelection`, checked (as replay strategies' output is): distinct in-range indices, a
     non-negative request, and a non-empty ``keep`` once it asks for nothing more."""
@@ -77,7 +88,7 @@ class TrainBatch:
     token_sum: np.ndarray  # [R] bool: aggregate a row's tokens by sum (bnpo, dr_grpo) instead of mean (grpo)
     old_logprobs: list[np.ndarray | None]  # stored behaviour log-probs; None = the current policy (on-policy)
     source: np.ndarray  # [R] int8: 0 = on-policy, 1 = replayed
-    group_index: np.ndarray  # [R] index into the step's groups
+    group_index: np.ndarray  # [R] index into the step's groups; -1: a replayed row of none of them
     policy_version: np.ndarray  # [R] version that generated the row
     metrics: dict[str, float] = field(default_factory=dict)  # batch-construction metrics (advantages, replay)
     # [R] float64: weight of each row's summed KL tokens when beta > 0 (like row_weights, fixed before the
@@ -149,6 +160,13 @@ class Algorithm:
     @property
     def needs_reference_model(self) -> bool:
         return False
+
+    def choose_prompts(self, prompt_ids: list[str], step: int) -> list[int]:
+        """Before rollout: which of the prompts the trainer offers to generate, and in what order (indices into
+        ``prompt_ids``, distinct, at least one). The offer is the next prompts of this process's own shard (so a prompt
+        stays with its process); the ones skipped are consumed, not generated. State the choice depends on belongs in
+        ``state_dict``. Default: every prompt, as offered."""
+        return list(range(len(prompt_ids)))
 
     def select_groups(self, groups: list[RolloutGroup], *, rounds: int, prompts_per_step: int) -> GroupSelection:
         """After scoring: which of the step's groups to train on, or how many more prompts to generate first.

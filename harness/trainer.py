@@ -1,9 +1,11 @@
 """The shared, algorithm-agnostic RL trainer (accelerate).
 
-One step: sample prompts -> rollout engine generates G completions per prompt -> score (math-verify
-accuracy, optional format reward) -> the algorithm builds the training batch -> forward/backward with
-the algorithm's loss (``num_iterations`` times) -> optimizer/scheduler step -> the algorithm's
-``after_step`` -> metrics to MLflow. Nothing here is specific to one algorithm.
+One step: sample prompts (the algorithm may skip or re-order them: ``choose_prompts``) -> rollout engine generates G
+completions per prompt -> score (math-verify accuracy, optional format reward; or a control, ``reward.kind``) -> the
+algorithm keeps groups or asks for more rollouts (``select_groups``; every generated token is counted) -> the
+algorithm builds the training batch -> forward/backward with the algorithm's loss (``num_iterations`` times) ->
+optimizer/scheduler step -> the algorithm's ``after_step`` -> metrics to MLflow. Nothing here is specific to one
+algorithm.
 
 The log-probs of the pre-step policy ("old" log-probs) are taken from the first training forward
 pass, detached: before the first optimizer step on a batch they are exactly the behaviour policy's,
@@ -30,7 +32,14 @@ import numpy as np
 import torch
 
 from algorithms import create_algorithm
-from algorithms.base import LossInputs, RolloutGroup, TrainBatch, algorithm_config_dict, check_selection
+from algorithms.base import (
+    LossInputs,
+    RolloutGroup,
+    TrainBatch,
+    algorithm_config_dict,
+    check_choice,
+    check_selection,
+)
 from benchmarks.datasets import load_train_set
 from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics
 from benchmarks.scoring import get_default_scorer, has_boxed_answer
@@ -619,15 +628,22 @@ class Trainer:
             ),  # 0: every sample came from the current weights
         }
 
+    def _chosen(self, offered: list[int]) -> list[int]:
+        """The offered prompts the algorithm chooses to generate (``choose_prompts``), in its order."""
+        ids = [self.train_rows[i]["id"] for i in offered]
+        chosen = check_choice(self.algorithm.choose_prompts(ids, self.step), len(offered), self.algorithm.name)
+        return [offered[i] for i in chosen]
+
     def collect_groups(self) -> tuple[list[RolloutGroup], list[RolloutGroup], dict[str, float]]:
-        """The step's rollouts: the sampler's prompts, then more while the algorithm asks (``select_groups``).
+        """The step's rollouts: the sampler's prompts (those the algorithm's ``choose_prompts`` keeps, in its order), then
+        more while the algorithm asks (``select_groups``).
 
         Returns (every group generated, the groups to train on, metrics). The metrics cover everything generated, kept
         or dropped (``tokens/generated``, hence FLOPs and budgets, count discarded samples too), plus how many groups
         were generated, kept and dropped and the extra rounds. An algorithm that keeps every group of one round (GRPO,
         RePO) gets exactly one rollout of ``train.prompts_per_step`` prompts."""
         per_step = self.cfg.train.prompts_per_step
-        rounds = [self._sample(self.sampler.next_indices())]
+        rounds = [self._sample(self._chosen(self.sampler.next_indices()))]
         generated = list(rounds[0].groups)
         while True:
             sel = check_selection(
@@ -637,7 +653,8 @@ class Trainer:
             )
             if not sel.more_prompts:
                 break
-            rounds.append(self._sample(self.sampler.next_indices(sel.more_prompts), round_index=len(rounds)))
+            more = self._chosen(self.sampler.next_indices(sel.more_prompts))
+            rounds.append(self._sample(more, round_index=len(rounds)))
             generated.extend(rounds[-1].groups)
         if sel.warning and self.is_main:
             print(f"warning: {self.run_name}: step {self.step + 1}: {sel.warning}", file=sys.stderr, flush=True)

@@ -75,6 +75,6 @@ def test_harness_run_with_the_example_plugin_trains_it(quick_model_dir, tmp_path
     ]:
         argv += ["--set", s]
     assert main(argv) == 0
-    (summary,) = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/summary.json")]
+    (summary,) = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("summary.json")]
     assert summary["status"] == "FINISHED" and summary["steps"] == 3
     assert summary["run_name"].startswith("rloo-")
