@@ -2,7 +2,7 @@
 
     harness run --plugin examples/my_algorithm.py --algos grpo,rloo --models tiny --steps 20
     harness run --plugin examples/my_algorithm.py --algos repo:oldest_k --models tiny     # the strategy below
-    harness config show --algo rloo                                                       # (with --plugin too)
+    harness config show --plugin examples/my_algorithm.py --algo rloo                     # its documented fields
 
 RLOO (Ahmadian et al., 2024, *Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
 Feedback in LLMs*, arXiv 2402.14740): each sample's baseline is the mean reward of the *other* G - 1 samples of its

@@ -196,6 +196,7 @@ def _add_config_parser(sub: Any) -> None:
     csub = cfg.add_subparsers(dest="config_command", required=True)
     show = csub.add_parser("show", help="Print all fields (and an algorithm's own fields).")
     show.add_argument("--algo", default="grpo", help="Algorithm whose fields to include (default: grpo).")
+    add_plugin_flag(show)
 
 
 def build_parser() -> argparse.ArgumentParser:

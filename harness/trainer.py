@@ -431,6 +431,7 @@ class Trainer:
                     "model": cfg.model.name,
                     "seed": cfg.train.seed,
                     "train_set": cfg.data.train,
+                    "reward": cfg.reward.kind,  # a control run (random, format_only) is told apart from the verifier's
                     "engine": self.engine_name,
                     "engine.requested": g.engine,
                     "num_processes": acc.num_processes,

@@ -139,8 +139,8 @@ def _record_rounds(tr):
     seen: list[list[list[RolloutGroup]]] = []
     inner = tr._sample
 
-    def sample(indices):
-        out = inner(indices)
+    def sample(indices, **kw):
+        out = inner(indices, **kw)
         if len(seen) <= tr.step:
             seen.append([])
         seen[tr.step].append(out.groups)
@@ -210,3 +210,18 @@ def test_generated_tokens_budget_counts_the_discarded_samples(make_config):
     assert summary["budget"]["spent"] == generated[-1]
     assert kept[-1] < generated[-1]  # ...counting what was dropped (kept tokens alone would not have stopped it here)
     assert sum(r.metrics["groups/dropped"] for r in records) > 0
+
+
+def test_dry_run_bounds_count_every_extra_round():
+    from harness.budget import estimate
+    from harness.config import build_config
+
+    def est(algorithm):
+        cfg = build_config(
+            "tiny", {"algorithm": algorithm, "train": {"budget": "generated_tokens:1e6", "max_steps": -1}}
+        )
+        return estimate(cfg, "tiny")
+
+    grpo, dapo = est({"name": "grpo"}), est({"name": "dapo", "max_gen_batches": 2})
+    assert dapo["min_steps"] == pytest.approx(grpo["min_steps"] / 3)  # 16 prompts + 2 rounds of 16 at most
+    assert est({"name": "dapo", "dynamic_sampling": False})["min_steps"] == pytest.approx(grpo["min_steps"])

@@ -57,6 +57,22 @@ def test_example_registers_an_algorithm_and_a_strategy_and_records_itself_for_ch
     assert batch.metrics["effective/step"] == 0.5
 
 
+def test_plugin_flag_on_run_sweep_and_config_show_and_sweep_workers_load_from_the_environment(plugin_env, capsys):
+    from harness.cli import build_parser, main
+
+    parser = build_parser()
+    for argv in (["run", "--algos", "rloo"], ["sweep", "space.yaml"], ["config", "show"]):
+        args = parser.parse_args(argv + ["--plugin", "a.b", "--plugin", str(EXAMPLE)])
+        assert args.plugins == ["a.b", str(EXAMPLE)]
+    assert main(["config", "show", "--algo", "rloo", "--plugin", str(EXAMPLE)]) == 0
+    assert "algorithm.advantage_scale" in capsys.readouterr().out
+    import inspect
+
+    import sweeps.worker
+
+    assert "load_plugins_from_env()" in inspect.getsource(sweeps.worker.main)  # workers import what the parent loaded
+
+
 @pytest.mark.slow
 def test_harness_run_with_the_example_plugin_trains_it(quick_model_dir, tmp_path, monkeypatch, plugin_env):
     from harness.cli import main
