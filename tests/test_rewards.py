@@ -51,10 +51,12 @@ def test_reward_section_is_validated():
 
 
 @pytest.mark.slow
-def test_random_reward_run_on_tiny_trains_on_the_seeded_draws(make_config):
+def test_random_reward_run_on_tiny_trains_on_the_seeded_draws_and_resumes_them(make_config):
     from harness.trainer import Trainer
 
-    cfg = make_config("grpo", reward={"kind": "random", "random_p": 0.5})
+    cfg = make_config(
+        "grpo", reward={"kind": "random", "random_p": 0.5}, train={"save_every": 2, "keep_checkpoints": 3}
+    )
     tr = Trainer(cfg, progress=False)
     records = []
     tr.callbacks.append(records.append)
@@ -64,3 +66,7 @@ def test_random_reward_run_on_tiny_trains_on_the_seeded_draws(make_config):
         assert np.concatenate(rec.rewards).tolist() == draws.astype(float).tolist()
         assert "reward/accuracy" in rec.metrics  # the verifier's accuracy is still logged
     assert any(r.metrics["samples/nonzero_adv_frac"] > 0 for r in records)
+    resumed = Trainer(cfg, resume=str(tr.output_dir / "checkpoint-2"), progress=False)
+    rec = resumed.train_step()  # the same draws after a resume
+    assert rec.rewards == records[2].rewards and rec.completion_ids == records[2].completion_ids
+    resumed.close()
