@@ -73,6 +73,20 @@ def test_plugin_flag_on_run_sweep_and_config_show_and_sweep_workers_load_from_th
     assert "load_plugins_from_env()" in inspect.getsource(sweeps.worker.main)  # workers import what the parent loaded
 
 
+def test_a_child_process_imports_the_plugins_recorded_in_the_environment(plugin_env):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from harness.plugins import load_plugins_from_env; load_plugins_from_env(); "
+        "from algorithms import available_algorithms; print('rloo' in available_algorithms())"
+    )
+    env = dict(os.environ, **{PLUGIN_ENV: str(EXAMPLE)})
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
+
+
 @pytest.mark.slow
 def test_harness_run_with_the_example_plugin_trains_it(quick_model_dir, tmp_path, monkeypatch, plugin_env):
     from harness.cli import main
