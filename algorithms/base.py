@@ -1,10 +1,11 @@
 """The seam between the shared trainer and an algorithm plug-in.
 
 The trainer turns prompts into :class:`RolloutGroup` objects (a prompt, its G completions and their
-rewards). A plug-in turns groups into a :class:`TrainBatch` (rows with advantages, loss weights and,
-for off-policy rows, stored behaviour log-probs), computes the loss on the policy's log-probs, and
-sees the step's outcome in ``after_step``. Everything an algorithm adds (replay buffers included)
-lives behind this interface; the trainer never mentions replay.
+rewards). A plug-in decides which of the step's groups to train on and whether to generate more first
+(``select_groups``: DAPO's dynamic sampling), turns the groups into a :class:`TrainBatch` (rows with
+advantages, loss weights and, for off-policy rows, stored behaviour log-probs), computes the loss on the
+policy's log-probs, and sees the step's outcome in ``after_step``. Everything an algorithm adds (replay
+buffers, resampling included) lives behind this interface; the trainer never mentions replay.
 """
 
 from __future__ import annotations
@@ -34,6 +35,49 @@ class RolloutGroup:
 
 
 @dataclass
+class GroupSelection:
+    """An algorithm's answer to "these groups were generated this step: what now?" (``Algorithm.select_groups``).
+
+    ``more_prompts`` > 0: the trainer generates that many more prompts (from this process's own prompts, in the
+    sampler's order), appends their groups to the step's and asks again. 0: the step trains on the groups ``keep``
+    (indices into the step's groups, in the order given; never empty). Every generated token counts in the
+    step's ``tokens/generated`` and FLOPs, kept or not, so budgets stay honest.
+    """
+
+    keep: list[int]
+    more_prompts: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)  # the plug-in's own (logged with the step)
+    warning: str | None = None  # printed once by the trainer (main process) with the run's name
+
+
+def check_choice(chosen: list[int], num_offered: int, name: str) -> list[int]:
+    """A plug-in's ``choose_prompts`` answer, checked: distinct indices into the offer, at least one."""
+    out = [int(i) for i in chosen]
+    if not out or len(set(out)) != len(out) or any(not 0 <= i < num_offered for i in out):
+        raise ValueError(
+            f"algorithm '{name}': choose_prompts returned {out}, not distinct indices in range(0, {num_offered}) "
+            "(at least one)"
+        )
+    return out
+
+
+def check_selection(selection: GroupSelection, num_groups: int, name: str) -> GroupSelection:
+    """A plug-in's :class:`GroupSelection`, checked (as replay strategies' output is): distinct in-range indices, a
+    non-negative request, and a non-empty ``keep`` once it asks for nothing more."""
+    keep = [int(i) for i in selection.keep]
+    if len(set(keep)) != len(keep) or any(not 0 <= i < num_groups for i in keep):
+        raise ValueError(
+            f"algorithm '{name}': select_groups kept {keep}, not distinct indices in range(0, {num_groups})"
+        )
+    if selection.more_prompts < 0:
+        raise ValueError(f"algorithm '{name}': select_groups asked for {selection.more_prompts} more prompts")
+    if not keep and not selection.more_prompts:
+        raise ValueError(f"algorithm '{name}': select_groups kept no group and asked for no more")
+    selection.keep = keep
+    return selection
+
+
+@dataclass
 class TrainBatch:
     """Rows the trainer runs forward/backward on. All per-row arrays have the same length R."""
 
@@ -44,7 +88,7 @@ class TrainBatch:
     token_sum: np.ndarray  # [R] bool: aggregate a row's tokens by sum (bnpo, dr_grpo) instead of mean (grpo)
     old_logprobs: list[np.ndarray | None]  # stored behaviour log-probs; None = the current policy (on-policy)
     source: np.ndarray  # [R] int8: 0 = on-policy, 1 = replayed
-    group_index: np.ndarray  # [R] index into the step's groups
+    group_index: np.ndarray  # [R] index into the step's groups; -1: a replayed row of none of them
     policy_version: np.ndarray  # [R] version that generated the row
     metrics: dict[str, float] = field(default_factory=dict)  # batch-construction metrics (advantages, replay)
     # [R] float64: weight of each row's summed KL tokens when beta > 0 (like row_weights, fixed before the
@@ -116,6 +160,26 @@ class Algorithm:
     @property
     def needs_reference_model(self) -> bool:
         return False
+
+    def choose_prompts(self, prompt_ids: list[str], step: int) -> list[int]:
+        """Before rollout: which of the prompts the trainer offers to generate, and in what order (indices into
+        ``prompt_ids``, distinct, at least one). The offer is the next prompts of this process's own shard (so a prompt
+        stays with its process); the ones skipped are consumed, not generated. State the choice depends on belongs in
+        ``state_dict``. Default: every prompt, as offered."""
+        return list(range(len(prompt_ids)))
+
+    def select_groups(self, groups: list[RolloutGroup], *, rounds: int, prompts_per_step: int) -> GroupSelection:
+        """After scoring: which of the step's groups to train on, or how many more prompts to generate first.
+
+        ``groups``: every group generated this step so far (the first ``prompts_per_step``, then each extra round's);
+        ``rounds``: extra rounds generated so far. The plug-in caps the rounds itself. Default: train on every group
+        (no extra generation: the step is exactly one rollout of the sampler's prompts)."""
+        return GroupSelection(keep=list(range(len(groups))))
+
+    @classmethod
+    def max_prompts_per_step(cls, config: Any, prompts_per_step: int) -> int:
+        """The most prompts one step can generate (``select_groups``' extra rounds included): ``--dry-run``'s bounds."""
+        return prompts_per_step
 
     def build_batch(self, groups: list[RolloutGroup], step: int) -> TrainBatch:
         raise NotImplementedError
@@ -192,7 +256,10 @@ def available_algorithms() -> list[str]:
 
 def get_algorithm_class(name: str) -> type[Algorithm]:
     if name not in _ALGORITHMS:
-        raise ConfigError(f"unknown algorithm '{name}'; available: {', '.join(available_algorithms())}")
+        raise ConfigError(
+            f"unknown algorithm '{name}'; available: {', '.join(available_algorithms())} "
+            "(an algorithm of your own: load its module with --plugin MODULE)"
+        )
     return _ALGORITHMS[name]
 
 

@@ -28,6 +28,7 @@ with :func:`register_strategy`.
 
 from __future__ import annotations
 
+import bisect
 import operator
 import random
 from typing import Callable, Optional, Sequence
@@ -200,7 +201,8 @@ def max_variance_k(rewards: Sequence[float], k: int, rng: random.Random) -> list
     integers over a common power-of-two denominator), so e.g. ``{0.1, 0.3}`` and
     ``{0.2, 0.4}`` tie only if their binary floats really have equal variance.
 
-    Runs in O(n log n) without enumerating subsets.  Why this is exact:
+    Runs in O(n log n) for the sort, then O(k) over the k + 1 candidate splits (prefix sums of the k lowest and the
+    k highest values) and O(k log n) to pick indices, without enumerating subsets.  Why this is exact:
 
     1. With ``m`` the subset mean and ``f(S) = k * var(S) = sum x^2 - (sum x)^2 / k``,
        swapping an included ``x`` for an excluded ``y = x + d`` changes ``f`` by
@@ -234,32 +236,33 @@ def max_variance_k(rewards: Sequence[float], k: int, rng: random.Random) -> list
 
     order = sorted(range(n), key=lambda i: (a[i], i))  # sorted by value, then index
     sv = [a[i] for i in order]
-    pre = [0] * (n + 1)
-    pre2 = [0] * (n + 1)
-    for t, x in enumerate(sv):
-        pre[t + 1] = pre[t] + x
-        pre2[t + 1] = pre2[t] + x * x
+    # O(k) from here: the k + 1 candidates need the sums of the k lowest and the k highest values only.
+    lo, lo2 = [0] * (k + 1), [0] * (k + 1)  # sums of the j lowest values (and of their squares), j = 0..k
+    hi, hi2 = [0] * (k + 1), [0] * (k + 1)  # sums of the m highest values, m = 0..k
+    for t in range(k):
+        x, y = sv[t], sv[n - 1 - t]
+        lo[t + 1], lo2[t + 1] = lo[t] + x, lo2[t] + x * x
+        hi[t + 1], hi2[t + 1] = hi[t] + y, hi2[t] + y * y
 
     best_j, best_key = 0, None
     for j in range(k + 1):  # j smallest + (k - j) largest
-        hi = n - k + j
-        s = pre[j] + pre[n] - pre[hi]
-        q = pre2[j] + pre2[n] - pre2[hi]
+        s = lo[j] + hi[k - j]
+        q = lo2[j] + hi2[k - j]
         key = k * q - s * s  # = k^2 * D^2 * population variance, exact
         if best_key is None or key > best_key:  # strict: first j = largest sum
             best_j, best_key = j, key
 
-    # Multiset = sorted positions [0, best_j) U [n-k+best_j, n).  For each block of
-    # equal values take the same count from the block's start (earliest indices).
-    lo_cut, hi_cut = best_j, n - k + best_j
+    # Multiset = sorted positions [0, best_j) U [n-k+best_j, n).  For each value among them take as many indices
+    # as it has there from the start of its block of equal values (its earliest indices; one bisect per value).
+    chosen = list(range(best_j)) + list(range(n - k + best_j, n))
     out: list[int] = []
-    start = 0
-    while start < n:
-        end = start
-        while end < n and sv[end] == sv[start]:
-            end += 1
-        count = max(0, min(end, lo_cut) - start) + max(0, end - max(start, hi_cut))
-        out.extend(order[start : start + count])
-        start = end
+    t = 0
+    while t < k:
+        u = t
+        while u < k and sv[chosen[u]] == sv[chosen[t]]:
+            u += 1
+        start = bisect.bisect_left(sv, sv[chosen[t]])
+        out.extend(order[start : start + (u - t)])
+        t = u
     out.sort()
     return out

@@ -38,6 +38,8 @@ TOTALED = (
     "tokens/prompt",
     "tokens/with_gradient",
     "effective/step",
+    "groups/generated",
+    "groups/dropped",
     "time/step_s",
     "time/generate_s",
     "time/train_s",
@@ -183,7 +185,8 @@ def param_count(model: str) -> float | None:
 
 def estimate(cfg: Any, model: str) -> dict[str, Any]:
     """Upper-bound compute per step of a planned run from its config: every prompt and completion at its maximum
-    length, and every prompt training the most rows its algorithm can add (RePO: k replayed rows)."""
+    length, every prompt training the most rows its algorithm can add (RePO: k replayed rows), and a step generating
+    the most prompts its algorithm can ask for (DAPO: every extra round)."""
     from algorithms import resolve_algorithm
     from harness.memory import estimate_for_config, model_arch
 
@@ -191,8 +194,9 @@ def estimate(cfg: Any, model: str) -> dict[str, Any]:
     rows = t.prompts_per_step * g.num_generations
     cls, algo_cfg = resolve_algorithm(cfg.algorithm)
     extra = t.prompts_per_step * (cls.max_rows_per_prompt(algo_cfg, g.num_generations) - g.num_generations)
+    generated_rows = cls.max_prompts_per_step(algo_cfg, t.prompts_per_step) * g.num_generations  # DAPO: extra rounds
     width = cfg.data.max_prompt_length + g.max_completion_length
-    gen_tokens, train_tokens = rows * width, (rows + extra) * width
+    gen_tokens, train_tokens = generated_rows * width, (rows + extra) * width
     n = param_count(model)
     flops = (2 * gen_tokens + 6 * train_tokens) * n if n else None
     mem = estimate_for_config(cfg, model_arch(model), replay_rows=extra)
@@ -205,7 +209,7 @@ def estimate(cfg: Any, model: str) -> dict[str, Any]:
         return {**out, "budget": f"{t.epochs} epochs", "min_steps": None}
     per_step = {
         "steps": 1.0,
-        "generated_tokens": float(rows * g.max_completion_length),
+        "generated_tokens": float(generated_rows * g.max_completion_length),
         "trained_tokens": float(train_tokens),
         "flops": flops,
         "wall_seconds": None,

@@ -26,6 +26,7 @@ from harness.cli_common import (
     add_config_flags,
     add_data_dir_flag,
     add_launcher_flags,
+    add_plugin_flag,
     add_report_flags,
     launcher_from_args,
     run_command,
@@ -47,6 +48,7 @@ RUN_EPILOG = """examples:
 --set eval.at_budget_fractions=[0.25,0.5,0.75] --dry-run
   harness run --config paper-qwen3-1.7b --models qwen3-1.7b --algos grpo,repo:highest_k --seeds 3
   harness run --config my.yaml --resume runs/grpo-tiny-s42
+  harness run --plugin examples/my_algorithm.py --algos grpo,rloo --models tiny   # an algorithm of your own
   harness run --algos grpo,repo --models smollm2-135m-gguf --seeds 2    # a real pretrained model on CPU (~27 min)
   harness models prepare smollm2-135m-gguf                              # dequantise the GGUF once, ahead of time
   harness run --algos grpo,repo --models all --seeds 3 --launcher slurm --slurm-partition gpu --slurm-gpus 4 \
@@ -133,6 +135,7 @@ def _add_run_parser(sub: Any) -> None:
         help="Print the matrix with estimated compute and exit (--verbose: also each resolved config).",
     )
     run.add_argument("--verbose", action="store_true", help="With --dry-run, print every resolved config.")
+    add_plugin_flag(run)
     add_data_dir_flag(
         run,
         data_dir_help="Prepared benchmark/training files (from `harness data prepare`); "
@@ -225,6 +228,7 @@ def _add_config_parser(sub: Any) -> None:
     csub = cfg.add_subparsers(dest="config_command", required=True)
     show = csub.add_parser("show", help="Print all fields (and an algorithm's own fields).")
     show.add_argument("--algo", default="grpo", help="Algorithm whose fields to include (default: grpo).")
+    add_plugin_flag(show)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from benchmarks.datasets import DatasetError
 from harness.checkpoint import CheckpointError
 from harness.config import ConfigError
 from harness.launchers import LaunchError
+from harness.plugins import load_plugins
 from harness.secrets import SecretMissingError
 
 
@@ -27,6 +28,20 @@ def add_config_flags(
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=set_help)
     p.add_argument("--tracking-uri", help=tracking_uri_help)
     p.add_argument("--experiment", help=experiment_help)
+
+
+def add_plugin_flag(p: argparse.ArgumentParser) -> None:
+    """``--plugin MODULE`` (repeatable, into ``args.plugins``): :func:`run_command` imports each before the command."""
+    p.add_argument(
+        "--plugin",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="Import a module of your own first (a module name on PYTHONPATH, or a .py file) so that the algorithms "
+        "and replay strategies it registers can be named; repeatable. Child processes import it too. "
+        "Example: examples/my_algorithm.py.",
+    )
 
 
 def add_data_dir_flag(p: argparse.ArgumentParser, *, data_dir_help: str) -> None:
@@ -43,6 +58,7 @@ def add_report_flags(p: argparse.ArgumentParser, *, report_dir_help: str, no_rep
 def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a parsed command line; returns its exit code.
 
+    ``--plugin`` modules (and those a parent process recorded in $HARNESS_PLUGINS) are imported first.
     ``--data-dir`` becomes $HARNESS_DATA_DIR (read by every loader, the trainer's and evaluation's alike, and
     inherited by sweep workers). A bad config, data set or checkpoint, or a tracking URI saved without its
     password, ends the command with one line on stderr and exit code 2 instead of a traceback; cluster jobs that did
@@ -51,6 +67,7 @@ def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Nam
     if getattr(args, "data_dir", None):  # not every command has the flag
         os.environ["HARNESS_DATA_DIR"] = args.data_dir
     try:
+        load_plugins(getattr(args, "plugins", None) or [])  # before any config names what they register
         return command(args)
     except DatasetError as e:
         print(f"data error: {e}", file=sys.stderr)

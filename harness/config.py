@@ -227,6 +227,26 @@ class TrainConfig:
     output_dir: str = _f("runs/{run_name}", "Where checkpoints and local artifacts go; {run_name} is substituted.")
 
 
+REWARD_KINDS = ("verifier", "random", "format_only")
+
+
+@dataclass
+class RewardConfig:
+    kind: str = _f(
+        "verifier",
+        "What the training reward is: verifier (the answer checked against the reference, plus "
+        "train.format_reward_weight x format; the paper's), random (1 with probability random_p whatever the "
+        "completion says, deterministic from train.seed: the control of Shao et al., 2025, 'Spurious Rewards: "
+        "Rethinking Training Signals in RLVR', arXiv 2506.10947) or format_only (1 when the completion boxes an "
+        "answer, right or not: the same paper's format reward). Works with every algorithm; reward/accuracy always "
+        "logs the verifier's accuracy, so a report shows how much of a gain survives against the control.",
+        choices=REWARD_KINDS,
+    )
+    random_p: float = _f(
+        0.5, "kind=random: probability that a sample's reward is 1 (Spurious Rewards: gamma = 0.5).", ge=0, le=1
+    )
+
+
 @dataclass
 class EvalConfig:
     benchmarks: list[str] = _f(
@@ -270,6 +290,7 @@ class HarnessConfig:
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # The algorithm section is resolved by the algorithm registry: `name` (optionally `name:variant`)
@@ -280,7 +301,7 @@ class HarnessConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS = ("model", "data", "generation", "train", "eval", "tracking", "algorithm")
+SECTIONS = ("model", "data", "generation", "train", "reward", "eval", "tracking", "algorithm")
 
 
 # --------------------------------------------------------------------------------------------

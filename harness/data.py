@@ -36,15 +36,17 @@ class PromptSampler:
         rng = np.random.default_rng([self.seed, epoch, self.process_index])
         return self.shard[rng.permutation(len(self.shard))]
 
-    def next_indices(self) -> list[int]:
-        """The next ``prompts_per_step`` prompt indices; an epoch's tail continues into the next epoch."""
+    def next_indices(self, count: int | None = None) -> list[int]:
+        """The next ``count`` (default ``prompts_per_step``) prompt indices; an epoch's tail continues into the next
+        epoch. Extra rounds of a step (an algorithm's ``select_groups`` asking for more) draw from the same stream."""
+        want = self.prompts_per_step if count is None else count
         out: list[int] = []
-        while len(out) < self.prompts_per_step:
+        while len(out) < want:
             if self.position >= len(self._order):
                 self.epoch += 1
                 self.position = 0
                 self._order = self._permutation(self.epoch)
-            take = min(self.prompts_per_step - len(out), len(self._order) - self.position)
+            take = min(want - len(out), len(self._order) - self.position)
             out.extend(int(i) for i in self._order[self.position : self.position + take])
             self.position += take
         return out

@@ -1,9 +1,9 @@
 """A step's metrics: pooled over micro-batches (:class:`MetricSums`) and combined over processes (:func:`reduce_metrics`).
 
 One rule says how a metric combines (:func:`metric_kind`): names ending ``/max`` or ``/min`` keep the extreme; counts
-are summed (the trainer's ``tokens/*`` and ``flops/*``, and the names an algorithm declares in its ``summed_metrics``);
-everything else is a mean (over micro-batches: numerator / denominator, so they pool by token or row count; over
-processes: the mean of the processes that logged it).
+are summed (the trainer's ``tokens/*``, ``flops/*`` and group counts, and the names an algorithm declares in its
+``summed_metrics``); everything else is a mean (over micro-batches: numerator / denominator, so they pool by token or
+row count; over processes: the mean of the processes that logged it).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import torch
 
 #: The trainer's own counts (prefixes): summed over processes.
 SUMMED_PREFIXES = ("tokens/", "flops/")
+#: The trainer's own counts (exact names): the step's groups generated, trained on and dropped (``select_groups``).
+SUMMED_NAMES = ("groups/generated", "groups/kept", "groups/dropped")
 
 
 def metric_kind(name: str, summed: Iterable[str] = ()) -> str:
@@ -22,7 +24,7 @@ def metric_kind(name: str, summed: Iterable[str] = ()) -> str:
         return "max"
     if name.endswith("/min"):
         return "min"
-    if name.startswith(SUMMED_PREFIXES) or name in summed:
+    if name.startswith(SUMMED_PREFIXES) or name in SUMMED_NAMES or name in summed:
         return "sum"
     return "mean"
 

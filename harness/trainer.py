@@ -1,9 +1,11 @@
 """The shared, algorithm-agnostic RL trainer (accelerate).
 
-One step: sample prompts -> rollout engine generates G completions per prompt -> score (math-verify
-accuracy, optional format reward) -> the algorithm builds the training batch -> forward/backward with
-the algorithm's loss (``num_iterations`` times) -> optimizer/scheduler step -> the algorithm's
-``after_step`` -> metrics to MLflow. Nothing here is specific to one algorithm.
+One step: sample prompts (the algorithm may skip or re-order them: ``choose_prompts``) -> rollout engine generates G
+completions per prompt -> score (math-verify accuracy, optional format reward; or a control, ``reward.kind``) -> the
+algorithm keeps groups or asks for more rollouts (``select_groups``; every generated token is counted) -> the
+algorithm builds the training batch -> forward/backward with the algorithm's loss (``num_iterations`` times) ->
+optimizer/scheduler step -> the algorithm's ``after_step`` -> metrics to MLflow. Nothing here is specific to one
+algorithm.
 
 The log-probs of the pre-step policy ("old" log-probs) are taken from the first training forward
 pass, detached: before the first optimizer step on a batch they are exactly the behaviour policy's,
@@ -30,7 +32,14 @@ import numpy as np
 import torch
 
 from algorithms import create_algorithm
-from algorithms.base import LossInputs, RolloutGroup, TrainBatch, algorithm_config_dict
+from algorithms.base import (
+    LossInputs,
+    RolloutGroup,
+    TrainBatch,
+    algorithm_config_dict,
+    check_choice,
+    check_selection,
+)
 from benchmarks.datasets import load_train_set
 from benchmarks.evaluation import EvalSettings, evaluate, flat_metrics
 from benchmarks.scoring import get_default_scorer, has_boxed_answer
@@ -47,6 +56,7 @@ from harness.logprobs import completion_logprobs
 from harness.memory import peak_rss_bytes, plan_microbatches, reset_peak_rss
 from harness.metrics import MetricSums, reduce_metrics
 from harness.models import encode_prompt, get_spec, instruction_for, load_model, load_tokenizer, resolve_path
+from harness.rewards import training_rewards
 from harness.rollout import SamplingParams
 from harness.secrets import mask_secrets
 from harness.tracking import Tracker, mark_run_failed
@@ -118,6 +128,24 @@ def row_engine_logprobs(batch: TrainBatch, groups: list[RolloutGroup]) -> list[n
         used.add(j)
         out[r] = g.engine_logprobs[j]
     return out
+
+
+@dataclass
+class _Sampled:
+    """One rollout round: its groups and the per-sample values the step's metrics are computed from."""
+
+    groups: list[RolloutGroup]
+    texts: list[str]
+    rewards: np.ndarray
+    accuracy: np.ndarray
+    format: np.ndarray
+    lengths: np.ndarray
+    truncated: np.ndarray
+    prompt_truncated: list[bool]
+    prompt_tokens: int
+    versions: list[int]
+    t_generate: float
+    t_score: float
 
 
 @dataclass
@@ -403,6 +431,7 @@ class Trainer:
                     "model": cfg.model.name,
                     "seed": cfg.train.seed,
                     "train_set": cfg.data.train,
+                    "reward": cfg.reward.kind,  # a control run (random, format_only) is told apart from the verifier's
                     "engine": self.engine_name,
                     "engine.requested": g.engine,
                     "num_processes": acc.num_processes,
@@ -507,7 +536,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def rollout(self, indices: list[int]) -> tuple[list[RolloutGroup], dict[str, float]]:
-        g, t = self.cfg.generation, self.cfg.train
+        """Generate and score G completions for each prompt ``indices`` names; returns the groups and their metrics."""
+        sampled = self._sample(indices)
+        self._last_texts = sampled.texts
+        return sampled.groups, self._rollout_metrics([sampled])
+
+    def _sample(self, indices: list[int], round_index: int = 0) -> "_Sampled":
+        """One rollout round of a step: generate, decode, score; the reward follows ``reward.kind``."""
+        g, t, rw = self.cfg.generation, self.cfg.train, self.cfg.reward
         rows = [self.train_rows[i] for i in indices]
         encoded = [self.encode(r["problem"]) for r in rows]
         prompts = [e[0] for e in encoded]
@@ -530,7 +566,14 @@ class Trainer:
         scored = self.scorer.score_batch(texts, golds)
         acc = np.array([s.reward for s in scored], dtype=np.float64)
         fmt = np.array([1.0 if has_boxed_answer(x) else 0.0 for x in texts])
-        rewards = acc + t.format_reward_weight * fmt
+        rewards = training_rewards(
+            rw.kind,
+            acc,
+            fmt,
+            format_weight=t.format_reward_weight,
+            random_p=rw.random_p,
+            key=(t.seed, self.accelerator.process_index, self.step, round_index),
+        )
         t_score = time.perf_counter() - t0
         G = g.num_generations
         # The policy version of a group is the one the engine reports for its samples (the oldest, should they differ).
@@ -546,9 +589,28 @@ class Trainer:
             )
             for i, (r, p, o) in enumerate(zip(rows, prompts, outs))
         ]
-        lengths = np.array([len(c.token_ids) for o in outs for c in o])
-        truncated = np.array([c.finish_reason == "length" for o in outs for c in o])
-        metrics = {
+        return _Sampled(
+            groups=groups,
+            texts=texts,
+            rewards=rewards,
+            accuracy=acc,
+            format=fmt,
+            lengths=np.array([len(c.token_ids) for o in outs for c in o]),
+            truncated=np.array([c.finish_reason == "length" for o in outs for c in o]),
+            prompt_truncated=[e[1] for e in encoded],
+            prompt_tokens=sum(len(p) for p in prompts),
+            versions=versions,
+            t_generate=t_gen,
+            t_score=t_score,
+        )
+
+    def _rollout_metrics(self, rounds: list["_Sampled"]) -> dict[str, float]:
+        """Metrics of everything generated in a step (every round, kept or not): rewards, lengths, tokens, time."""
+        rewards, acc, fmt, lengths, truncated = (
+            np.concatenate([getattr(r, name) for r in rounds])
+            for name in ("rewards", "accuracy", "format", "lengths", "truncated")
+        )
+        return {
             "reward/mean": float(rewards.mean()),
             "reward/std": float(rewards.std()),
             "reward/accuracy": float(acc.mean()),
@@ -557,17 +619,58 @@ class Trainer:
             "completion/max_length": float(lengths.max()),
             "completion/min_length": float(lengths.min()),
             "completion/truncated_frac": float(truncated.mean()),
-            "prompt/truncated_frac": float(np.mean([e[1] for e in encoded])),
+            "prompt/truncated_frac": float(np.mean([x for r in rounds for x in r.prompt_truncated])),
             "tokens/generated": float(lengths.sum()),
-            "tokens/prompt": float(sum(len(p) for p in prompts)),
-            "time/generate_s": t_gen,
-            "time/score_s": t_score,
+            "tokens/prompt": float(sum(r.prompt_tokens for r in rounds)),
+            "time/generate_s": sum(r.t_generate for r in rounds),
+            "time/score_s": sum(r.t_score for r in rounds),
             "engine/policy_lag_max": float(
-                self.policy_version - min(versions)
+                self.policy_version - min(v for r in rounds for v in r.versions)
             ),  # 0: every sample came from the current weights
         }
-        self._last_texts = texts
-        return groups, metrics
+
+    def _chosen(self, offered: list[int]) -> list[int]:
+        """The offered prompts the algorithm chooses to generate (``choose_prompts``), in its order."""
+        ids = [self.train_rows[i]["id"] for i in offered]
+        chosen = check_choice(self.algorithm.choose_prompts(ids, self.step), len(offered), self.algorithm.name)
+        return [offered[i] for i in chosen]
+
+    def collect_groups(self) -> tuple[list[RolloutGroup], list[RolloutGroup], dict[str, float]]:
+        """The step's rollouts: the sampler's prompts (those the algorithm's ``choose_prompts`` keeps, in its order), then
+        more while the algorithm asks (``select_groups``).
+
+        Returns (every group generated, the groups to train on, metrics). The metrics cover everything generated, kept
+        or dropped (``tokens/generated``, hence FLOPs and budgets, count discarded samples too), plus how many groups
+        were generated, kept and dropped and the extra rounds. An algorithm that keeps every group of one round (GRPO,
+        RePO) gets exactly one rollout of ``train.prompts_per_step`` prompts."""
+        per_step = self.cfg.train.prompts_per_step
+        rounds = [self._sample(self._chosen(self.sampler.next_indices()))]
+        generated = list(rounds[0].groups)
+        while True:
+            sel = check_selection(
+                self.algorithm.select_groups(generated, rounds=len(rounds) - 1, prompts_per_step=per_step),
+                len(generated),
+                self.algorithm.name,
+            )
+            if not sel.more_prompts:
+                break
+            more = self._chosen(self.sampler.next_indices(sel.more_prompts))
+            rounds.append(self._sample(more, round_index=len(rounds)))
+            generated.extend(rounds[-1].groups)
+        if sel.warning and self.is_main:
+            print(f"warning: {self.run_name}: step {self.step + 1}: {sel.warning}", file=sys.stderr, flush=True)
+        self._last_texts = [x for r in rounds for x in r.texts]
+        metrics = self._rollout_metrics(rounds)
+        metrics.update(
+            {
+                "groups/generated": float(len(generated)),
+                "groups/kept": float(len(sel.keep)),
+                "groups/dropped": float(len(generated) - len(sel.keep)),
+                "rollout/extra_rounds": float(len(rounds) - 1),
+                **sel.metrics,
+            }
+        )
+        return generated, [generated[i] for i in sel.keep], metrics
 
     def _forward_logprobs(
         self, model, prompts: list[list[int]], completions: list[np.ndarray]
@@ -820,9 +923,8 @@ class Trainer:
     def train_step(self) -> StepRecord:
         rss_reset = reset_peak_rss()  # memory/step_peak_rss_gb: this step's own peak, not the process's whole history
         t_step = time.perf_counter()
-        indices = self.sampler.next_indices()
-        groups, metrics = self.rollout(indices)
-        self._check_flat_rewards(groups, metrics)
+        generated, groups, metrics = self.collect_groups()
+        self._check_flat_rewards(generated, metrics)
         t0 = time.perf_counter()
         batch = self.algorithm.build_batch(groups, self.step)
         metrics["time/build_batch_s"] = time.perf_counter() - t0
@@ -861,7 +963,7 @@ class Trainer:
             and self.cfg.train.log_completions_every
             and self.step % self.cfg.train.log_completions_every == 0
         ):
-            self._log_completions(groups)
+            self._log_completions(generated)
         for cb in self.callbacks:
             cb(record)
         return record

@@ -24,6 +24,7 @@ from harness.cli_common import (
     add_config_flags,
     add_data_dir_flag,
     add_launcher_flags,
+    add_plugin_flag,
     add_report_flags,
     launcher_from_args,
     run_command,
@@ -94,6 +95,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         data_dir_help="Prepared benchmark/training files (from `harness data prepare`); "
         "default $HARNESS_DATA_DIR or the cache. Workers inherit it.",
     )
+    add_plugin_flag(p)
     p.add_argument(
         "--no-progress",
         action="store_true",

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.plugins import load_plugins_from_env
 from sweeps.study import counted_trials, fail_stale, get_spec, normalize_storage_url, open_storage, stale_trial_callback
 from sweeps.trial import TrialContext, run_trial
 
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)  # preemption: the running trial is failed and its MLflow run closed
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (background job)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    load_plugins_from_env()  # the plug-ins `harness sweep --plugin` loaded: their algorithms can be named in trials
     url = normalize_storage_url(args.storage)
     try:
         run_worker(
