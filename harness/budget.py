@@ -151,14 +151,9 @@ def visits_per_prompt(train: Any, prompts_owned: int | None) -> float | None:
     Each prompt belongs to one process, so with a step count (``max_steps`` or a steps budget, the smaller) it is
     steps x prompts per step / the prompts that process owns; with epochs, every prompt once per epoch. None for
     token/FLOPs/seconds budgets (the step count is only known while training) or an unknown number of prompts."""
-    unit, value = parse_budget(train.budget) if train.budget else (None, None)
+    unit = parse_budget(train.budget)[0] if train.budget else None
     if train.max_steps > 0 or unit == "steps":
-        if not prompts_owned:
-            return None
-        steps = min(
-            v for v in (train.max_steps if train.max_steps > 0 else None, value if unit == "steps" else None) if v
-        )
-        return steps * train.prompts_per_step / prompts_owned
+        return planned_steps(train, prompts_owned) * train.prompts_per_step / prompts_owned if prompts_owned else None
     return float(train.epochs) if unit is None else None
 
 
