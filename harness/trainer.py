@@ -812,17 +812,14 @@ class Trainer:
                 t0 = time.perf_counter()
                 sync = nullcontext() if ci == len(chunks) - 1 else self.accelerator.no_sync(self.model)
                 with sync:
-                    inputs, trained = self._loss_inputs(
-                        sub,
-                        idx,
-                        first_iteration=it == 0,
-                        pre_step=pre_step,
-                        engine_lp=engine_lp,
-                        ref=ref_cache[ci][0] if ci in ref_cache else None,
-                        tis_cache=tis_cache,
-                        ci=ci,
-                        sums=sums,
-                    )
+                    ref = ref_cache[ci][0] if ci in ref_cache else None
+                    inputs, trained = self._loss_inputs(sub, idx, first_iteration=it == 0, pre_step=pre_step, ref=ref)
+                    if self.cfg.generation.tis_cap is not None:
+                        if ci not in tis_cache:  # weights from the pre-step log-probs: fixed for all iterations
+                            rows = [engine_lp[row] for row in idx]
+                            tis_cache[ci], tis_metrics = self._tis_weights(inputs.old_logprobs, rows, inputs.mask)
+                            sums.add(tis_metrics)
+                        inputs.is_weights = tis_cache[ci]
                     loss, metrics = self.algorithm.loss(inputs)
                     self.accelerator.backward(loss)
                 tokens["trained"] += trained
@@ -840,11 +837,7 @@ class Trainer:
         *,
         first_iteration: bool,
         pre_step: list[np.ndarray | None],
-        engine_lp: list[np.ndarray | None],
         ref: torch.Tensor | None,
-        tis_cache: dict[int, torch.Tensor | None],
-        ci: int,
-        sums: MetricSums,
     ) -> tuple[LossInputs, int]:
         """The policy's forward on a micro-batch, assembled with everything else the loss needs; returns the inputs and
         the tokens trained. Old log-probs: stored behaviour log-probs where a row has them, else the pre-step ones."""
@@ -857,13 +850,6 @@ class Trainer:
             [sub.old_logprobs[j] if sub.old_logprobs[j] is not None else pre_step[row] for j, row in enumerate(idx)],
             col.completion_ids.shape[1],
         ).to(dev)
-        if (
-            self.cfg.generation.tis_cap is not None and ci not in tis_cache
-        ):  # weights from the pre-step log-probs: fixed for all iterations
-            tis_cache[ci], tis_metrics = self._tis_weights(
-                old, [engine_lp[row] for row in idx], col.completion_mask.to(dev)
-            )
-            sums.add(tis_metrics)
         inputs = LossInputs(
             logprobs=logps,
             old_logprobs=old,
@@ -873,7 +859,7 @@ class Trainer:
             row_weights=torch.as_tensor(sub.row_weights, dtype=torch.float32, device=dev),
             token_sum=torch.as_tensor(sub.token_sum, device=dev),
             source=torch.as_tensor(sub.source, device=dev),
-            is_weights=tis_cache.get(ci),
+            is_weights=None,  # truncated-IS weights, set by the caller when generation.tis_cap is on
             kl_weights=None
             if sub.kl_weights is None
             else torch.as_tensor(sub.kl_weights, dtype=torch.float32, device=dev),
