@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
+from harness.launchers.member import PREEMPTIONS_FILE, Preempted, preemption_count, record_preemption
 from harness.launchers.slurm import cluster_answers, job_states, load_slurm_config
 from harness.schema import ConfigError
 
@@ -142,6 +144,20 @@ def _parent(client: MlflowClient, name: str):
 
 # ------------------------------------------------------------------------------------------------
 # Refused before anything is written (no cluster needed)
+
+
+def test_preemptions_are_recorded_as_whole_lines(tmp_path, monkeypatch):
+    """What lets `harness run` report a preemption it did not see in Slurm's states: one line per preemption."""
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    assert preemption_count(tmp_path) == 0
+    record_preemption(tmp_path, Preempted(signal.SIGUSR1, 12, True))
+    record_preemption(tmp_path, Preempted(signal.SIGTERM, 30, False))
+    with (tmp_path / PREEMPTIONS_FILE).open("a") as f:
+        f.write('{"signal": "SIGUSR2", "st')  # a line being written: not counted yet
+    assert preemption_count(tmp_path) == 2
+    first = json.loads((tmp_path / PREEMPTIONS_FILE).read_text().splitlines()[0])
+    assert first == {"signal": "SIGUSR1", "step": 12, "job": "7", "requeue": True}
 
 
 def test_slurm_refuses_a_local_sqlite_tracking_uri(tmp_path, monkeypatch, capsys):
@@ -347,9 +363,9 @@ def test_scancelled_member_resumes_from_its_checkpoint_in_the_same_run(
 
 def _wait_for_steps(client: MlflowClient, name: str, n: int, deadline: float):
     """The matrix's one member run once it has logged ``n`` steps."""
-    exp = client.get_experiment_by_name("slurmtest")
     while time.monotonic() < deadline:
-        runs = client.search_runs(
+        exp = client.get_experiment_by_name("slurmtest")  # None until the matrix has started
+        runs = exp and client.search_runs(
             [exp.experiment_id], f"tags.`harness.experiment` = '{name}' and tags.`harness.role` = 'member'"
         )
         if runs and len(client.get_metric_history(runs[0].info.run_id, "budget/fraction")) >= n:
@@ -364,7 +380,19 @@ def test_usr1_checkpoints_and_requeues_the_job_which_resumes(slurm, mlflow_serve
     job requeues itself, and the requeued job resumes from that checkpoint into the same MLflow run, while the waiting
     `harness run` shows the member preempted and then finished."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    args = _args(quick_model_dir, mlflow_server, "s4", "--no-report", algos="grpo", steps=40)
+    # a slow poll, so the watcher usually misses the requeued job's few seconds in PENDING (as happened in CI) and must
+    # learn of the preemption from the member's record
+    (tmp_path / "slurm.yaml").write_text("poll_s: 8\n")
+    args = _args(
+        quick_model_dir,
+        mlflow_server,
+        "s4",
+        "--no-report",
+        "--slurm-config",
+        str(tmp_path / "slurm.yaml"),
+        algos="grpo",
+        steps=40,
+    )
     log = (tmp_path / "run.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", *args], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -394,8 +422,11 @@ def test_usr1_checkpoints_and_requeues_the_job_which_resumes(slurm, mlflow_serve
     assert final.data.tags["harness.resumed_from"] == f"checkpoint-{stopped_at} (step {stopped_at})"
     job_log = (tmp_path / "runs" / "s4" / "slurm" / f"{job}_0_log.out").read_text()
     assert f"job {job} requeued" in job_log and "resuming from the newest intact checkpoint" in job_log
-    summary = json.loads(next((tmp_path / "runs" / "s4").glob("grpo-*/summary.json")).read_text())
+    member_dir = next((tmp_path / "runs" / "s4").glob("grpo-*"))
+    summary = json.loads((member_dir / "summary.json").read_text())
     assert summary["steps"] == 40 and summary["status"] == "FINISHED"
+    (event,) = [json.loads(line) for line in (member_dir / PREEMPTIONS_FILE).read_text().splitlines()]
+    assert event == {"signal": "SIGUSR1", "step": stopped_at, "job": job, "requeue": True}
 
 
 @pytest.mark.slow

@@ -121,6 +121,7 @@ def run_member(job: MemberJob, *, config: Any = None, progress: bool = True) -> 
         except Preempted as e:
             if trainer.is_main:
                 _mark_preempted(trainer, e)
+                record_preemption(out, e)
                 if e.requeue:
                     _requeue()
             raise
@@ -188,6 +189,29 @@ def _mark_preempted(trainer: Any, e: Preempted) -> None:
         tracker.finish("KILLED")
     except Exception as err:  # noqa: BLE001 - the checkpoint is what matters; the status is cosmetic
         print(f"warning: could not mark run {tracker.run_id} preempted: {err}", file=sys.stderr, flush=True)
+
+
+#: One line per preemption of a member, in its output folder: what `harness run` reads to report a preemption even
+#: when the requeued job was pending for less than one poll (the Slurm state alone can miss it).
+PREEMPTIONS_FILE = "preemptions.jsonl"
+
+
+def record_preemption(out: Path, e: Preempted) -> None:
+    """Append ``{"signal", "step", "job", "requeue"}`` to the member's :data:`PREEMPTIONS_FILE` (whole lines: a reader
+    sees all of a line or none of it)."""
+    import json
+
+    line = {"signal": signal.Signals(e.signum).name, "step": e.step, "job": _slurm_job_id(), "requeue": e.requeue}
+    with (out / PREEMPTIONS_FILE).open("a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def preemption_count(out: Path) -> int:
+    """How many preemptions :func:`record_preemption` has recorded in ``out`` (0 without the file)."""
+    try:
+        return sum(1 for line in (out / PREEMPTIONS_FILE).read_text().splitlines() if line.endswith("}"))
+    except OSError:
+        return 0
 
 
 def _requeue() -> None:

@@ -453,8 +453,11 @@ class SlurmLauncher:
 
         from tqdm.auto import tqdm
 
+        from harness.launchers.member import preemption_count
+
         last: dict[str, str] = {}
         seen_running: set[str] = set()
+        preemptions = {j.run_name: preemption_count(j.output_dir) for j in jobs}  # those from earlier submissions
         bar = tqdm(
             total=len(jobs), desc=f"{tracker.name} members", unit="member", disable=not progress, dynamic_ncols=True
         )
@@ -470,6 +473,13 @@ class SlurmLauncher:
                 state = member_state(s, status, None, requeued)
                 if s is None and status != "FINISHED":
                     state = "lost"
+                n = preemption_count(j.output_dir)
+                if n > preemptions[j.run_name] and last.get(j.run_name) != "preempted" and state != "preempted":
+                    # the job was requeued and restarted between two polls: report the preemption all the same
+                    bar.write(f"[{tracker.name}] {j.run_name} (job {ids[j.run_name]}): preempted")
+                    tracker.set_member_state(j.run_name, "preempted", ids[j.run_name])
+                    last[j.run_name] = "preempted"
+                preemptions[j.run_name] = n
                 if last.get(j.run_name) != state:
                     last[j.run_name] = state
                     tracker.set_member_state(j.run_name, state, ids[j.run_name])
