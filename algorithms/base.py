@@ -61,6 +61,23 @@ def check_choice(chosen: list[int], num_offered: int, name: str) -> list[int]:
     return out
 
 
+def check_revisits(revisits: list[str], owned: dict[str, int], prompts_per_step: int, name: str) -> list[int]:
+    """A plug-in's ``revisit_prompts`` answer as training-row indices, checked: distinct prompt ids this process owns,
+    fewer than ``prompts_per_step``."""
+    ids = [str(p) for p in revisits]
+    if len(set(ids)) != len(ids) or len(ids) >= max(prompts_per_step, 1):
+        raise ValueError(
+            f"algorithm '{name}': revisit_prompts returned {len(ids)} prompt ids ({len(set(ids))} distinct), not at "
+            f"most {prompts_per_step - 1} distinct ones (prompts_per_step - 1)"
+        )
+    unknown = [p for p in ids if p not in owned]
+    if unknown:
+        raise ValueError(
+            f"algorithm '{name}': revisit_prompts returned prompt ids this process does not own: {unknown[:5]}"
+        )
+    return [owned[p] for p in ids]
+
+
 def check_selection(selection: GroupSelection, num_groups: int, name: str) -> GroupSelection:
     """A plug-in's :class:`GroupSelection`, checked (as replay strategies' output is): distinct in-range indices, a
     non-negative request, and a non-empty ``keep`` once it asks for nothing more."""
@@ -167,6 +184,13 @@ class Algorithm:
         stays with its process); the ones skipped are consumed, not generated. State the choice depends on belongs in
         ``state_dict``. Default: every prompt, as offered."""
         return list(range(len(prompt_ids)))
+
+    def revisit_prompts(self, step: int, prompts_per_step: int) -> list[str]:
+        """Before rollout: ids of earlier prompts to generate again this step, in place of as many of the sampler's new
+        ones (ExGRPO's experience prompts). Only prompts of this process's own shard qualify (a plug-in that keeps
+        per-prompt state has seen no other), distinct, at most ``prompts_per_step - 1`` (a step always takes one new
+        prompt); their groups come after the sampler's. Default: none."""
+        return []
 
     def select_groups(self, groups: list[RolloutGroup], *, rounds: int, prompts_per_step: int) -> GroupSelection:
         """After scoring: which of the step's groups to train on, or how many more prompts to generate first.

@@ -1,6 +1,7 @@
 """The shared, algorithm-agnostic RL trainer (accelerate).
 
-One step: sample prompts (the algorithm may skip or re-order them: ``choose_prompts``) -> rollout engine generates G
+One step: sample prompts (the algorithm may skip or re-order them, ``choose_prompts``, and put earlier prompts in
+place of some, ``revisit_prompts``) -> rollout engine generates G
 completions per prompt -> score (math-verify accuracy, optional format reward; or a control, ``reward.kind``) -> the
 algorithm keeps groups or asks for more rollouts (``select_groups``; every generated token is counted) -> the
 algorithm builds the training batch -> forward/backward with the algorithm's loss (``num_iterations`` times) ->
@@ -38,6 +39,7 @@ from algorithms.base import (
     TrainBatch,
     algorithm_config_dict,
     check_choice,
+    check_revisits,
     check_selection,
 )
 from benchmarks.datasets import load_train_set
@@ -355,6 +357,7 @@ class Trainer:
         self.sampler = PromptSampler(
             len(self.train_rows), t.prompts_per_step, cfg.data.shuffle_seed, acc.process_index, acc.num_processes
         )
+        self._owned_rows: dict[str, int] | None = None  # prompt id -> training row, this process's (revisits)
         self.budget = Budget.from_train(t, self.sampler.steps_per_epoch)
         visits = visits_per_prompt(t, len(self.sampler.shard))
         if self.is_main and visits is not None:
@@ -635,6 +638,15 @@ class Trainer:
         chosen = check_choice(self.algorithm.choose_prompts(ids, self.step), len(offered), self.algorithm.name)
         return [offered[i] for i in chosen]
 
+    def _revisits(self, per_step: int) -> list[int]:
+        """Earlier prompts of this process the algorithm generates again this step (``revisit_prompts``), as rows."""
+        asked = self.algorithm.revisit_prompts(self.step, per_step)
+        if not asked:
+            return []
+        if self._owned_rows is None:
+            self._owned_rows = {str(self.train_rows[int(i)]["id"]): int(i) for i in self.sampler.shard}
+        return check_revisits(asked, self._owned_rows, per_step, self.algorithm.name)
+
     def collect_groups(self) -> tuple[list[RolloutGroup], list[RolloutGroup], dict[str, float]]:
         """The step's rollouts: the sampler's prompts (those the algorithm's ``choose_prompts`` keeps, in its order), then
         more while the algorithm asks (``select_groups``).
@@ -644,7 +656,9 @@ class Trainer:
         were generated, kept and dropped and the extra rounds. An algorithm that keeps every group of one round (GRPO,
         RePO) gets exactly one rollout of ``train.prompts_per_step`` prompts."""
         per_step = self.cfg.train.prompts_per_step
-        rounds = [self._sample(self._chosen(self.sampler.next_indices()))]
+        revisits = self._revisits(per_step)
+        first = self._chosen(self.sampler.next_indices(per_step - len(revisits))) + revisits
+        rounds = [self._sample(first)]
         generated = list(rounds[0].groups)
         while True:
             sel = check_selection(
