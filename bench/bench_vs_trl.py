@@ -470,6 +470,12 @@ def main() -> None:
         "suffix are used on both sides); default: the quick warm-started tiny model, built if missing",
     )
     ap.add_argument(
+        "--instruction-from",
+        default=None,
+        help="registry name whose prompt suffix both sides use when --model is a folder, e.g. a trained SmolLM2 "
+        "checkpoint's model/ folder with smollm2-135m-gguf (a late-run state, where most groups carry gradient)",
+    )
+    ap.add_argument(
         "--prompts-per-step", type=int, default=PROMPTS_PER_STEP, help=f"prompts per step (default {PROMPTS_PER_STEP})"
     )
     ap.add_argument(
@@ -533,6 +539,12 @@ def main() -> None:
         if args.model in REGISTRY:  # a GGUF entry resolves to its prepared (dequantised) folder
             model_dir = resolve_path(REGISTRY[args.model])
             PROMPT_SUFFIX = instruction_for(REGISTRY[args.model])[1]
+        if args.instruction_from:
+            if args.instruction_from not in REGISTRY:
+                raise SystemExit(
+                    f"--instruction-from: unknown model '{args.instruction_from}'; known: {sorted(REGISTRY)}"
+                )
+            PROMPT_SUFFIX = instruction_for(REGISTRY[args.instruction_from])[1]
     else:
         from harness.tiny_model import TinyBuildConfig, build_tiny_model
 
