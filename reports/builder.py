@@ -349,12 +349,16 @@ def _paper_cells(algo: str, model: str) -> dict[str, str]:
 
 def _summary_controls(doc, abl, baseline) -> None:
     """The summary's reward-control and power sentences (from the ablation table)."""
+    if abl.empty:
+        return
     gains = analysis.control_gains(abl, baseline)
-    if gains.empty:
+    if not abl["control"].astype(bool).any():
         doc.p(
             "**Reward control.** No reward-control run (`reward.kind=random` or `format_only`) among these runs, so "
             "how much of each gain a spurious reward would also give is not measured."
         )
+    elif gains.empty:
+        doc.p("**Reward control.** Reward-control runs only: no verifier-reward run of the same model to compare with.")
     else:
         doc.p(
             "**Reward control** (Spurious Rewards, arXiv 2506.10947): each algorithm's gain in final macro accuracy "

@@ -22,6 +22,13 @@ Every number is drawn from a seeded generator, and logged eval accuracies are co
 per-sample records that are logged, so tests can check the report against the store exactly.
 Deliberate defects: one member FAILED part-way (no final evaluation), one member without per-sample
 eval artifacts.
+
+``build_family_store`` writes the algorithm family instead (experiment ``family``: grpo, repo:recent_k, dapo,
+zv_substitute, prioritized_replay) with the ``reward.kind`` / ``reward.random_p`` params, the per-step prompt-group
+counts (``groups/generated``, ``groups/kept``, ``groups/dropped``, ``rollout/extra_rounds``,
+``groups/on_policy_nonzero_var``, ``groups/replay_nonzero_var``, ``zv/replaced``; none for prioritized_replay, as a
+run from before they were logged) and a random-reward grpo control as a second matrix of the same experiment
+(``harness report --experiment family --all-runs`` reports both).
 """
 
 from __future__ import annotations
