@@ -6,15 +6,17 @@ had to leave out in ``data.issues``. Only runs with ``include`` (finished, not d
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from harness.secrets import without_credentials
-from reports.data import DETERMINISM, ENV_TAG, ExperimentData, algorithm_order
+from reports.data import DETERMINISM, ENV_TAG, ExperimentData, algorithm_order, base_algorithm, is_control
 
 # The paper's claims (RePO, arXiv 2506.09340, §4): RePO vs GRPO.
 PAPER_COMPUTE_OVERHEAD = 0.15  # +15% compute, Qwen3-1.7B, 8 on-policy + 8 off-policy samples
@@ -36,6 +38,17 @@ CUMULATIVE_ALIASES = {"flops": (TRAINER_CUMULATIVE_FLOPS,)}
 TIME_PHASES = ("generate_s", "score_s", "logprob_s", "ref_s", "train_s", "build_batch_s", "after_step_s")
 FLOP_PHASES = ("generate", "train", "logprob", "ref")
 PER_RUN_PARAM = re.compile(r"(^|\.)(seed|run_name|output_dir)$")
+# run_facts column -> the per-step prompt-group count it averages (harness/trainer.py collect_groups and
+# algorithms/grpo.py effective_step_metrics log them; runs logged before them have none: NaN, shown as "—")
+GROUP_METRICS = {
+    "groups_generated": "groups/generated",
+    "groups_kept": "groups/kept",
+    "groups_dropped": "groups/dropped",
+    "extra_rounds": "rollout/extra_rounds",
+    "on_policy_signal": "groups/on_policy_nonzero_var",
+    "replay_signal": "groups/replay_nonzero_var",
+    "zv_replaced": "zv/replaced",
+}
 
 
 def unit_for_budget(unit: str | None) -> str | None:
@@ -120,6 +133,9 @@ def run_facts(data: ExperimentData) -> pd.DataFrame:
         row: dict[str, Any] = {
             "run_id": rid,
             "algorithm": r.algorithm,
+            "base_algorithm": r.get("base_algorithm", base_algorithm(r.algorithm)),
+            "reward": r.get("reward", "verifier"),
+            "control": bool(r.get("control", is_control(r.algorithm))),
             "model": r.model,
             "seed": r.seed,
             "steps": len(steps),
@@ -156,12 +172,36 @@ def run_facts(data: ExperimentData) -> pd.DataFrame:
         )
         z = data.history(rid, "groups/zero_std_frac")
         row["zero_std_frac"] = float(z.mean()) if not z.empty else np.nan
+        row.update(group_facts(data, rid))
         for k in ("replay/hit_rate", "replay/staleness_mean"):
             h = data.history(rid, k)
             row[k.split("/")[1]] = float(h.mean()) if not h.empty else np.nan
         rows.append(row)
     cols = ["run_id", "algorithm", "model", "seed", "steps"]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=cols)
+
+
+def group_facts(data: ExperimentData, run_id: str) -> dict[str, float]:
+    """A run's prompt-group counts, mean per step (``GROUP_METRICS``), and the split of the groups it trained on:
+    ``rescued`` (no on-policy signal, gradient from replayed or substituted rows: effective/step x trained - on-policy
+    groups with signal) and ``no_signal`` (trained without gradient: trained x (1 - effective/step)); NaN where the
+    run did not log what they need."""
+    out = {}
+    for col, key in GROUP_METRICS.items():
+        h = data.history(run_id, key)
+        out[col] = float(h.mean()) if not h.empty else np.nan
+    steps = pd.concat(
+        {
+            "kept": data.history(run_id, "groups/kept"),
+            "eff": data.history(run_id, "effective/step"),
+            "on": data.history(run_id, "groups/on_policy_nonzero_var"),
+        },
+        axis=1,
+    ).dropna()
+    effective = steps["eff"] * steps["kept"]
+    out["rescued"] = float((effective - steps["on"]).clip(lower=0).mean()) if not steps.empty else np.nan
+    out["no_signal"] = float((steps["kept"] - effective).clip(lower=0).mean()) if not steps.empty else np.nan
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -701,7 +741,8 @@ def cost_to_target(curves: pd.DataFrame, baseline: str = "grpo", target: float |
     ratio to the baseline's.
 
     Default target per model: the best accuracy that every compared algorithm's mean curve reaches (the lowest of
-    their peaks), so each one has a cost; a user ``target`` (a fraction, e.g. 0.4) may leave some n/a (never reached).
+    their peaks), so each one has a cost; reward controls do not set it (unless there is nothing else). A user
+    ``target`` (a fraction, e.g. 0.4) may leave some n/a (never reached).
     """
     m = mean_curves(curves)
     if m.empty:
@@ -710,7 +751,8 @@ def cost_to_target(curves: pd.DataFrame, baseline: str = "grpo", target: float |
     rows = []
     for model, mm in m.groupby("model", sort=False):
         peaks = mm.groupby("algorithm")["macro_accuracy"].max()
-        tgt = float(target) if target is not None else float(peaks.min())
+        real = peaks[[not is_control(a) for a in peaks.index]]
+        tgt = float(target) if target is not None else float((real if not real.empty else peaks).min())
         costs = {}
         for algo, a in mm.groupby("algorithm", sort=False):
             for u in units:
@@ -740,10 +782,12 @@ def cost_to_target(curves: pd.DataFrame, baseline: str = "grpo", target: float |
 
 
 def strategy_of(data: ExperimentData, run_id: str, algorithm: str) -> str:
+    """A run's replay strategy: the ``algorithm.strategy`` param, else the ``repo:STRATEGY`` suffix, else "-"."""
     p = data.params.loc[run_id] if run_id in data.params.index else pd.Series(dtype=object)
     s = p.get("algorithm.strategy") if "algorithm.strategy" in p.index else None
     if isinstance(s, str) and s and s != "nan":
         return s
+    algorithm = base_algorithm(algorithm)
     return algorithm.split(":", 1)[1] if ":" in algorithm else "-"
 
 
@@ -752,49 +796,272 @@ def _ratio_minus_one(value: float, base: float) -> float:
     return float(value) / float(base) - 1 if base and np.isfinite(base) else np.nan
 
 
+# power: two-sided alpha and power of the seeds-needed estimate
+POWER_ALPHA = 0.05
+POWER = 0.8
+
+
+def seeds_needed(delta: float, sd: float, alpha: float = POWER_ALPHA, power: float = POWER) -> float:
+    """Seeds per arm for a two-sided test at ``alpha`` to detect a difference of means ``delta`` with ``power``, when
+    one seed's value has standard deviation ``sd`` in both arms (two-sample normal approximation):
+    n = 2 (z_{1-alpha/2} + z_{power})^2 sd^2 / delta^2, not rounded; inf when ``delta`` is 0, NaN when not finite."""
+    if not (np.isfinite(delta) and np.isfinite(sd)):
+        return float("nan")
+    if delta == 0:
+        return float("inf")
+    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+    return 2 * z**2 * sd**2 / delta**2
+
+
+def pooled_sd(a, b) -> float:
+    """The pooled standard deviation of two samples (each with ``ddof=1``); NaN when either has fewer than 2 values."""
+    a, b = _finite(a), _finite(b)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    return float(np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2)))
+
+
+def _finite(values) -> np.ndarray:
+    """The finite entries of ``values`` as a float array."""
+    v = np.asarray(list(values), dtype=float)
+    return v[np.isfinite(v)]
+
+
+def power_estimate(values, base_values) -> tuple[float, str]:
+    """Seeds per algorithm needed to resolve the observed difference between two arms' per-seed values
+    (:func:`seeds_needed` with their pooled SD), rounded up and at least 2, with "" — or NaN and why not."""
+    a, b = _finite(values), _finite(base_values)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), "fewer than 2 seeds"
+    delta = float(a.mean() - b.mean())
+    if abs(delta) < 1e-12:
+        return float("nan"), "Δ = 0"
+    sd = pooled_sd(a, b)
+    if sd == 0:
+        return float("nan"), "no seed-to-seed variance"
+    return float(max(2, math.ceil(seeds_needed(delta, sd) - 1e-9))), ""
+
+
+# the ablation's prompt-group columns (means per step): GROUP_METRICS' and the split of the trained groups
+GROUP_COLUMNS = [*GROUP_METRICS, "rescued", "no_signal", "zero_std_frac"]
+ABLATION_COLUMNS = [
+    "model",
+    "algorithm",
+    "base_algorithm",
+    "control",
+    "reward",
+    "strategy",
+    "n_runs",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "delta",
+    "acc_start",
+    "gain",
+    "acc_sd",
+    "pooled_sd",
+    "seeds_needed",
+    "seeds_needed_note",
+    "generated_tokens_per_step",
+    "tokens_overhead",
+    "flops_per_step",
+    "flops_overhead",
+    "wall_s_per_step",
+    "wall_overhead",
+    "target",
+    "target_unit",
+    "cost_to_target",
+    "cost_to_target_vs_baseline",
+    "effective_per_step",
+    "effective_gain",
+    "groups_generated",
+    "groups_kept",
+    "groups_dropped",
+    "extra_rounds",
+    "on_policy_signal",
+    "replay_signal",
+    "zv_replaced",
+    "rescued",
+    "no_signal",
+    "zero_std_frac",
+    "hit_rate",
+    "staleness",
+]
+
+
 def ablation_table(
-    data: ExperimentData, facts: pd.DataFrame, acc: pd.DataFrame, baseline: str = "grpo"
+    data: ExperimentData,
+    facts: pd.DataFrame,
+    acc: pd.DataFrame,
+    baseline: str = "grpo",
+    to_target: pd.DataFrame | None = None,
+    unit: str | None = None,
 ) -> pd.DataFrame:
+    """Every algorithm (and reward control) side by side, one row per model x algorithm label (``ABLATION_COLUMNS``):
+    final macro accuracy with its CI and Δ vs ``baseline`` (from ``acc``), gain over the starting model, the seeds
+    needed to resolve Δ, cost per step, cost to the target accuracy (``to_target`` in ``unit``) and the prompt groups
+    with and without signal per step (means over steps, then over seeds)."""
     if facts.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=ABLATION_COLUMNS)
+    targets = _target_costs(to_target, unit)
     rows = []
     for model, f in facts.groupby("model"):
+        _note_missing_groups(data, f, model)
         base = f[f["algorithm"] == baseline]
+        macro = (
+            acc[(acc["model"] == model) & (acc["benchmark"] == "macro")].set_index("algorithm")
+            if not acc.empty
+            else pd.DataFrame()
+        )
         for algo in algorithm_order(f["algorithm"]):
             a = f[f["algorithm"] == algo]
-            mac = (
-                acc[(acc["model"] == model) & (acc["algorithm"] == algo) & (acc["benchmark"] == "macro")]
-                if not acc.empty
-                else pd.DataFrame()
-            )
-            m = mac.iloc[0] if not mac.empty else None
             rows.append(
                 {
                     "model": model,
                     "algorithm": algo,
-                    "strategy": strategy_of(data, a["run_id"].iloc[0], algo) if algo != baseline else "(no replay)",
-                    "n_runs": len(a),
-                    "accuracy": m["mean"] if m is not None else np.nan,
-                    "ci_low": m["ci_low"] if m is not None else np.nan,
-                    "ci_high": m["ci_high"] if m is not None else np.nan,
-                    "delta": m["delta"] if m is not None and "delta" in m else np.nan,
-                    "effective_per_step": a["effective_per_step"].mean(),
-                    "effective_gain": _ratio_minus_one(
-                        a["effective_per_step"].mean(), base["effective_per_step"].mean()
-                    )
-                    if algo != baseline and not base.empty
-                    else np.nan,
-                    "wall_s_per_step": a["wall_seconds_per_step"].mean(),
-                    "wall_overhead": _ratio_minus_one(
-                        a["wall_seconds_per_step"].mean(), base["wall_seconds_per_step"].mean()
-                    )
-                    if algo != baseline and not base.empty
-                    else np.nan,
+                    **_ablation_identity(data, a, algo, baseline),
+                    **_ablation_accuracy(macro, a, base, algo, baseline),
+                    **_ablation_cost(a, base, algo, baseline),
+                    **targets.get((model, algo), {}),
+                    **{k: a[k].mean() for k in GROUP_COLUMNS if k in a},
                     "hit_rate": a["hit_rate"].mean(),
                     "staleness": a["staleness_mean"].mean(),
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).reindex(columns=ABLATION_COLUMNS)
+
+
+def _note_missing_groups(data: ExperimentData, f: pd.DataFrame, model: str) -> None:
+    """A note for the algorithms of one model whose runs logged no prompt-group counts (runs from before the trainer
+    logged them): their group columns show "—"."""
+    cols = [c for c in GROUP_COLUMNS if c != "zero_std_frac" and c in f]
+    if not cols:
+        return
+    without = f[f[cols].isna().all(axis=1)]
+    if without.empty:
+        return
+    algos = ", ".join(f"`{a}`" for a in algorithm_order(without["algorithm"]))
+    data.issue(
+        "ablation",
+        f"Model {model}: {algos} logged no prompt-group counts (`groups/kept`, `groups/on_policy_nonzero_var`, ...: "
+        "runs from before the trainer logged them); their group columns show —.",
+        severity="note",
+    )
+
+
+def _ablation_identity(data: ExperimentData, a: pd.DataFrame, algo: str, baseline: str) -> dict[str, Any]:
+    """What an ablation row is: its algorithm without the control suffix, whether it is a reward control, the reward,
+    the replay strategy ("(no replay)" for the baseline) and the number of runs."""
+    return {
+        "base_algorithm": base_algorithm(algo),
+        "control": bool(a["control"].any()) if "control" in a else is_control(algo),
+        "reward": a["reward"].iloc[0] if "reward" in a else "verifier",
+        "strategy": "(no replay)" if algo == baseline else strategy_of(data, a["run_id"].iloc[0], algo),
+        "n_runs": len(a),
+    }
+
+
+def _ablation_accuracy(
+    macro: pd.DataFrame, a: pd.DataFrame, base: pd.DataFrame, algo: str, baseline: str
+) -> dict[str, Any]:
+    """An ablation row's accuracy cells: the accuracy table's macro mean, CI and Δ, the gain over the starting model,
+    the per-seed SD and the seeds needed to resolve the difference to ``baseline`` (``power_estimate``)."""
+    m = macro.loc[algo] if algo in macro.index else None
+    out = {
+        "accuracy": m["mean"] if m is not None else np.nan,
+        "ci_low": m["ci_low"] if m is not None else np.nan,
+        "ci_high": m["ci_high"] if m is not None else np.nan,
+        "delta": m["delta"] if m is not None and "delta" in m else np.nan,
+        "acc_start": a["acc_start"].mean(),
+        "gain": (a["acc_final"] - a["acc_start"]).mean(),
+        "acc_sd": float(np.std(_finite(a["acc_final"]), ddof=1)) if len(_finite(a["acc_final"])) > 1 else np.nan,
+    }
+    if algo == baseline:
+        return {**out, "pooled_sd": np.nan, "seeds_needed": np.nan, "seeds_needed_note": "baseline"}
+    if base.empty:
+        return {**out, "pooled_sd": np.nan, "seeds_needed": np.nan, "seeds_needed_note": f"no {baseline} run"}
+    n, why = power_estimate(a["acc_final"], base["acc_final"])
+    return {
+        **out,
+        "pooled_sd": pooled_sd(a["acc_final"], base["acc_final"]),
+        "seeds_needed": n,
+        "seeds_needed_note": why,
+    }
+
+
+def _ablation_cost(a: pd.DataFrame, base: pd.DataFrame, algo: str, baseline: str) -> dict[str, Any]:
+    """An ablation row's cost per step (generated tokens, FLOPs, wall seconds, effective steps) and each one's change
+    vs ``baseline`` (NaN for the baseline itself or without one)."""
+    out = {}
+    for col, fact, vs_col in (
+        ("generated_tokens_per_step", "generated_tokens_per_step", "tokens_overhead"),
+        ("flops_per_step", "flops_per_step", "flops_overhead"),
+        ("wall_s_per_step", "wall_seconds_per_step", "wall_overhead"),
+        ("effective_per_step", "effective_per_step", "effective_gain"),
+    ):
+        out[col] = a[fact].mean()
+        out[vs_col] = _ratio_minus_one(out[col], base[fact].mean()) if algo != baseline and not base.empty else np.nan
+    return out
+
+
+def _target_costs(to_target: pd.DataFrame | None, unit: str | None) -> dict[tuple[str, str], dict[str, Any]]:
+    """(model, algorithm) -> the cost-to-target cells of the ablation table, in ``unit`` when ``cost_to_target``
+    has it, else in its first unit (FLOPs, wall seconds, tokens, steps: ``UNITS``' order)."""
+    if to_target is None or to_target.empty:
+        return {}
+    have = list(dict.fromkeys(to_target["unit"]))
+    u = unit if unit in have else next((x for x in [*UNITS, "steps"] if x in have), have[0])
+    return {
+        (r.model, r.algorithm): {
+            "target": r.target,
+            "target_unit": u,
+            "cost_to_target": r.cost if r.reached else np.nan,
+            "cost_to_target_vs_baseline": r.vs_baseline,
+        }
+        for r in to_target[to_target["unit"] == u].itertuples()
+    }
+
+
+def control_gains(abl: pd.DataFrame, baseline: str = "grpo") -> pd.DataFrame:
+    """Each verifier-reward algorithm's gain over the starting model next to a reward control's, same model (the
+    control of the same algorithm, else the baseline's, else the first): ``beyond_control`` = gain - control gain,
+    ``share_beyond`` = that / gain (NaN unless the gain is positive). Empty when there is no control."""
+    cols = ["model", "algorithm", "gain", "control", "control_gain", "beyond_control", "share_beyond"]
+    if abl.empty or not abl["control"].astype(bool).any():
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for model, m in abl.groupby("model", sort=False):
+        controls = m[m["control"].astype(bool)]
+        for r in m[~m["control"].astype(bool)].itertuples():
+            if controls.empty:
+                continue
+            same = controls[controls["base_algorithm"] == r.algorithm]
+            of_base = controls[controls["base_algorithm"] == baseline]
+            c = (same if not same.empty else of_base if not of_base.empty else controls).iloc[0]
+            beyond = r.gain - c["gain"]
+            rows.append(
+                {
+                    "model": model,
+                    "algorithm": r.algorithm,
+                    "gain": r.gain,
+                    "control": c["algorithm"],
+                    "control_gain": c["gain"],
+                    "beyond_control": beyond,
+                    "share_beyond": beyond / r.gain if np.isfinite(r.gain) and r.gain > 0 else np.nan,
+                }
+            )
+    return pd.DataFrame(rows, columns=cols)
+
+
+def smallest_difference(abl: pd.DataFrame) -> pd.Series | None:
+    """The ablation row (reward controls aside) with the smallest |Δ| vs the baseline whose seeds-needed estimate
+    exists (None when there is none)."""
+    if abl.empty:
+        return None
+    ok = abl[~abl["control"].astype(bool) & abl["seeds_needed"].notna() & abl["delta"].notna()]
+    if ok.empty:
+        return None
+    return ok.loc[ok["delta"].abs().idxmin()]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pandas as pd
 from harness.secrets import mask_secrets, mask_uri
 from harness.tracking import resolve_tracking_uri
 from reports import analysis, figures
-from reports.data import ExperimentData, Issue, algorithm_order, load_experiment
+from reports.data import ExperimentData, Issue, algorithm_order, base_algorithm, is_control, load_experiment
 from reports.render import Document, to_html, to_markdown
 
 # ------------------------------------------------------------------------------------------------
@@ -177,6 +177,7 @@ def generate_report(
     doc.p(_intro(data, uri, experiment, baseline, n_used))
     if not sweep_only:
         _summary(doc, tables.accuracy, tables.overhead, tables.effective, baseline)
+        _summary_controls(doc, tables.ablation, baseline)
     issues_at = len(doc.blocks)  # the sections add issues too: the issues section is made last, placed here
     _results(doc, files, data, tables, experiment, baseline, colors, n_used, sweep_only, target_accuracy)
     _provenance(doc, files, data, uri)
@@ -207,7 +208,7 @@ def _analyse(
     curves = analysis.accuracy_vs_compute(data)
     matched = analysis.matched_compute(curves)
     to_target = analysis.cost_to_target(curves, baseline, target_accuracy)
-    ablation = analysis.ablation_table(data, facts, acc, baseline)
+    ablation = analysis.ablation_table(data, facts, acc, baseline, to_target, unit)
     return _Tables(acc, overhead, phases, effective, effective_curves, unit, curves, matched, to_target, ablation)
 
 
@@ -293,10 +294,9 @@ def _summary(doc, acc, overhead, eff, baseline) -> None:
         algos = set(acc[acc["model"] == model]["algorithm"]) | set(
             eff[eff["model"] == model]["algorithm"] if not eff.empty else []
         )
-        for algo in [a for a in sorted(algos) if a != baseline]:
+        for algo in [a for a in algorithm_order(algos) if a != baseline]:
             m = acc[(acc["model"] == model) & (acc["algorithm"] == algo) & (acc["benchmark"] == "macro")]
             d = m.iloc[0] if not m.empty else None
-            paper_gain = analysis.paper_accuracy_gain(model)
             o = (
                 overhead[(overhead["model"] == model) & (overhead["algorithm"] == algo)]
                 if not overhead.empty
@@ -304,6 +304,7 @@ def _summary(doc, acc, overhead, eff, baseline) -> None:
             )
             ov = {r.unit: r.overhead for r in o.itertuples()}
             e = eff[(eff["model"] == model) & (eff["algorithm"] == algo)] if not eff.empty else pd.DataFrame()
+            paper = _paper_cells(algo, model)
             rows.append(
                 {
                     "model": model,
@@ -313,14 +314,14 @@ def _summary(doc, acc, overhead, eff, baseline) -> None:
                     )
                     if d is not None and "delta" in d
                     else "n/a",
-                    "paper Δ (pts)": f"{paper_gain:+.1f}" if paper_gain is not None else "— (not a paper model)",
+                    "paper Δ (pts)": paper["Δ"],
                     "cost/step: wall": fmt_change(ov.get("wall seconds")),
                     "cost/step: FLOPs": fmt_change(ov.get("FLOPs")),
                     "cost/step: trained tokens": fmt_change(ov.get("trained tokens")),
-                    "paper cost": "+15%",
+                    "paper cost": paper["cost"],
                     "effective steps/step": fmt_change(e["gain_per_step"].iloc[0]) if not e.empty else "n/a",
                     "effective steps (total)": fmt_change(e["gain_total"].iloc[0]) if not e.empty else "n/a",
-                    "paper effective": "+48%",
+                    "paper effective": paper["effective"],
                 }
             )
     if rows:
@@ -331,6 +332,68 @@ def _summary(doc, acc, overhead, eff, baseline) -> None:
         )
     else:
         doc.p(f"No comparison against `{baseline}` is possible with these runs.", css="warning")
+
+
+def _paper_cells(algo: str, model: str) -> dict[str, str]:
+    """The paper's RePO-vs-GRPO numbers for a summary row: "—" (and why) for a reward control or another algorithm."""
+    if is_control(algo) or not base_algorithm(algo).startswith("repo"):
+        why = "— (reward control)" if is_control(algo) else "— (not RePO)"
+        return {"Δ": why, "cost": "—", "effective": "—"}
+    gain = analysis.paper_accuracy_gain(model)
+    return {
+        "Δ": f"{gain:+.1f}" if gain is not None else "— (not a paper model)",
+        "cost": "+15%",
+        "effective": "+48%",
+    }
+
+
+def _summary_controls(doc, abl, baseline) -> None:
+    """The summary's reward-control and power sentences (from the ablation table)."""
+    if abl.empty:
+        return
+    gains = analysis.control_gains(abl, baseline)
+    if not abl["control"].astype(bool).any():
+        doc.p(
+            "**Reward control.** No reward-control run (`reward.kind=random` or `format_only`) among these runs, so "
+            "how much of each gain a spurious reward would also give is not measured."
+        )
+    elif gains.empty:
+        doc.p("**Reward control.** Reward-control runs only: no verifier-reward run of the same model to compare with.")
+    else:
+        doc.p(
+            "**Reward control** (Spurious Rewards, arXiv 2506.10947): each algorithm's gain in final macro accuracy "
+            "over the starting model (mean over seeds) next to the gain of a run trained on a reward that carries no "
+            "information about correctness; the difference is the part of the gain that needs the verifier's reward."
+        )
+        doc.bullets([_control_sentence(r) for r in gains.itertuples()])
+    row = analysis.smallest_difference(abl)
+    if row is not None:
+        doc.p(
+            f"**Seeds.** Resolving the smallest observed difference ({fmt_points(row['delta'])} pts, "
+            f"`{row['algorithm']}` vs `{baseline}` on {row['model']}) would need ~{row['seeds_needed']:.0f} seeds per algorithm (two-sided "
+            f"α = {analysis.POWER_ALPHA:g}, power {analysis.POWER:g}, seed-to-seed SD pooled over both arms; "
+            "section 5 gives the number for every difference)."
+        )
+    elif not abl.empty and (abl["algorithm"] != baseline).any():
+        why = sorted({w for w in abl["seeds_needed_note"].dropna() if w and w != "baseline"})
+        doc.p(
+            "**Seeds.** The seeds needed to resolve the observed differences cannot be estimated"
+            + (f" ({'; '.join(why)})." if why else ".")
+        )
+
+
+def _control_sentence(r) -> str:
+    """One algorithm's gain vs the reward control's, in points: ``control_gains``' row ``r``."""
+    beyond = (
+        f"{fmt_points(r.beyond_control)} pts beyond the control"
+        + (f" ({100 * r.share_beyond:.0f}% of its gain)" if _is_number(r.share_beyond) else "")
+        if _is_number(r.beyond_control)
+        else "the difference is not available"
+    )
+    return (
+        f"{r.model}: `{r.algorithm}` {fmt_points(r.gain)} pts over its starting accuracy vs the control "
+        f"`{r.control}`'s {fmt_points(r.control_gain)} pts: {beyond}."
+    )
 
 
 def _accuracy(doc, files, acc, baseline, colors) -> None:
@@ -574,60 +637,148 @@ def _curves(doc, files, data, curves, matched, unit, colors) -> None:
         )
 
 
+def _dash(v, fmt) -> str:
+    """``fmt(v)`` for a number, "—" for a missing one (a metric the run did not log)."""
+    return fmt(v) if _is_number(v) else "—"
+
+
 def _ablation(doc, files, abl, data, baseline, colors) -> None:
-    doc.h(2, "5. Replay-strategy ablation", anchor="ablation")
-    repo = abl[abl["algorithm"] != baseline] if not abl.empty else abl
-    if abl.empty or repo.empty:
-        doc.p("No replay variant among the finished runs.", css="warning")
+    """Section 5: every algorithm and reward control side by side (accuracy, power, cost, groups with signal)."""
+    doc.h(2, "5. Algorithm ablation", anchor="ablation")
+    if abl.empty:
+        doc.p("No finished run to compare.", css="warning")
     else:
-        if repo["strategy"].nunique() < 2:
-            doc.p(
-                "Only one replay strategy among the finished runs: shown next to the baseline, no ablation across "
-                "strategies.",
-                css="warning",
-            )
+        _ablation_text(doc, abl, baseline)
         csv = files.write_csv(abl, "ablation")
-        t = pd.DataFrame(
-            {
-                "model": abl["model"],
-                "algorithm": abl["algorithm"],
-                "strategy": abl["strategy"],
-                "runs": abl["n_runs"],
-                "macro acc (%)": [
-                    fmt_percent(v) + fmt_ci(lo, hi) for v, lo, hi in zip(abl["accuracy"], abl["ci_low"], abl["ci_high"])
-                ],
-                f"Δ vs {baseline} (pts)": [fmt_points(v) if _is_number(v) else "—" for v in abl["delta"]],
-                "effective / step": [
-                    fmt_percent(v) + "%" if _is_number(v) else "n/a" for v in abl["effective_per_step"]
-                ],
-                "eff. gain": [fmt_change(v) if _is_number(v) else "—" for v in abl["effective_gain"]],
-                "wall s / step": [fmt_number(v) for v in abl["wall_s_per_step"]],
-                "wall overhead": [fmt_change(v) if _is_number(v) else "—" for v in abl["wall_overhead"]],
-                "replay hit rate": [fmt_percent(v) + "%" if _is_number(v) else "—" for v in abl["hit_rate"]],
-                "staleness (steps)": [fmt_number(v) if _is_number(v) else "—" for v in abl["staleness"]],
-            }
-        )
-        hl = pd.DataFrame(False, index=t.index, columns=t.columns)
-        for _, g in abl.groupby("model"):
-            for key, col in (("accuracy", "macro acc (%)"), ("effective_per_step", "effective / step")):
-                v = g[key].dropna()
-                if v.nunique() > 1:
-                    hl.loc[v[v == v.max()].index, col] = True
+        t, hl = _ablation_cost_table(abl, baseline)
         doc.table(
             t,
             highlight=hl,
             csv=csv,
-            caption="Replay strategies side by side "
-            "(mean over seeds; best accuracy and effective fraction highlighted).",
+            caption="Every algorithm side by side (mean over seeds; best accuracy highlighted)"
+            + (
+                "; reward controls (`[reward=...]`) after the algorithms." if abl["control"].astype(bool).any() else "."
+            ),
         )
+        groups = [c for c in abl.columns if c in analysis.GROUP_COLUMNS]
+        gcsv = files.write_csv(abl[["model", "algorithm", *groups]], "ablation_groups")
+        doc.table(
+            _ablation_groups_table(abl),
+            csv=gcsv,
+            caption="Prompt groups per step (mean over steps, then seeds): generated, trained (kept) and dropped "
+            "(resampling algorithms), and how the trained ones split by signal. — : not logged by these runs.",
+        )
+        gains = analysis.control_gains(abl, baseline)
+        if not gains.empty:
+            gcsv = files.write_csv(gains, "reward_control")
+            doc.p(f"Gains vs the reward control (sentences in the summary): [`{gcsv}`]({gcsv}).")
+        else:
+            doc.p("No reward-control run (`reward.kind` other than `verifier`) among these runs.")
         fig = figures.ablation(abl, colors)
         if fig is not None:
             doc.figure(
                 files.write_figure(fig, "ablation"),
-                "Replay strategies side by side: final macro accuracy (95% CI), effective steps per step, wall seconds "
-                "per step, replay hit rate.",
+                "Every algorithm side by side: final macro accuracy (95% CI), cost per step, and the prompt groups per "
+                "step split into on-policy with signal, rescued by replay or substitution, trained without signal and "
+                "dropped (hatched bars: reward controls).",
             )
     _sweep(doc, files, data)
+
+
+def _ablation_text(doc, abl, baseline) -> None:
+    """The paragraph above the ablation tables: what the columns are, the target and the warnings."""
+    unit = abl["target_unit"].dropna()
+    label = analysis.unit_label(unit.iloc[0]) if not unit.empty else None
+    doc.p(
+        "One row per algorithm (and reward control) and model. *seeds needed*: seeds per algorithm for a two-sided "
+        f"test at α = {analysis.POWER_ALPHA:g} to resolve the observed Δ vs `{baseline}` with power "
+        f"{analysis.POWER:g} (two-sample normal approximation, n = 2 (z₀.₉₇₅ + z₀.₈)² σ² / Δ², σ pooled from the "
+        "seed-to-seed SD of both arms' final macro accuracy; at least 2). *cost per step*: mean over steps of "
+        "`tokens/generated` (every sample generated, dropped ones too), `flops/total` and `time/step_s`. "
+        + (
+            f"*{label} to target*: cumulative {label} at which the seed-mean curve first reaches the target of the "
+            "cost-to-target table (section 4)."
+            if label
+            else ""
+        )
+    )
+    if abl["algorithm"].nunique() < 2:
+        doc.p("A single algorithm among the finished runs: nothing to compare it with.", css="warning")
+
+
+def _ablation_cost_table(abl, baseline) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ablation's accuracy, power and cost table and its highlight (best accuracy per model)."""
+    unit = abl["target_unit"].dropna()
+    label = analysis.unit_label(unit.iloc[0]) if not unit.empty else "cost"
+    t = pd.DataFrame(
+        {
+            "model": abl["model"],
+            "algorithm": abl["algorithm"],
+            "reward": abl["reward"],
+            "strategy": [s if s != "-" else "—" for s in abl["strategy"]],
+            "runs": abl["n_runs"],
+            "macro acc (%)": [
+                _dash(v, fmt_percent) + fmt_ci(lo, hi)
+                for v, lo, hi in zip(abl["accuracy"], abl["ci_low"], abl["ci_high"])
+            ],
+            f"Δ vs {baseline} (pts)": [_dash(v, fmt_points) for v in abl["delta"]],
+            "gain vs start (pts)": [_dash(v, fmt_points) for v in abl["gain"]],
+            "seeds needed": [_seeds_cell(n, why) for n, why in zip(abl["seeds_needed"], abl["seeds_needed_note"])],
+            "gen. tokens / step": [_dash(v, fmt_number) for v in abl["generated_tokens_per_step"]],
+            "FLOPs / step": [_dash(v, lambda x: fmt_number(x, "FLOPs")) for v in abl["flops_per_step"]],
+            "wall s / step": [_dash(v, fmt_number) for v in abl["wall_s_per_step"]],
+            f"wall vs {baseline}": [_dash(v, fmt_change) for v in abl["wall_overhead"]],
+            f"{label} to target": [
+                _target_cell(c, vs, tgt, label)
+                for c, vs, tgt in zip(abl["cost_to_target"], abl["cost_to_target_vs_baseline"], abl["target"])
+            ],
+            "effective / step": [_dash(v, lambda x: fmt_percent(x) + "%") for v in abl["effective_per_step"]],
+        }
+    )
+    hl = pd.DataFrame(False, index=t.index, columns=t.columns)
+    for _, g in abl.groupby("model"):
+        v = g["accuracy"].dropna()
+        if v.nunique() > 1:
+            hl.loc[v[v == v.max()].index, "macro acc (%)"] = True
+    return t, hl
+
+
+def _seeds_cell(n, why) -> str:
+    """The "seeds needed" cell: the number, "—" for the baseline, else "n/a (why)"."""
+    if _is_number(n):
+        return f"{n:.0f}"
+    return "—" if why == "baseline" else f"n/a ({why})" if isinstance(why, str) and why else "n/a"
+
+
+def _target_cell(cost, vs, target, label) -> str:
+    """The cost-to-target cell: the cost and its change vs the baseline, "not reached", or "—" without a target."""
+    if not _is_number(target):
+        return "—"
+    if not _is_number(cost):
+        return "not reached"
+    return fmt_number(cost, label) + (f" ({fmt_change(vs)})" if _is_number(vs) else "")
+
+
+def _ablation_groups_table(abl) -> pd.DataFrame:
+    """The ablation's prompt-group table: counts per step ("—" where a run did not log them)."""
+    count = lambda v: _dash(v, lambda x: f"{x:.2f}")  # noqa: E731
+    return pd.DataFrame(
+        {
+            "model": abl["model"],
+            "algorithm": abl["algorithm"],
+            "generated": [count(v) for v in abl["groups_generated"]],
+            "trained": [count(v) for v in abl["groups_kept"]],
+            "dropped": [count(v) for v in abl["groups_dropped"]],
+            "extra rounds": [count(v) for v in abl["extra_rounds"]],
+            "on-policy with signal": [count(v) for v in abl["on_policy_signal"]],
+            "replayed with signal": [count(v) for v in abl["replay_signal"]],
+            "rescued by replay/substitution": [count(v) for v in abl["rescued"]],
+            "trained without signal": [count(v) for v in abl["no_signal"]],
+            "zero-variance (%)": [_dash(v, fmt_percent) for v in abl["zero_std_frac"]],
+            "replay hit rate": [_dash(v, lambda x: fmt_percent(x) + "%") for v in abl["hit_rate"]],
+            "staleness (steps)": [_dash(v, fmt_number) for v in abl["staleness"]],
+        }
+    )
 
 
 def _sweep(doc, files, data, level: int = 3) -> None:

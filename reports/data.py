@@ -25,7 +25,9 @@ from harness.secrets import mask_uri
 # Metric families the report reads (full histories); everything else is ignored.
 HISTORY_PREFIXES = (
     "reward/",
-    "groups/zero_std_frac",
+    "groups/",
+    "rollout/",
+    "zv/",
     "effective/",
     "time/",
     "tokens/",
@@ -42,6 +44,10 @@ ENV_TAG = re.compile(
     re.IGNORECASE,
 )
 DETERMINISM = re.compile(r"(seed|determin|cudnn|cublas|benchmark_mode)", re.IGNORECASE)
+# A run trained on another reward than the verifier's (``reward.kind``: random, format_only) is a control: its
+# algorithm label gets this suffix, so it never merges with the verifier-reward runs of that algorithm.
+VERIFIER_REWARD = "verifier"
+CONTROL_MARK = " [reward="
 
 
 @dataclass
@@ -166,6 +172,40 @@ def _role(run) -> str:
 
 def _is_training_run(run) -> bool:
     return _role(run) in ("member", "") and "algorithm" in run.data.tags
+
+
+def reward_kind(params: dict[str, str], tags: dict[str, str]) -> tuple[str, float | None]:
+    """A run's training reward: ``reward.kind`` (param; else the ``reward`` tag; else the verifier's, as runs logged
+    before the reward section had) and ``reward.random_p`` for ``random`` (None when absent or not a number)."""
+    kind = str(params.get("reward.kind") or tags.get("reward") or VERIFIER_REWARD).strip() or VERIFIER_REWARD
+    try:
+        p = float(params["reward.random_p"]) if kind == "random" and "reward.random_p" in params else None
+    except (TypeError, ValueError):
+        p = None
+    return kind, p
+
+
+def reward_label(kind: str, random_p: float | None) -> str:
+    """The reward as the report shows it: ``verifier``, ``random p=0.5``, ``format_only``."""
+    return f"{kind} p={random_p:g}" if kind == "random" and random_p is not None else kind
+
+
+def control_label(algorithm: str, kind: str, random_p: float | None = None) -> str:
+    """The algorithm label of a run: the algorithm itself with the verifier's reward, else the algorithm and the
+    reward, e.g. ``grpo [reward=random p=0.5]`` (a control, kept apart from the real ``grpo`` runs)."""
+    if kind == VERIFIER_REWARD:
+        return algorithm
+    return f"{algorithm}{CONTROL_MARK}{reward_label(kind, random_p)}]"
+
+
+def is_control(label: str) -> bool:
+    """Whether an algorithm label is a reward-control run's (:func:`control_label`)."""
+    return CONTROL_MARK in str(label)
+
+
+def base_algorithm(label: str) -> str:
+    """The algorithm of a label without its reward-control suffix: ``grpo [reward=random p=0.5]`` -> ``grpo``."""
+    return str(label).split(CONTROL_MARK, 1)[0]
 
 
 def _as_int(v: Any) -> int | None:
@@ -347,12 +387,17 @@ def _fill_runs(
     for r in members:
         t = r.data.tags
         seed = _as_int(t.get("seed", r.data.params.get("train.seed")))
+        algo = t.get("algorithm") or r.data.params.get("algorithm.name", "?")
+        kind, p = reward_kind(r.data.params, t)
         rows.append(
             {
                 "run_id": r.info.run_id,
                 "run_name": r.info.run_name or r.info.run_id[:8],
                 "status": r.info.status,
-                "algorithm": t.get("algorithm") or r.data.params.get("algorithm.name", "?"),
+                "algorithm": control_label(algo, kind, p),
+                "base_algorithm": algo,
+                "reward": reward_label(kind, p),
+                "control": kind != VERIFIER_REWARD,
                 "model": t.get("model") or r.data.params.get("model.name", "?"),
                 "seed": seed,
                 "engine": t.get("engine", ""),
@@ -398,8 +443,8 @@ def _fill_runs(
             f"Run `{r.run_id}` ({r.algorithm}, {r.model}, seed {r.seed}) ended with status **{r.status}**: {what}.",
             r.run_id,
         )
-    runs["_base"] = runs["algorithm"].ne("grpo")
-    data.runs = runs.sort_values(["model", "_base", "algorithm", "seed"]).drop(columns="_base").reset_index(drop=True)
+    runs["_order"] = [_algo_sort_key(a)[0] for a in runs["algorithm"]]  # grpo, the others, reward controls
+    data.runs = runs.sort_values(["model", "_order", "algorithm", "seed"]).drop(columns="_order").reset_index(drop=True)
     data.params = pd.DataFrame({r.info.run_id: r.data.params for r in members}).T
     data.tags = pd.DataFrame({r.info.run_id: r.data.tags for r in members}).T
 
@@ -545,7 +590,7 @@ def _check_planned(data: ExperimentData, client, parent_id: str) -> None:
         return
     have = set()
     if not data.runs.empty:
-        have = {f"{r.algorithm}|{r.model}|{r.seed}" for r in data.runs.itertuples()}
+        have = {f"{a}|{r.model}|{r.seed}" for r in data.runs.itertuples() for a in (r.algorithm, r.base_algorithm)}
         have |= set(data.tags.get("harness.member", pd.Series(dtype=str)).dropna())
     data.planned = [str(m) for m in planned]
     for m in data.planned:
@@ -624,8 +669,8 @@ def _load_sweep(client, run, children: list, data: ExperimentData) -> SweepData:
 
 
 def _algo_sort_key(name: str) -> tuple:
-    """grpo first, then the rest alphabetically (keeps colours and table order stable)."""
-    return (0 if name == "grpo" else 1, str(name))
+    """grpo first, then the rest alphabetically, reward controls last (keeps colours and table order stable)."""
+    return (0 if name == "grpo" else 2 if is_control(name) else 1, str(name))
 
 
 def algorithm_order(names) -> list[str]:

@@ -363,56 +363,100 @@ def accuracy_vs_compute(
     return fig
 
 
+# the ablation's cost panels: (column, title, axis formatter)
+ABLATION_COSTS = [
+    ("flops_per_step", "FLOPs per step", FuncFormatter(_si)),
+    ("generated_tokens_per_step", "generated tokens per step", FuncFormatter(_si)),
+    ("wall_s_per_step", "wall seconds per step", None),
+]
+# the stacked prompt-group bar, bottom to top: (column, label, colour)
+GROUP_STACK = [
+    ("on_policy_signal", "on-policy with signal", "#4c956c"),
+    ("rescued", "rescued by replay/substitution", "#90be6d"),
+    ("no_signal", "trained without signal", "#bdbdbd"),
+    ("groups_dropped", "generated and dropped", "#e07a5f"),
+]
+
+
 def ablation(table: pd.DataFrame, colors: dict) -> plt.Figure | None:
-    """Replay strategies side by side: accuracy (CI), effective steps per step, wall seconds per step, replay hit
-    rate (the panels some run recorded)."""
+    """Every algorithm side by side, one row of panels per model: final macro accuracy (95% CI), cost per step (the
+    units some run recorded) and the prompt groups per step, stacked by signal; reward controls hatched."""
     if table.empty or len(table) < 2:
         return None
-    panels = [
-        ("accuracy", "final macro accuracy", PercentFormatter(1.0)),
-        ("effective_per_step", "effective steps per step", PercentFormatter(1.0)),
-        ("wall_s_per_step", "wall seconds per step", None),
-        ("hit_rate", "replay hit rate", PercentFormatter(1.0)),
-    ]
-    panels = [p for p in panels if table[p[0]].notna().any()]
+    panels = [("accuracy", "final macro accuracy", PercentFormatter(1.0))]
+    panels += [p for p in ABLATION_COSTS if table[p[0]].notna().any()]
+    has_groups = any(table[c].notna().any() for c, _, _ in GROUP_STACK)
+    ncols = len(panels) + has_groups
     models = sorted(table["model"].unique())
+    width = max(3.3, 0.38 * table.groupby("model").size().max() + 1.0)
     fig, axes = plt.subplots(
-        len(models),
-        len(panels),
-        figsize=(3.3 * len(panels) + 1, 3.6 * len(models)),
-        squeeze=False,
-        layout="constrained",
+        len(models), ncols, figsize=(width * ncols + 1.5, 4.0 * len(models)), squeeze=False, layout="constrained"
     )
     for row, model in enumerate(models):
-        t = table[table["model"] == model]
-        labels = [f"{a}" for a in t["algorithm"]]
+        t = table[table["model"] == model].reset_index(drop=True)
         for col, (key, title, fmt) in enumerate(panels):
-            ax = axes[row, col]
-            y = t[key].to_numpy(dtype=float)
-            ax.bar(labels, np.nan_to_num(y), color=[colors[a] for a in t["algorithm"]], width=0.65)
-            ax.grid(axis="x", visible=False)
-            if key == "accuracy":
-                lo = np.clip(y - t["ci_low"].to_numpy(dtype=float), 0, None)
-                hi = np.clip(t["ci_high"].to_numpy(dtype=float) - y, 0, None)
-                ax.errorbar(
-                    labels,
-                    np.nan_to_num(y),
-                    yerr=np.nan_to_num(np.vstack([lo, hi])),
-                    fmt="none",
-                    ecolor="black",
-                    capsize=3,
-                    elinewidth=1,
-                )
-            for i, v in enumerate(y):
-                if not np.isfinite(v):
-                    ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8)
-            if fmt is not None:
-                ax.yaxis.set_major_formatter(fmt)
-            ax.set_title(f"{model}: {title}" if col == 0 else title, fontsize=10)
-            ax.tick_params(axis="x", rotation=30, labelsize=8)
-            for lab in ax.get_xticklabels():
-                lab.set_horizontalalignment("right")
+            _ablation_bars(axes[row, col], t, key, f"{model}: {title}" if col == 0 else title, fmt, colors)
+        if has_groups:
+            _group_stack(axes[row, -1], t)
     return fig
+
+
+def _ablation_bars(ax, t: pd.DataFrame, key: str, title: str, fmt, colors: dict) -> None:
+    """One bar per algorithm of ``t[key]`` ("n/a" where missing; CI error bars for the accuracy; controls hatched)."""
+    labels = list(t["algorithm"])
+    y = t[key].to_numpy(dtype=float)
+    bars = ax.bar(labels, np.nan_to_num(y), color=[colors.get(a, "0.5") for a in labels], width=0.65)
+    for bar, control in zip(bars, t["control"].astype(bool)):
+        if control:
+            bar.set_hatch("//")
+            bar.set_edgecolor("white")
+    if key == "accuracy":
+        lo = np.clip(y - t["ci_low"].to_numpy(dtype=float), 0, None)
+        hi = np.clip(t["ci_high"].to_numpy(dtype=float) - y, 0, None)
+        ax.errorbar(
+            labels,
+            np.nan_to_num(y),
+            yerr=np.nan_to_num(np.vstack([lo, hi])),
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+            elinewidth=1,
+        )
+    for i, v in enumerate(y):
+        if not np.isfinite(v):
+            ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8)
+    if fmt is not None:
+        ax.yaxis.set_major_formatter(fmt)
+    _ablation_axes(ax, title)
+
+
+def _group_stack(ax, t: pd.DataFrame) -> None:
+    """Prompt groups per step per algorithm, stacked: with on-policy signal, rescued, trained without signal,
+    dropped ("not logged" where a run has none of them)."""
+    labels = list(t["algorithm"])
+    bottom = np.zeros(len(labels))
+    for key, label, color in GROUP_STACK:
+        vals = np.nan_to_num(t[key].to_numpy(dtype=float))
+        if vals.any():
+            ax.bar(labels, vals, 0.65, bottom=bottom, color=color, label=label, edgecolor="white", linewidth=0.5)
+            bottom += vals
+    for i, (total, control) in enumerate(zip(bottom, t["control"].astype(bool))):
+        if total == 0:
+            ax.text(i, 0, "not logged", ha="center", va="bottom", fontsize=7, rotation=90)
+        elif control:
+            ax.text(i, total, "control", ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel("groups per step")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _ablation_axes(ax, "prompt groups per step")
+
+
+def _ablation_axes(ax, title: str) -> None:
+    """An ablation panel's title and slanted algorithm labels."""
+    ax.grid(axis="x", visible=False)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", rotation=30, labelsize=8)
+    for lab in ax.get_xticklabels():
+        lab.set_horizontalalignment("right")
 
 
 def sweep(trials: pd.DataFrame, importances: dict | None, direction: str, best_number: int | None) -> plt.Figure | None:

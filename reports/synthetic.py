@@ -22,6 +22,13 @@ Every number is drawn from a seeded generator, and logged eval accuracies are co
 per-sample records that are logged, so tests can check the report against the store exactly.
 Deliberate defects: one member FAILED part-way (no final evaluation), one member without per-sample
 eval artifacts.
+
+``build_family_store`` writes the algorithm family instead (experiment ``family``: grpo, repo:recent_k, dapo,
+zv_substitute, prioritized_replay) with the ``reward.kind`` / ``reward.random_p`` params, the per-step prompt-group
+counts (``groups/generated``, ``groups/kept``, ``groups/dropped``, ``rollout/extra_rounds``,
+``groups/on_policy_nonzero_var``, ``groups/replay_nonzero_var``, ``zv/replaced``; none for prioritized_replay, as a
+run from before they were logged) and a random-reward grpo control as a second matrix of the same experiment
+(``harness report --experiment family --all-runs`` reports both).
 """
 
 from __future__ import annotations
@@ -57,7 +64,14 @@ _PROFILE = {  # algorithm -> (train-phase multiplier, final accuracy gain, repla
     "repo:highest_k": (1.38, 0.20, 0.75, 0.55),
     "repo:max_variance_k": (1.40, 0.23, 0.78, 0.70),
     "repo:random_k": (1.38, 0.19, 0.76, 0.50),
+    "dapo": (1.0, 0.21, 0.0, 0.0),
+    "zv_substitute": (1.05, 0.19, 0.0, 0.6),
+    "prioritized_replay": (1.25, 0.18, 0.0, 0.0),
 }
+_GENERATE_MULT = {"dapo": 1.8}  # DAPO generates extra rounds of prompts to replace the groups it drops
+_CONTROL_GAIN = 0.03  # the final accuracy gain of a reward-control run (reward.kind=random): much smaller
+_GROUPS = 4  # train.prompts_per_step (_config)
+FAMILY = ("grpo", "repo:recent_k", "dapo", "zv_substitute", "prioritized_replay")
 
 
 @dataclass
@@ -71,6 +85,7 @@ class SyntheticStore:
     without_samples: list[str] = field(default_factory=list)
     sweep_run_id: str | None = None
     trial_run_ids: list[str] = field(default_factory=list)
+    control_parent_run_id: str | None = None  # build_family_store: the reward-control matrix's parent run
 
 
 def _log_metrics(client, run_id: str, rows: list[tuple[str, float, int]]) -> None:
@@ -100,8 +115,16 @@ def _params(client, run_id: str, params: dict[str, Any]) -> None:
 
 
 def _config(
-    algo: str, model: str, seed: int, budget: str, benchmarks: dict[str, tuple[int, int]], run_name: str
+    algo: str,
+    model: str,
+    seed: int,
+    budget: str,
+    benchmarks: dict[str, tuple[int, int]],
+    run_name: str,
+    reward: tuple[str, float] | None = None,
 ) -> dict[str, Any]:
+    """A member's flattened config (its MLflow params); ``reward`` = (reward.kind, reward.random_p), absent from
+    runs logged before the reward section (``None``)."""
     name, _, variant = algo.partition(":")
     cfg = {
         "model.name": model,
@@ -129,6 +152,8 @@ def _config(
         "algorithm.epsilon_low": 0.2,
         "algorithm.epsilon_high": 0.2,
     }
+    if reward is not None:
+        cfg.update({"reward.kind": reward[0], "reward.random_p": reward[1]})
     if name == "repo":
         cfg.update(
             {
@@ -202,23 +227,29 @@ def _member(
     fail_at: float | None,
     samples: bool,
     experiment: str,
+    reward: tuple[str, float] | None = None,
+    group_metrics: bool = False,
 ) -> str:
-    """One member run: params, config.yaml, per-step metrics, evaluations, summary.json; returns its run id."""
+    """One member run: params, config.yaml, per-step metrics, evaluations, summary.json; returns its run id.
+    ``reward``: (reward.kind, reward.random_p) params and tag (a kind other than verifier: a control run, which
+    gains little); ``group_metrics``: log the prompt-group counts (``groups/*``, ``rollout/extra_rounds``,
+    ``zv/replaced``)."""
     mult, gain, _, _ = _PROFILE.get(algo, _PROFILE["repo:random_k"])
-    run_name = f"{algo.replace(':', '-')}-{model}-s{seed}"
+    control = reward is not None and reward[0] != "verifier"
+    gain = _CONTROL_GAIN if control else gain
+    run_name = f"{algo.replace(':', '-')}{'-' + reward[0] if control else ''}-{model}-s{seed}"
     tags = _member_tags(parent_id, experiment, algo, model, seed, budget_flops)
+    if reward is not None:
+        tags["reward"] = reward[0]
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
     rid = run.info.run_id
     budget = f"flops:{budget_flops:g}"
-    _params(client, rid, _config(algo, model, seed, budget, benchmarks, run_name))
-    _log_text(
-        client,
-        rid,
-        "\n".join(f"{k}: {v}" for k, v in _config(algo, model, seed, budget, benchmarks, run_name).items()) + "\n",
-        "config.yaml",
-    )
+    config = _config(algo, model, seed, budget, benchmarks, run_name, reward)
+    _params(client, rid, config)
+    _log_text(client, rid, "\n".join(f"{k}: {v}" for k, v in config.items()) + "\n", "config.yaml")
 
     flops_step = {k: v * (mult if k in ("train", "logprob") else 1.0) for k, v in _FLOPS.items()}
+    flops_step["generate"] *= _GENERATE_MULT.get(algo, 1.0)
     total_steps = math.ceil(budget_flops / sum(flops_step.values()))
     stop = total_steps if fail_at is None else int(total_steps * fail_at)
     seed_skill = rng.normal(0, 0.08)
@@ -247,7 +278,7 @@ def _member(
     do_eval(0, 0.0, "before")
     for step in range(1, stop + 1):
         frac = step / total_steps
-        m = _step_metrics(rng, algo, frac, flops_step, budget_flops, totals, cum)
+        m = _step_metrics(rng, algo, frac, flops_step, budget_flops, totals, cum, group_metrics=group_metrics)
         rows.extend((k, v, step) for k, v in m.items())
         if step in eval_steps and step > 0:
             do_eval(step, eval_steps[step], "after" if step == total_steps else "during")
@@ -287,9 +318,12 @@ def _step_metrics(
     budget_flops: float,
     totals: dict[str, float],
     cum: dict[str, float],
+    *,
+    group_metrics: bool = False,
 ) -> dict[str, float]:
     """One training step's metrics at budget fraction ``frac``; ``totals`` (summary.json's running sums) and
-    ``cum`` (cumulative FLOPs) are updated."""
+    ``cum`` (cumulative FLOPs) are updated. ``group_metrics``: the step's prompt-group counts too (and
+    ``groups/zero_std_frac`` and ``effective/step`` computed from them)."""
     mult, gain, hit, rescue = _PROFILE.get(algo, _PROFILE["repo:random_k"])
     is_repo = algo.startswith("repo")
     per_step = sum(flops_step.values())
@@ -300,12 +334,17 @@ def _step_metrics(
         "groups/zero_std_frac": zero,
         "effective/step": eff,
     }
+    if group_metrics:
+        m.update(_group_metrics(rng, algo, zero, frac))
+        eff = m["effective/step"]
     m["reward/accuracy"] = m["reward/mean"]
+    gen_scale = m.get("groups/generated", _GROUPS) / _GROUPS  # DAPO's extra rounds: their tokens and time
     for k, v in _TIMES.items():
-        v = v * (mult if k in ("train_s", "logprob_s") else 1.0) * (1 + rng.normal(0, 0.05))
+        v = v * (mult if k in ("train_s", "logprob_s") else gen_scale if k == "generate_s" else 1.0)
+        v *= 1 + rng.normal(0, 0.05)
         m[f"time/{k}"] = max(v, 0.0)
     m["time/step_s"] = sum(m[f"time/{k}"] for k in _TIMES) + 0.03
-    m["tokens/generated"] = 4 * 8 * 20.0 + rng.integers(-20, 20)
+    m["tokens/generated"] = (4 * 8 * 20.0 + rng.integers(-20, 20)) * gen_scale
     m["tokens/prompt"] = 4 * 8 * 15.0
     m["tokens/trained"] = m["tokens/generated"] * (1.0 + (0.9 if is_repo and frac > 0.1 else 0.0))
     for k, v in flops_step.items():
@@ -327,6 +366,34 @@ def _step_metrics(
                 "replay/rows": 32.0 * (frac > 0.1),
             }
         )
+    return m
+
+
+def _group_metrics(rng: np.random.Generator, algo: str, zero: float, frac: float) -> dict[str, float]:
+    """One step's prompt-group counts as the trainer and the algorithms log them: each of ``_GROUPS`` prompts has
+    reward variance with probability 1 - ``zero``; DAPO generates rounds of prompts until ``_GROUPS`` have it (at most 3
+    extra) and drops the rest; RePO and zv_substitute rescue a share of the groups without it (after the first 10%)."""
+    name = algo.split(":", 1)[0]
+    _, _, hit, rescue = _PROFILE.get(algo, _PROFILE["repo:random_k"])
+    generated, signal, rounds = _GROUPS, int(rng.binomial(_GROUPS, 1 - zero)), 0
+    while name == "dapo" and signal < _GROUPS and rounds < 3:
+        generated, signal, rounds = generated + _GROUPS, signal + int(rng.binomial(_GROUPS, 1 - zero)), rounds + 1
+    on = min(signal, _GROUPS)
+    kept = (on or _GROUPS) if name == "dapo" else _GROUPS  # DAPO: the groups with signal (none: the first round's)
+    rescued = int(rng.binomial(kept - on, rescue)) if frac > 0.1 and rescue else 0
+    replayed = rescued + (int(rng.binomial(on, hit)) if name == "repo" and frac > 0.1 else 0)
+    m = {
+        "groups/generated": float(generated),
+        "groups/kept": float(kept),
+        "groups/dropped": float(generated - kept),
+        "rollout/extra_rounds": float(rounds),
+        "groups/on_policy_nonzero_var": float(on),
+        "groups/replay_nonzero_var": float(replayed),
+        "groups/zero_std_frac": 1.0 - on / kept,
+        "effective/step": (on + rescued) / kept,
+    }
+    if name == "zv_substitute":
+        m["zv/replaced"] = float(rescued)
     return m
 
 
@@ -394,6 +461,80 @@ def _sweep(client, exp_id: str, rng: np.random.Generator, n_trials: int = 6) -> 
     return pid, trial_ids
 
 
+def _experiment_id(client, experiment: str, artifact_root: str | Path) -> str:
+    """The id of ``experiment`` (created with its artifacts under ``artifact_root`` when it does not exist)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp:
+        return exp.experiment_id
+    return client.create_experiment(experiment, artifact_location=Path(artifact_root).resolve().as_uri())
+
+
+def _matrix(
+    client,
+    store: SyntheticStore,
+    algorithms: tuple[str, ...],
+    models: tuple[str, ...],
+    seeds: tuple[int, ...],
+    *,
+    rng: np.random.Generator,
+    difficulty: dict[str, np.ndarray],
+    benchmarks: dict[str, tuple[int, int]],
+    budget_flops: float,
+    failed: tuple[str, int] | None = None,
+    without_samples: tuple[str, int] | None = None,
+    reward: tuple[str, float] | None = None,
+    legacy: tuple[str, ...] = (),
+    group_metrics: bool = False,
+    name: str | None = None,
+) -> str:
+    """One `harness run` matrix: an experiment parent, a member per (algorithm, model, seed) and the parent's
+    matrix.json; members go into ``store`` keyed by their report label (``control_label``). Returns the parent's id.
+    ``group_metrics``: members log the prompt-group counts, except the ``legacy`` algorithms' (as older runs)."""
+    from reports.data import control_label
+
+    experiment = store.experiment
+    parent = client.create_run(
+        store.experiment_id,
+        run_name=name or f"{experiment}-matrix",
+        tags={"harness.role": "experiment", "harness.experiment": experiment},
+    )
+    pid = parent.info.run_id
+    for model in models:
+        for algo in algorithms:
+            for s in seeds:
+                fail = 0.6 if failed and (algo, s) == tuple(failed) else None
+                nos = bool(without_samples and (algo, s) == tuple(without_samples))
+                rid = _member(
+                    client,
+                    store.experiment_id,
+                    pid,
+                    algo,
+                    model,
+                    s,
+                    rng=rng,
+                    budget_flops=budget_flops,
+                    benchmarks=benchmarks,
+                    difficulty=difficulty,
+                    fail_at=fail,
+                    samples=not nos,
+                    experiment=experiment,
+                    reward=reward,
+                    group_metrics=group_metrics and algo not in legacy,
+                )
+                label = control_label(algo, *reward) if reward else algo
+                store.members[(label, model, s)] = rid
+                if fail is not None:
+                    store.failed.append(rid)
+                if nos:
+                    store.without_samples.append(rid)
+    planned = [f"{a}|{m}|{sd}" for m in models for a in algorithms for sd in seeds]
+    _log_text(
+        client, pid, json.dumps({"members": planned, "budget": f"flops:{budget_flops:g}"}, indent=2), "matrix.json"
+    )
+    client.set_terminated(pid)
+    return pid
+
+
 def build_synthetic_store(
     tracking_uri: str,
     artifact_root: str | Path,
@@ -409,65 +550,77 @@ def build_synthetic_store(
     budget_flops: float = 3.0e13,
     seed: int = 0,
 ) -> SyntheticStore:
-    """Write the synthetic experiment (and sweep) into ``tracking_uri``; artifacts under ``artifact_root``."""
+    """Write the synthetic experiment (and sweep) into ``tracking_uri``; artifacts under ``artifact_root``. Its
+    members log no prompt-group counts and no reward params, as runs logged before those existed."""
     from mlflow.tracking import MlflowClient
 
     benchmarks = benchmarks or {"arith": (40, 4), "gsm8k": (30, 1)}
     rng = np.random.default_rng(seed)
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = (
-        exp.experiment_id
-        if exp
-        else client.create_experiment(experiment, artifact_location=Path(artifact_root).resolve().as_uri())
-    )
+    exp_id = _experiment_id(client, experiment, artifact_root)
     difficulty = {b: rng.normal(0.5, 1.0, n) for b, (n, _) in benchmarks.items()}
-    parent = (
-        client.create_run(
-            exp_id,
-            run_name=f"{experiment}-matrix",
-            tags={"harness.role": "experiment", "harness.experiment": experiment},
-        )
-        if algorithms
-        else None
-    )
-    store = SyntheticStore(tracking_uri, experiment, exp_id, parent.info.run_id if parent else None)
-    for model in models if parent else ():
-        for algo in algorithms:
-            for s in seeds:
-                fail = 0.6 if failed and (algo, s) == tuple(failed) else None
-                nos = bool(without_samples and (algo, s) == tuple(without_samples))
-                rid = _member(
-                    client,
-                    exp_id,
-                    parent.info.run_id,
-                    algo,
-                    model,
-                    s,
-                    rng=rng,
-                    budget_flops=budget_flops,
-                    benchmarks=benchmarks,
-                    difficulty=difficulty,
-                    fail_at=fail,
-                    samples=not nos,
-                    experiment=experiment,
-                )
-                store.members[(algo, model, s)] = rid
-                if fail is not None:
-                    store.failed.append(rid)
-                if nos:
-                    store.without_samples.append(rid)
-    if parent:
-        planned = [f"{a}|{m}|{sd}" for m in models for a in algorithms for sd in seeds]
-        _log_text(
+    store = SyntheticStore(tracking_uri, experiment, exp_id, None)
+    if algorithms:
+        store.parent_run_id = _matrix(
             client,
-            parent.info.run_id,
-            json.dumps({"members": planned, "budget": f"flops:{budget_flops:g}"}, indent=2),
-            "matrix.json",
+            store,
+            algorithms,
+            models,
+            seeds,
+            rng=rng,
+            difficulty=difficulty,
+            benchmarks=benchmarks,
+            budget_flops=budget_flops,
+            failed=failed,
+            without_samples=without_samples,
         )
-        client.set_terminated(parent.info.run_id)
     if sweep:
         store.sweep_run_id, store.trial_run_ids = _sweep(client, exp_id, rng)
+    return store
+
+
+def build_family_store(
+    tracking_uri: str,
+    artifact_root: str | Path,
+    experiment: str = "family",
+    *,
+    algorithms: tuple[str, ...] = FAMILY,
+    models: tuple[str, ...] = ("tiny",),
+    seeds: tuple[int, ...] = (42, 43),
+    controls: tuple[tuple[str, str, float], ...] = (("grpo", "random", 0.5),),
+    legacy: tuple[str, ...] = ("prioritized_replay",),
+    budget_flops: float = 2.0e13,
+    seed: int = 1,
+) -> SyntheticStore:
+    """The algorithm family as `harness run --algos grpo,repo:recent_k,dapo,...` logs it (reward params
+    ``reward.kind=verifier``, prompt-group counts per step, DAPO's generated/kept/dropped groups and extra rounds),
+    plus each ``controls`` entry (algorithm, reward.kind, reward.random_p) as a second `harness run` in the same
+    experiment, the same seeds (``store.control_parent_run_id``; report both with ``all_runs=True``). The ``legacy``
+    algorithms' members log no group counts (as runs logged before them); no failed member, no sweep."""
+    from mlflow.tracking import MlflowClient
+
+    benchmarks = {"arith": (40, 4), "gsm8k": (30, 1)}
+    rng = np.random.default_rng(seed)
+    client = MlflowClient(tracking_uri)
+    exp_id = _experiment_id(client, experiment, artifact_root)
+    difficulty = {b: rng.normal(0.5, 1.0, n) for b, (n, _) in benchmarks.items()}
+    store = SyntheticStore(tracking_uri, experiment, exp_id, None)
+    common = {"rng": rng, "difficulty": difficulty, "benchmarks": benchmarks, "budget_flops": budget_flops}
+    store.parent_run_id = _matrix(
+        client, store, algorithms, models, seeds, reward=("verifier", 0.5), legacy=legacy, group_metrics=True, **common
+    )
+    for algo, kind, p in controls:
+        store.control_parent_run_id = _matrix(
+            client,
+            store,
+            (algo,),
+            models,
+            seeds,
+            reward=(kind, p),
+            group_metrics=True,
+            name=f"{experiment}-{kind}-control",
+            **common,
+        )
     return store
 
 
@@ -477,9 +630,11 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     store = build_synthetic_store(uri, root / "artifacts")
+    family = build_family_store(uri, root / "artifacts-family")
     print(
         f"tracking uri: {uri}\nexperiment:   {store.experiment}\nparent run:   {store.parent_run_id}\nsweep run:    "
-        f"{store.sweep_run_id}"
+        f"{store.sweep_run_id}\nfamily:       experiment {family.experiment} (with a reward control: "
+        "harness report --experiment family --all-runs)"
     )
     return 0
 

@@ -170,7 +170,7 @@ def test_report_writes_markdown_html_figures_and_csvs(report):
         "2. Compute overhead",
         "3. Effective optimization steps",
         "4. Accuracy vs compute",
-        "5. Replay-strategy ablation",
+        "5. Algorithm ablation",
         "6. Provenance",
         "Missing data and caveats",
         "Summary vs the paper",
