@@ -77,6 +77,7 @@ TRAIN_SIZE = 1024
 SHUFFLE_SEED = 42
 ANSWER_FALLBACK = "none"  # data.answer_fallback on both sides (the SmolLM2 preset: answer_is)
 FORMAT_REWARD = 0.0  # train.format_reward_weight on both sides (a boxed non-empty answer)
+SHARE_PROMPTS = False  # our side's train.share_prompts (each group's prompt computed once in training)
 PROMPT_SUFFIX = ""  # appended to every problem on both sides (a registry model's instruction, e.g. SmolLM2's)
 
 PHASES = [
@@ -176,6 +177,7 @@ def run_ours(model_dir: str, schedule: list[list[dict]], warmup: int, seed: int,
             "warmup_ratio": WARMUP_RATIO,
             "max_grad_norm": MAX_GRAD_NORM,
             "micro_batch_size": 0,
+            "share_prompts": SHARE_PROMPTS,
             "format_reward_weight": FORMAT_REWARD,
             "save_every": 0,
             "log_completions_every": 0,
@@ -458,6 +460,7 @@ def mean(xs):
 
 def main() -> None:
     global MAX_COMPLETION, PROMPTS_PER_STEP, TEMPERATURE, TRAIN_SET, PROMPT_SUFFIX, LR, ANSWER_FALLBACK, FORMAT_REWARD
+    global SHARE_PROMPTS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="timed steps per side")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per side before the timed ones")
@@ -468,6 +471,12 @@ def main() -> None:
         default=None,
         help="model dir or registry name, e.g. smollm2-135m-gguf (its prepared folder and its prompt "
         "suffix are used on both sides); default: the quick warm-started tiny model, built if missing",
+    )
+    ap.add_argument(
+        "--share-prompts",
+        action="store_true",
+        help="our side with train.share_prompts (each group's prompt computed once in training; the SmolLM2 preset's "
+        "setting); TRL repeats it in every row",
     )
     ap.add_argument(
         "--instruction-from",
@@ -522,6 +531,7 @@ def main() -> None:
     MAX_COMPLETION = args.max_completion  # read by both sides' configs
     PROMPTS_PER_STEP, TEMPERATURE, TRAIN_SET, LR = args.prompts_per_step, args.temperature, args.train_set, args.lr
     ANSWER_FALLBACK, FORMAT_REWARD = args.answer_fallback, args.format_reward
+    SHARE_PROMPTS = args.share_prompts
 
     import torch
 
@@ -565,7 +575,8 @@ def main() -> None:
     print(f"prompt suffix (both sides): {PROMPT_SUFFIX!r}; train set {TRAIN_SET}")
     print(
         f"settings: {PROMPTS_PER_STEP} prompts x G={G} per step, max_completion {MAX_COMPLETION}, T={TEMPERATURE} top_k={TOP_K} top_p={TOP_P}, "
-        f"beta={BETA} eps={EPSILON} loss=grpo scale=group mu=1, lr {LR}, fp32, HF generate; warm-up {args.warmup}, timed {args.steps}"
+        f"beta={BETA} eps={EPSILON} loss=grpo scale=group mu=1, lr {LR}, fp32, HF generate; warm-up {args.warmup}, timed {args.steps}; "
+        f"ours share_prompts={SHARE_PROMPTS}"
     )
     load_before = load_avg()
     print(f"load average before: {load_before}")

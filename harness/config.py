@@ -209,6 +209,15 @@ class TrainConfig:
         ge=0,
         why="0 = the full-logits path",
     )
+    share_prompts: bool = _f(
+        False,
+        "Run each distinct prompt of a micro-batch through the model once and its completions on top of its KV cache, "
+        "instead of repeating the prompt in every row (harness/logprobs.py shared_prompt_logprobs): a group of G rows "
+        "does its prompt's work once. Same values and gradients up to float rounding (so runs are not bit-identical "
+        "to share_prompts=false); needs the chunked log-prob path (logprob_chunk_size > 0, a supported architecture), "
+        "else ignored. FLOPs and budgets still count every row's prompt tokens, so matched-compute comparisons do not "
+        "change with it.",
+    )
     format_reward_weight: float = _f(
         0.0, "Weight of an optional format reward (1 if the completion has a \\boxed{} answer). The paper uses 0.", ge=0
     )

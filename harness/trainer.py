@@ -54,7 +54,7 @@ from harness.engines import create_engine, engine_options
 from harness.engines.checks import logprob_gap_metrics, truncated_is_weights
 from harness.evaluation import CompletionCache, model_key, settings_from_config
 from harness.io import atomic_write_json, atomic_write_text, cache_root
-from harness.logprobs import completion_logprobs
+from harness.logprobs import completion_logprobs, shared_prompt_logprobs, shared_prompt_unsupported_reason
 from harness.memory import peak_rss_bytes, plan_microbatches, reset_peak_rss
 from harness.metrics import MetricSums, reduce_metrics
 from harness.models import encode_prompt, get_spec, instruction_for, load_model, load_tokenizer, resolve_path
@@ -89,6 +89,20 @@ def collate(prompts: list[list[int]], completions: list[np.ndarray], pad_id: int
         cmask[i, : len(c)] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     return Collated(ids, mask, pos, ids[:, P:], cmask)
+
+
+def distinct_prompts(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct prompts left-padded as :func:`collate` pads them ([U, P] ids and mask), and each row's index
+    among them ([R])."""
+    index: dict[tuple[int, ...], int] = {}
+    prompt_of = torch.tensor([index.setdefault(tuple(p), len(index)) for p in prompts], dtype=torch.long)
+    P = max(len(p) for p in index)
+    ids = torch.full((len(index), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(index), P), dtype=torch.long)
+    for i, p in enumerate(index):
+        ids[i, P - len(p) :] = torch.as_tensor(p, dtype=torch.long)
+        mask[i, P - len(p) :] = 1
+    return ids, mask, prompt_of
 
 
 def pad_rows(rows: list[np.ndarray], width: int) -> torch.Tensor:
@@ -694,6 +708,20 @@ class Trainer:
         (or the architecture is not supported: :mod:`harness.logprobs`), so no [B, C, V] logits are held."""
         col = collate(prompts, completions, self.tokenizer.pad_token_id)
         dev = self.accelerator.device
+        chunk = self.cfg.train.logprob_chunk_size
+        if self.cfg.train.share_prompts and chunk > 0 and shared_prompt_unsupported_reason(model) is None:
+            ids, mask, prompt_of = distinct_prompts(prompts, self.tokenizer.pad_token_id)
+            logps = shared_prompt_logprobs(
+                model,
+                ids.to(dev),
+                mask.to(dev),
+                prompt_of.to(dev),
+                col.completion_ids.to(dev),
+                col.completion_mask.to(dev),
+                self.cfg.generation.temperature,
+                chunk,
+            )
+            return logps, col
         logps = completion_logprobs(
             model,
             col.input_ids.to(dev),

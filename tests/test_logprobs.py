@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from algorithms.grpo import aggregate, clipped_token_loss
-from harness.logprobs import HEAD_TRANSFORMS, chunked_unsupported_reason, completion_logprobs, full_logprobs
+from harness.logprobs import (
+    HEAD_TRANSFORMS,
+    chunked_unsupported_reason,
+    completion_logprobs,
+    full_logprobs,
+    shared_prompt_logprobs,
+    shared_prompt_unsupported_reason,
+)
 from harness.memory import arch_from_config, estimate_peak_memory, plan_microbatches
 
 SMALL = dict(
@@ -286,3 +293,89 @@ def test_memory_estimate_within_a_factor_of_measured_peak():
         < 0.05
     )
     assert 0.5 <= predicted / measured <= 2.0, (predicted / 1e6, measured / 1e6, {k: v / 1e6 for k, v in est.items()})
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared prompts (train.share_prompts)
+
+
+def shared_batch(vocab: int):
+    """6 rows over 3 distinct prompts of lengths 5, 2, 7 (a prompt's rows not adjacent), completions of 1-6 tokens."""
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (5, 2, 7)]
+    rows = [0, 1, 0, 2, 1, 0]
+    completions = [torch.randint(3, vocab, (n,), generator=g).numpy() for n in (4, 1, 6, 3, 2, 5)]
+    return [prompts[i] for i in rows], completions, torch.randn(6, generator=g)
+
+
+@pytest.mark.parametrize("model_type", sorted(HEAD_TRANSFORMS))
+def test_shared_prompts_match_the_repeated_prompt_path_loss_and_gradient(model_type):
+    from harness.trainer import collate, distinct_prompts
+
+    model = small_model(model_type)
+    assert shared_prompt_unsupported_reason(model) is None
+    prompts, completions, adv = shared_batch(model.config.vocab_size)
+    col = collate(prompts, completions, 0)
+    ids, mask, prompt_of = distinct_prompts(prompts, 0)
+    assert ids.shape == (3, 7) and prompt_of.tolist() == [0, 1, 0, 2, 1, 0]
+    T = 0.7
+
+    def run(fn):
+        model.zero_grad(set_to_none=True)
+        lp = fn()
+        old = lp.detach() + 0.05 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(3))
+        token_loss = clipped_token_loss(lp, old, adv, 0.2, 0.2)[0]
+        loss = aggregate(token_loss, col.completion_mask, torch.full((6,), 1 / 6), torch.zeros(6, dtype=torch.bool))
+        loss.backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), (lp * col.completion_mask).detach(), grads
+
+    repeated = run(
+        lambda: completion_logprobs(
+            model, col.input_ids, col.attention_mask, col.position_ids, col.completion_ids, col.completion_mask, T, 4
+        )
+    )
+    shared = run(
+        lambda: shared_prompt_logprobs(model, ids, mask, prompt_of, col.completion_ids, col.completion_mask, T, 4)
+    )
+    assert rel(shared[0], repeated[0]) <= 1e-6
+    assert rel(shared[1], repeated[1]) <= 1e-6 and (shared[1] != 0).sum() == sum(len(c) for c in completions)
+    assert shared[2].keys() == repeated[2].keys() and len(repeated[2]) > 0
+    worst = max(rel(shared[2][n], repeated[2][n]) for n in repeated[2])
+    assert worst <= 1e-6, worst
+    assert "forward" not in vars(model)  # the swapped forward is gone
+
+
+def test_shared_prompts_in_a_training_step_give_the_same_update(make_config, monkeypatch):
+    """A trainer step with train.share_prompts on and off from the same state: the same loss, behaviour log-probs and
+    parameter update (float32, so up to rounding)."""
+    import harness.trainer as trainer_module
+    from harness.trainer import Trainer
+
+    calls = []
+    real = trainer_module.shared_prompt_logprobs
+    monkeypatch.setattr(
+        trainer_module, "shared_prompt_logprobs", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k)
+    )
+    results = []
+    for share in (False, True):
+        cfg = make_config("grpo", train={"max_steps": 1, "share_prompts": share, "format_reward_weight": 0.5})
+        tr = Trainer(cfg, progress=False)
+        try:
+            model = tr.accelerator.unwrap_model(tr.model)
+            before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            rec = tr.train_step()
+            after = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            results.append((rec, before, after))
+        finally:
+            tr.close()
+    (r0, b0, a0), (r1, b1, a1) = results
+    assert calls and all(shape[0] <= 4 for shape in calls)  # the shared path ran, on at most the step's 4 prompts
+    assert r0.completion_ids == r1.completion_ids  # same rollout (same seed, same weights)
+    assert r0.metrics["samples/nonzero_adv"] > 0  # rows with gradient, so the update is a real test
+    assert r1.metrics["loss/policy"] == pytest.approx(r0.metrics["loss/policy"], rel=1e-4, abs=1e-7)
+    for k in b0:
+        torch.testing.assert_close(b1[k], b0[k])
+        update0, update1 = a0[k] - b0[k], a1[k] - b1[k]
+        if update0.norm() > 0:
+            assert rel(update1, update0) <= 1e-2, k  # AdamW's first step ~ lr * sign(grad)
