@@ -36,7 +36,7 @@ def launch(model_dir, algo, out: Path) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
-@pytest.mark.parametrize("algo", ["grpo", "repo:recent_k"])
+@pytest.mark.parametrize("algo", ["grpo", "repo:recent_k", "grpo+share_prompts", "exgrpo"])
 def test_two_processes_agree(quick_model_dir, tmp_path, algo):
     r0, r1 = launch(quick_model_dir, algo, tmp_path / "out")
     assert r0["world"] == r1["world"] == 2
@@ -47,6 +47,8 @@ def test_two_processes_agree(quick_model_dir, tmp_path, algo):
     for r in (r0, r1):
         seen = {p for s in r["steps"] for p in s["prompt_ids"]}
         assert seen <= set(r["owned"]) and len(r["steps"]) == 4
+    if algo == "exgrpo":  # revisited prompts are owned ones (checked above with every generated prompt)
+        assert sum(s["experience_groups"] for s in r0["steps"]) > 0
     if algo.startswith("repo"):
         # Every prompt's buffer lives on its owner only, so no process ever needs another's completions.
         for r in (r0, r1):

@@ -11,7 +11,8 @@ from pathlib import Path
 
 
 def main() -> None:
-    model_dir, algo, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    model_dir, spec, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    algo, _, option = spec.partition("+")  # "grpo+share_prompts": the shared-prompt forward through DDP
     from harness.config import build_config
     from harness.trainer import Trainer
 
@@ -24,6 +25,7 @@ def main() -> None:
                 **(
                     {"min_cache_to_replay": 4, "max_cache_size": 8, "num_replays": 2} if algo.startswith("repo") else {}
                 ),
+                **({"start_accuracy": 0.0, "success_reward": 0.5} if algo == "exgrpo" else {}),
             },
             "data": {"train_size": 8},
             "generation": {"num_generations": 4},
@@ -33,6 +35,7 @@ def main() -> None:
                 "format_reward_weight": 0.5,
                 "output_dir": str(out_dir / "run"),
                 "log_completions_every": 0,
+                "share_prompts": option == "share_prompts",
             },
             "eval": {"before_training": False, "after_training": False},
             "tracking": {"tracking_uri": f"sqlite:///{out_dir / 'mlflow.db'}", "experiment_name": "ddp"},
@@ -41,7 +44,13 @@ def main() -> None:
     tr = Trainer(cfg, progress=False)
     steps = []
     tr.callbacks.append(
-        lambda r: steps.append({"prompt_ids": r.prompt_ids, "replay_rows": r.metrics.get("replay/rows", 0.0)})
+        lambda r: steps.append(
+            {
+                "prompt_ids": r.prompt_ids,
+                "replay_rows": r.metrics.get("replay/rows", 0.0),
+                "experience_groups": r.metrics.get("exgrpo/experience_groups", 0.0),
+            }
+        )
     )
     local_rows = []
     orig = tr.algorithm.build_batch
