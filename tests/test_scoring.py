@@ -236,7 +236,18 @@ def test_score_off_main_thread_uses_worker_pool() -> None:
 
 def test_interrupted_batch_does_not_leak_into_the_next() -> None:
     import _thread
+    import signal
 
+    # interrupt_main does nothing while SIGINT is ignored or default (Python >= 3.10); a library an earlier test loaded
+    # in this process may have set it so (this test failed once in a full run): install Python's own handler here
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupt_a_batch_then_score_another(_thread)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt_a_batch_then_score_another(_thread) -> None:
     with Scorer(num_workers=2, timeout_s=2.0) as s:
         s.score_batch(["\\boxed{1}"], ["1"])
         timer = threading.Timer(0.3, _thread.interrupt_main)
