@@ -184,7 +184,10 @@ def _add_eval_parser(sub: Any) -> None:
         "(default: tiny).",
     )
     ev.add_argument(
-        "--benchmarks", default="arith", help="Comma-separated benchmarks (`all` = the paper's seven; default: arith)."
+        "--benchmarks",
+        default=None,
+        help="Comma-separated benchmarks (`all` = the paper's seven; default: each model's config's eval.benchmarks, "
+        "e.g. arith for tiny, dm_comparison__pair under --config smollm2-cpu).",
     )
     ev.add_argument(
         "--results-dir",
@@ -444,10 +447,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness.models import expand_models
     from harness.preflight import check_model
 
+    names: list[str] = []
     for model in expand_models(args.models):  # before any model is loaded or a result written
-        resolve_run_config(model, "grpo", 0, args)
+        cfg = resolve_run_config(model, "grpo", 0, args)
         check_model(model)
-    for name in expand_benchmarks(args.benchmarks):
+        names += [n for n in expand_benchmarks(args.benchmarks or cfg.eval.benchmarks) if n not in names]
+    for name in names:
         load_benchmark(name, data_dir=args.data_dir)
     run_eval(
         args.models,

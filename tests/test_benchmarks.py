@@ -512,3 +512,23 @@ def test_run_eval_offline_writes_mlflow_and_local_results(untrained_tiny_dir, tm
     assert rec2["benchmarks"]["arith"]["reused_prompts"] == 3 and rec2["benchmarks"]["aime24"]["reused_prompts"] == 1
     assert rec2["macro_accuracy"] == rec["macro_accuracy"]
     assert len((res_dir / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_eval_cli_takes_the_configs_benchmarks_unless_given(untrained_tiny_dir, tmp_path, monkeypatch):
+    """`harness eval --config X` evaluates X's eval.benchmarks (it used to fall back to arith whatever the config);
+    --benchmarks still wins."""
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(
+        "data: {max_prompt_length: 256}\neval: {benchmarks: [math500, gsm8k], max_examples: 2, max_new_tokens: 4}\n"
+    )
+    common = ["eval", "--models", str(untrained_tiny_dir), "--config", str(cfg), "--data-dir", str(FIXTURES)]
+    common += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-progress"]
+    assert main([*common, "--results-dir", str(tmp_path / "a")]) == 0
+    (rec,) = [json.loads(line) for line in (tmp_path / "a" / "results.jsonl").read_text().splitlines()]
+    assert set(rec["benchmarks"]) == {"math500", "gsm8k"}
+    assert main([*common, "--results-dir", str(tmp_path / "b"), "--benchmarks", "math500"]) == 0
+    (rec,) = [json.loads(line) for line in (tmp_path / "b" / "results.jsonl").read_text().splitlines()]
+    assert set(rec["benchmarks"]) == {"math500"}
