@@ -202,15 +202,13 @@ def chunked_logprobs(
     C = completion_ids.shape[1]
     with _hidden_state_forward(inner, C + 1):
         hidden = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    return logprobs_from_hidden(
-        hidden[:, :-1],
-        completion_ids,
-        completion_mask,
-        inner.get_output_embeddings(),
-        temperature,
-        chunk_size,
-        head_transform(inner),
-    )
+    return _head_logprobs(inner, hidden[:, :-1], completion_ids, completion_mask, temperature, chunk_size)
+
+
+def _head_logprobs(inner, hidden, ids, mask, temperature: float, chunk_size: int) -> torch.Tensor:
+    """:func:`logprobs_from_hidden` through ``inner``'s own output head and logit transform."""
+    head = inner.get_output_embeddings()
+    return logprobs_from_hidden(hidden, ids, mask, head, temperature, chunk_size, head_transform(inner))
 
 
 @contextmanager
@@ -281,21 +279,15 @@ def shared_prompt_logprobs(
             completion_ids=completion_ids,
             prompt_of=prompt_of,
         )
-    return logprobs_from_hidden(
-        hidden,
-        completion_ids,
-        completion_mask,
-        inner.get_output_embeddings(),
-        temperature,
-        chunk_size,
-        head_transform(inner),
-    )
+    return _head_logprobs(inner, hidden, completion_ids, completion_mask, temperature, chunk_size)
 
 
-def shared_prompt_unsupported_reason(model) -> str | None:
-    """Why :func:`shared_prompt_logprobs` cannot serve ``model`` (maybe DDP-wrapped), or None when it can."""
+def wrapped_chunked_unsupported_reason(model) -> str | None:
+    """Why the chunked paths (:func:`chunked_logprobs`, :func:`shared_prompt_logprobs`) cannot serve ``model``
+    (maybe DDP-wrapped), or None when they can."""
     reason = chunked_unsupported_reason(_unwrap(model))
     if reason is None and getattr(model, "find_unused_parameters", False):
+        # DDP would search the returned hidden states' graph for used parameters and miss an untied lm_head
         reason = "DDP with find_unused_parameters=True"
     return reason
 
@@ -313,10 +305,7 @@ def completion_logprobs(
     """[B, C] log-probs of the completion tokens (the last C of ``input_ids``); chunked unless ``chunk_size``
     is 0 or the model is not supported (then the full-logits path)."""
     if chunk_size > 0:
-        reason = chunked_unsupported_reason(_unwrap(model))
-        if reason is None and getattr(model, "find_unused_parameters", False):
-            # DDP would search the returned hidden states' graph for used parameters and miss an untied lm_head
-            reason = "DDP with find_unused_parameters=True"
+        reason = wrapped_chunked_unsupported_reason(model)
         if reason is None:
             return chunked_logprobs(
                 model, input_ids, attention_mask, position_ids, completion_ids, completion_mask, temperature, chunk_size

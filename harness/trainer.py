@@ -54,7 +54,7 @@ from harness.engines import create_engine, engine_options
 from harness.engines.checks import logprob_gap_metrics, truncated_is_weights
 from harness.evaluation import CompletionCache, model_key, settings_from_config
 from harness.io import atomic_write_json, atomic_write_text, cache_root
-from harness.logprobs import completion_logprobs, shared_prompt_logprobs, shared_prompt_unsupported_reason
+from harness.logprobs import completion_logprobs, shared_prompt_logprobs, wrapped_chunked_unsupported_reason
 from harness.memory import peak_rss_bytes, plan_microbatches, reset_peak_rss
 from harness.metrics import MetricSums, reduce_metrics
 from harness.models import encode_prompt, get_spec, instruction_for, load_model, load_tokenizer, resolve_path
@@ -709,7 +709,7 @@ class Trainer:
         col = collate(prompts, completions, self.tokenizer.pad_token_id)
         dev = self.accelerator.device
         chunk = self.cfg.train.logprob_chunk_size
-        if self.cfg.train.share_prompts and chunk > 0 and shared_prompt_unsupported_reason(model) is None:
+        if self.cfg.train.share_prompts and chunk > 0 and wrapped_chunked_unsupported_reason(model) is None:
             ids, mask, prompt_of = distinct_prompts(prompts, self.tokenizer.pad_token_id)
             logps = shared_prompt_logprobs(
                 model,

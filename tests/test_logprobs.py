@@ -16,7 +16,7 @@ from harness.logprobs import (
     completion_logprobs,
     full_logprobs,
     shared_prompt_logprobs,
-    shared_prompt_unsupported_reason,
+    wrapped_chunked_unsupported_reason,
 )
 from harness.memory import arch_from_config, estimate_peak_memory, plan_microbatches
 
@@ -313,7 +313,7 @@ def test_shared_prompts_match_the_repeated_prompt_path_loss_and_gradient(model_t
     from harness.trainer import collate, distinct_prompts
 
     model = small_model(model_type)
-    assert shared_prompt_unsupported_reason(model) is None
+    assert wrapped_chunked_unsupported_reason(model) is None
     prompts, completions, adv = shared_batch(model.config.vocab_size)
     col = collate(prompts, completions, 0)
     ids, mask, prompt_of = distinct_prompts(prompts, 0)
