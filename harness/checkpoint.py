@@ -49,10 +49,10 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint where one was asked for (or expected): the message says which file is bad and what to do."""
 
 
-def _tensor_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _tensor_state(optimizer: "torch.optim.Optimizer | dict") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     import torch
 
-    sd = optimizer.state_dict()
+    sd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for pid, st in sd["state"].items():
@@ -64,7 +64,8 @@ def _tensor_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Ten
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+def save_optimizer(optimizer: "torch.optim.Optimizer | dict", folder: Path) -> None:
+    """``optimizer``: the optimizer, or a state dict in its layout (integer parameter ids; an FSDP run's gathered one)."""
     from safetensors.torch import save_file as save_torch
 
     tensors, meta = _tensor_state(optimizer)

@@ -170,6 +170,9 @@ class GenerationConfig:
     )
 
 
+SHARDING_CHOICES = ("none", "fsdp")
+
+
 @dataclass
 class TrainConfig:
     seed: int = _f(42, "Seed for model init, sampling and replay selection.", ge=0, lt=2**32)
@@ -217,6 +220,15 @@ class TrainConfig:
         "to share_prompts=false); needs the chunked log-prob path (logprob_chunk_size > 0, a supported architecture), "
         "else ignored. FLOPs and budgets still count every row's prompt tokens, so matched-compute comparisons do not "
         "change with it.",
+    )
+    sharding: str = _f(
+        "none",
+        "How the policy is held across processes: none (DDP: every process holds the whole model, gradients are "
+        "averaged) or fsdp (FSDP2, torch.distributed.fsdp.fully_shard per decoder layer plus the root: parameters, "
+        "gradients and optimizer state are split across processes; the rollout engine samples from the full weights, "
+        "gathered for it). fsdp with a single process runs unsharded (with a note). Work in progress (issue 15): "
+        "checkpoints of fsdp runs are saved from the gathered weights on the main process.",
+        choices=SHARDING_CHOICES,
     )
     format_reward_weight: float = _f(
         0.0, "Weight of an optional format reward (1 if the completion has a \\boxed{} answer). The paper uses 0.", ge=0

@@ -298,7 +298,7 @@ class Trainer:
         if resume_dir:
             self._restore(resume_dir)
         if resume_dir or not self._owns_engine:  # a new engine already holds the loaded weights
-            self.engine.sync_weights(self.accelerator.unwrap_model(self.model), self.state.policy_version)
+            self.engine.sync_weights(self._policy(refresh=True), self.state.policy_version)
         self._setup_tracking(resume_dir, tracker_tags, parent_run_id)
 
     def _setup_run(self, cfg: HarnessConfig, resume: str | None, progress: bool) -> Path | None:
@@ -381,13 +381,34 @@ class Trainer:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
 
     def _setup_optimizer(self, resume_dir: Path | None) -> None:
-        t = self.cfg.train
+        """AdamW over the policy, then DDP through accelerate, or FSDP2 (train.sharding=fsdp with several processes:
+        the model is sharded before the optimizer is built, and an unsharded copy serves the engine; harness.sharding)."""
+        t, acc = self.cfg.train, self.accelerator
+        self.fsdp = t.sharding == "fsdp" and acc.num_processes > 1
+        self._sampling = None
+        if t.sharding == "fsdp" and not self.fsdp and self.is_main:
+            print("note: train.sharding=fsdp with a single process: training unsharded", file=sys.stderr, flush=True)
+        if self.fsdp:
+            from harness.sharding import SamplingCopy, shard_model
+
+            if resume_dir:
+                raise ckpt.CheckpointError("resuming a train.sharding=fsdp run is not supported yet (issue 15)")
+            self._sampling = SamplingCopy(self.model)
+            shard_model(self.model)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay
         )
         if resume_dir:
             ckpt.load_optimizer(self.optimizer, resume_dir)
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if not self.fsdp:  # FSDP2 modules are used as they are (accelerate would wrap them in DDP)
+            self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+
+    def _policy(self, refresh: bool = False) -> torch.nn.Module:
+        """The full-weight policy for the engine, evaluation and no-grad log-probs: the unwrapped DDP model, or under
+        FSDP the unsharded copy (``refresh``: gather the current weights into it first; every process must call)."""
+        if self._sampling is None:
+            return self.accelerator.unwrap_model(self.model)
+        return self._sampling.refresh(self.model) if refresh else self._sampling.model
 
     def _setup_engine(self, engine) -> None:
         """The rollout engine (the one given, else ``generation.engine``; ``auto`` resolves to hf or vllm)."""
@@ -398,7 +419,7 @@ class Trainer:
             if engine is not None
             else create_engine(
                 g.engine,
-                model=self.accelerator.unwrap_model(self.model),
+                model=self._policy(),
                 tokenizer=self.tokenizer,
                 **engine_options(cfg),
             )
@@ -500,7 +521,7 @@ class Trainer:
         )
 
     def eval_settings(self) -> EvalSettings:
-        return settings_from_config(self.cfg, model=self.accelerator.unwrap_model(self.model), spec=self.spec)
+        return settings_from_config(self.cfg, model=self._policy(), spec=self.spec)
 
     def evaluate(self, tag: str) -> dict[str, Any]:
         """Evaluate the current policy on the configured benchmarks (main process), log it, keep it."""
@@ -815,7 +836,7 @@ class Trainer:
         if not len(rows):
             return tokens
         with torch.no_grad():
-            model = self.accelerator.unwrap_model(self.model)
+            model = self._policy()  # under FSDP the copy (current weights): no collectives, so row counts may differ
             for idx in self._plan(batch, rows):
                 logps, col = self._forward_logprobs(
                     model, [batch.prompt_ids[i] for i in idx], [batch.completion_ids[i] for i in idx]
@@ -841,8 +862,12 @@ class Trainer:
         tis_cache: dict[int, torch.Tensor | None] = {}
         timing = {"train": 0.0, "ref": 0.0, "grad_norm": float("nan")}
         tokens = {"trained": 0, "ref": 0}
+        n_real = len(chunks)
+        if self.fsdp:  # every forward/backward is a collective: all processes run as many micro-batches
+            chunks = chunks + [chunks[-1]] * (self._max_over_processes(len(chunks)) - len(chunks))
         for it in range(self.algorithm.num_iterations):
             for ci, idx in enumerate(chunks):
+                dummy = ci >= n_real  # a repeat of the last micro-batch with zero loss (FSDP padding)
                 sub = batch.select(idx)
                 if self.ref_model is not None and ci not in ref_cache:
                     t0 = time.perf_counter()
@@ -863,7 +888,9 @@ class Trainer:
                             sums.add(tis_metrics)
                         inputs.is_weights = tis_cache[ci]
                     loss, metrics = self.algorithm.loss(inputs)
-                    self.accelerator.backward(loss)
+                    self.accelerator.backward(loss * 0.0 if dummy else loss)
+                if dummy:
+                    continue
                 tokens["trained"] += trained
                 sums.add(metrics)
                 timing["train"] += time.perf_counter() - t0
@@ -913,7 +940,11 @@ class Trainer:
         gradient norm (NaN without clipping)."""
         t = self.cfg.train
         grad_norm = float("nan")
-        if t.max_grad_norm > 0:
+        if t.max_grad_norm > 0 and self.fsdp:
+            from harness.sharding import full_tensor
+
+            grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)))
+        elif t.max_grad_norm > 0:
             grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
         lr = t.learning_rate * lr_factor(self.budget_fraction(), t.warmup_ratio, t.lr_scheduler)
         for group in self.optimizer.param_groups:
@@ -963,7 +994,7 @@ class Trainer:
         metrics.update(self.algorithm.after_step(groups, batch, behaviour, self.step))
         metrics["time/after_step_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.engine.sync_weights(self.accelerator.unwrap_model(self.model), self.policy_version)
+        self.engine.sync_weights(self._policy(refresh=True), self.policy_version)
         metrics["time/weight_sync_s"] = (
             time.perf_counter() - t0
         )  # no FLOPs counted: a copy (+ the probe check's short forward)
@@ -1028,6 +1059,11 @@ class Trainer:
                 flush=True,
             )
 
+    def _max_over_processes(self, n: int) -> int:
+        t = torch.tensor([n], device=self.accelerator.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
+
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
         if self.accelerator.num_processes == 1:
             return metrics
@@ -1056,12 +1092,20 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         staging = self.output_dir / f".tmp-{ckpt.CKPT_PREFIX}{self.step}"
+        opt_state = None
+        if self.fsdp:  # gathered on the main process (a collective); the model is the copy, current since the last sync
+            from harness.sharding import gathered_optimizer_state
+
+            opt_state = gathered_optimizer_state(self.model, self.optimizer)
         if self.is_main:
             staging = ckpt.staging_dir(self.output_dir, self.step)
-            acc.unwrap_model(self.model).save_pretrained(staging / "model", safe_serialization=True)
+            self._policy().save_pretrained(staging / "model", safe_serialization=True)
             self.tokenizer.save_pretrained(staging / "model")
             ckpt.save_optimizer(
-                self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer, staging
+                opt_state
+                if self.fsdp
+                else (self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer),
+                staging,
             )
             self.state.mlflow_run_id = self.tracker.run_id
             self.state.config, self.state.num_processes, self.state.budget = (

@@ -1,0 +1,60 @@
+"""Run by tests/test_fsdp.py under `python -m torch.distributed.run --nproc_per_node 2` (gloo).
+
+Trains GRPO a few steps with ``train.sharding`` = argv[2] (none = DDP, fsdp = FSDP2) and writes, on the main process,
+the final full parameters (``params.pt``: from the gathered state dict under FSDP) and, per process, what it saw.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    model_dir, sharding, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    import torch
+
+    from harness.config import build_config
+    from harness.trainer import Trainer
+
+    cfg = build_config(
+        "tiny",
+        {
+            "model": {"name": model_dir},
+            "algorithm": {"name": "grpo"},
+            "data": {"train_size": 8},
+            "generation": {"num_generations": 4},
+            "train": {
+                "max_steps": 3,
+                "prompts_per_step": 2,
+                "format_reward_weight": 0.5,
+                "output_dir": str(out_dir / "run"),
+                "log_completions_every": 0,
+                "sharding": sharding,
+            },
+            "eval": {"before_training": False, "after_training": False},
+            "tracking": {"tracking_uri": f"sqlite:///{out_dir / 'mlflow.db'}", "experiment_name": sharding},
+        },
+    )
+    tr = Trainer(cfg, progress=False)
+    steps = []
+    tr.callbacks.append(lambda r: steps.append({"prompt_ids": r.prompt_ids, "completion_ids": r.completion_ids}))
+    tr.fit()
+    rank = tr.accelerator.process_index
+    if tr.fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        params = get_model_state_dict(tr.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        copy = tr._policy().state_dict()  # the engine's copy must hold the same weights
+        copy_diff = max((copy[k] - params[k]).abs().max().item() for k in params) if params else 0.0
+    else:
+        params = tr.accelerator.unwrap_model(tr.model).state_dict()
+        copy_diff = 0.0
+    if rank == 0:
+        torch.save({k: v.detach().clone() for k, v in params.items()}, out_dir / "params.pt")
+    (out_dir / f"rank{rank}.json").write_text(
+        json.dumps({"rank": rank, "fsdp": tr.fsdp, "steps": steps, "copy_diff": copy_diff})
+    )
+
+
+if __name__ == "__main__":
+    main()
