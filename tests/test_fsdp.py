@@ -13,24 +13,37 @@ import pytest
 WORKER = Path(__file__).parent / "mp" / "fsdp_worker.py"
 
 
-def launch(model_dir, sharding: str, out: Path, port: int) -> list[dict]:
+def launch(model_dir, sharding: str, out: Path, port: int, train_extra: dict) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     proc = subprocess.run(
-        [*cmd, str(WORKER), str(model_dir), sharding, str(out)], env=env, capture_output=True, text=True, timeout=600
+        [*cmd, str(WORKER), str(model_dir), sharding, str(out), json.dumps(train_extra)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
+# A small micro-batch budget gives the processes different micro-batch counts: under FSDP each forward/backward is a
+# collective, so the trainer pads the shorter process with zero-loss repeats.
 @pytest.mark.slow
-def test_fsdp_matches_ddp(quick_model_dir, tmp_path):
+@pytest.mark.parametrize(
+    "train_extra",
+    [{}, {"max_tokens_per_microbatch": 60, "micro_batch_size": 3}],
+    ids=["default", "uneven_microbatches"],
+)
+def test_fsdp_matches_ddp(quick_model_dir, tmp_path, train_extra):
     import torch
     from safetensors.torch import load_file
 
-    ddp = launch(quick_model_dir, "none", tmp_path / "ddp", 29561)
-    fsdp = launch(quick_model_dir, "fsdp", tmp_path / "fsdp", 29562)
+    ddp = launch(quick_model_dir, "none", tmp_path / "ddp", 29561, train_extra)
+    fsdp = launch(quick_model_dir, "fsdp", tmp_path / "fsdp", 29562, train_extra)
+    if train_extra:  # the padding path really ran
+        assert fsdp[0]["chunks"] != fsdp[1]["chunks"]
     assert [r["fsdp"] for r in ddp] == [False, False] and [r["fsdp"] for r in fsdp] == [True, True]
     # The same prompts and (same weights, same seeds) the same samples at every step, on each process.
     for a, b in zip(ddp, fsdp):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 def main() -> None:
     model_dir, sharding, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    train_extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}  # e.g. a small micro-batch token budget
     import torch
 
     from harness.config import build_config
@@ -30,6 +31,7 @@ def main() -> None:
                 "output_dir": str(out_dir / "run"),
                 "log_completions_every": 0,
                 "sharding": sharding,
+                **train_extra,
             },
             "eval": {"before_training": False, "after_training": False},
             "tracking": {"tracking_uri": f"sqlite:///{out_dir / 'mlflow.db'}", "experiment_name": sharding},
@@ -38,6 +40,9 @@ def main() -> None:
     tr = Trainer(cfg, progress=False)
     steps = []
     tr.callbacks.append(lambda r: steps.append({"prompt_ids": r.prompt_ids, "completion_ids": r.completion_ids}))
+    chunk_counts = []  # micro-batches planned per training pass on this process (FSDP pads to the maximum)
+    plan = tr._plan
+    tr._plan = lambda batch, rows: (lambda c: chunk_counts.append(len(c)) or c)(plan(batch, rows))
     tr.fit()
     rank = tr.accelerator.process_index
     if tr.fsdp:
@@ -52,7 +57,7 @@ def main() -> None:
     if rank == 0:
         torch.save({k: v.detach().clone() for k, v in params.items()}, out_dir / "params.pt")
     (out_dir / f"rank{rank}.json").write_text(
-        json.dumps({"rank": rank, "fsdp": tr.fsdp, "steps": steps, "copy_diff": copy_diff})
+        json.dumps({"rank": rank, "fsdp": tr.fsdp, "steps": steps, "copy_diff": copy_diff, "chunks": chunk_counts})
     )
 
 
