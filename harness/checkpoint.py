@@ -74,6 +74,11 @@ def save_optimizer(optimizer: "torch.optim.Optimizer | dict", folder: Path) -> N
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    optimizer.load_state_dict(read_optimizer_state(folder))
+
+
+def read_optimizer_state(folder: Path) -> dict[str, Any]:
+    """The saved optimizer state dict (integer parameter ids, as ``optimizer.state_dict()`` gives it)."""
     from safetensors.torch import load_file as load_torch
 
     tensors = load_torch(str(folder / "optimizer.safetensors"))
@@ -84,7 +89,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
         state.setdefault(int(pid), {})[name] = val
     for pid, vals in meta["scalars"].items():
         state.setdefault(int(pid), {}).update(vals)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

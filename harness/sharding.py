@@ -70,3 +70,13 @@ def gathered_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Opti
     ids = {name: i for i, (name, _) in enumerate(model.named_parameters())}
     groups = [{**g, "params": [ids[n] for n in g["params"]]} for g in sd["param_groups"]]
     return {"state": {ids[n]: st for n, st in sd["state"].items()}, "param_groups": groups}
+
+
+def load_gathered_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sd: dict) -> None:
+    """Load a plain-layout optimizer state (a checkpoint's, read by every process) into the sharded optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = [name for name, _ in model.named_parameters()]
+    groups = [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]
+    fqn_sd = {"state": {names[int(i)]: st for i, st in sd["state"].items()}, "param_groups": groups}
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=fqn_sd, options=StateDictOptions(full_state_dict=True))

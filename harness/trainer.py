@@ -391,14 +391,16 @@ class Trainer:
         if self.fsdp:
             from harness.sharding import SamplingCopy, shard_model
 
-            if resume_dir:
-                raise ckpt.CheckpointError("resuming a train.sharding=fsdp run is not supported yet (issue 15)")
             self._sampling = SamplingCopy(self.model)
             shard_model(self.model)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay
         )
-        if resume_dir:
+        if resume_dir and self.fsdp:  # the checkpoint holds the gathered state, in the plain layout
+            from harness.sharding import load_gathered_optimizer_state
+
+            load_gathered_optimizer_state(self.model, self.optimizer, ckpt.read_optimizer_state(resume_dir))
+        elif resume_dir:
             ckpt.load_optimizer(self.optimizer, resume_dir)
         if not self.fsdp:  # FSDP2 modules are used as they are (accelerate would wrap them in DDP)
             self.model, self.optimizer = acc.prepare(self.model, self.optimizer)

@@ -12,6 +12,7 @@ from pathlib import Path
 def main() -> None:
     model_dir, sharding, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     train_extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}  # e.g. a small micro-batch token budget
+    resume_at = train_extra.pop("resume_at", None)  # stop after this many steps, then resume in a new Trainer
     import torch
 
     from harness.config import build_config
@@ -37,7 +38,27 @@ def main() -> None:
             "tracking": {"tracking_uri": f"sqlite:///{out_dir / 'mlflow.db'}", "experiment_name": sharding},
         },
     )
-    tr = Trainer(cfg, progress=False)
+    ref_steps: list = []
+    resume_dir = None
+    if resume_at:  # the uninterrupted run, checkpointing at resume_at; then resume a copy of that checkpoint
+        import shutil
+
+        import torch.distributed as dist
+
+        d = cfg.to_dict()
+        first = Trainer(build_config("tiny", {**d, "train": {**d["train"], "save_every": resume_at}}), progress=False)
+        first.callbacks.append(
+            lambda r: ref_steps.append({"prompt_ids": r.prompt_ids, "completion_ids": r.completion_ids})
+        )
+        first.fit()
+        resume_dir = out_dir / "resume-from"
+        if first.is_main:
+            shutil.copytree(out_dir / "run" / f"checkpoint-{resume_at}", resume_dir)
+        dist.barrier()
+        ref_params = {k: v.detach().clone() for k, v in first._policy().state_dict().items()}
+        first.close()
+        cfg = build_config("tiny", {**d, "train": {**d["train"], "output_dir": str(out_dir / "run2")}})
+    tr = Trainer(cfg, progress=False, resume=str(resume_dir) if resume_dir else None)
     steps = []
     tr.callbacks.append(lambda r: steps.append({"prompt_ids": r.prompt_ids, "completion_ids": r.completion_ids}))
     chunk_counts = []  # micro-batches planned per training pass on this process (FSDP pads to the maximum)
@@ -54,10 +75,19 @@ def main() -> None:
     else:
         params = tr.accelerator.unwrap_model(tr.model).state_dict()
         copy_diff = 0.0
+    resumed = {}
+    if resume_at:  # the resumed steps and weights against the uninterrupted run's
+        resumed = {
+            "same_batches": ref_steps[resume_at:] == steps,
+            "n_resumed_steps": len(steps),
+            "param_diff": max((ref_params[k] - v).abs().max().item() for k, v in tr._policy().state_dict().items()),
+        }
     if rank == 0:
         torch.save({k: v.detach().clone() for k, v in params.items()}, out_dir / "params.pt")
     (out_dir / f"rank{rank}.json").write_text(
-        json.dumps({"rank": rank, "fsdp": tr.fsdp, "steps": steps, "copy_diff": copy_diff, "chunks": chunk_counts})
+        json.dumps(
+            {"rank": rank, "fsdp": tr.fsdp, "steps": steps, "copy_diff": copy_diff, "chunks": chunk_counts, **resumed}
+        )
     )
 
 
