@@ -1,4 +1,5 @@
-"""FSDP2 (train.sharding=fsdp) over two gloo processes: the same GRPO run as under DDP, to 1e-5 (issue 15)."""
+"""FSDP2 (train.sharding=fsdp) over two gloo processes: the same GRPO and RePO runs as under DDP, to 1e-5, and
+resume (issue 15)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,15 @@ def launch(model_dir, sharding: str, out: Path, port: int, train_extra: dict) ->
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "train_extra",
-    [{}, {"max_tokens_per_microbatch": 60, "micro_batch_size": 3}],
-    ids=["default", "uneven_microbatches"],
+    [
+        {},
+        {"max_tokens_per_microbatch": 60, "micro_batch_size": 3},
+        {
+            "algorithm": {"name": "repo:recent_k", "min_cache_to_replay": 4, "max_cache_size": 8, "num_replays": 2},
+            "max_steps": 4,
+        },
+    ],
+    ids=["grpo", "grpo_uneven_microbatches", "repo"],
 )
 def test_fsdp_matches_ddp(quick_model_dir, tmp_path, train_extra):
     import torch
@@ -42,12 +50,13 @@ def test_fsdp_matches_ddp(quick_model_dir, tmp_path, train_extra):
 
     ddp = launch(quick_model_dir, "none", tmp_path / "ddp", 29561, train_extra)
     fsdp = launch(quick_model_dir, "fsdp", tmp_path / "fsdp", 29562, train_extra)
-    if train_extra:  # the padding path really ran
+    steps = train_extra.get("max_steps", 3)
+    if "micro_batch_size" in train_extra:  # the padding path really ran
         assert fsdp[0]["chunks"] != fsdp[1]["chunks"]
     assert [r["fsdp"] for r in ddp] == [False, False] and [r["fsdp"] for r in fsdp] == [True, True]
     # The same prompts and (same weights, same seeds) the same samples at every step, on each process.
     for a, b in zip(ddp, fsdp):
-        assert a["steps"] == b["steps"] and len(a["steps"]) == 3
+        assert a["steps"] == b["steps"] and len(a["steps"]) == steps
         assert b["copy_diff"] <= 1e-6  # the engine's unsharded copy holds the trained weights
     p_ddp = torch.load(tmp_path / "ddp" / "params.pt")
     p_fsdp = torch.load(tmp_path / "fsdp" / "params.pt")
@@ -58,7 +67,8 @@ def test_fsdp_matches_ddp(quick_model_dir, tmp_path, train_extra):
     init = load_file(str(Path(quick_model_dir) / "model.safetensors"))
     assert max((p_ddp[k].float() - init[k].float()).abs().max().item() for k in init) > 1e-5
     # The FSDP checkpoint (gathered on the main process) holds what the DDP one holds: model and AdamW state.
-    c_ddp, c_fsdp = (tmp_path / "ddp" / "run" / "checkpoint-3"), (tmp_path / "fsdp" / "run" / "checkpoint-3")
+    run_ckpt = f"run/checkpoint-{steps}"
+    c_ddp, c_fsdp = tmp_path / "ddp" / run_ckpt, tmp_path / "fsdp" / run_ckpt
     for name in ("model/model.safetensors", "optimizer.safetensors"):
         a, b = load_file(str(c_ddp / name)), load_file(str(c_fsdp / name))
         assert set(a) == set(b) and max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= 1e-5, name

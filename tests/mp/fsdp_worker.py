@@ -12,6 +12,7 @@ from pathlib import Path
 def main() -> None:
     model_dir, sharding, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     train_extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}  # e.g. a small micro-batch token budget
+    algorithm = train_extra.pop("algorithm", {"name": "grpo"})
     resume_at = train_extra.pop("resume_at", None)  # stop after this many steps, then resume in a new Trainer
     import torch
 
@@ -22,11 +23,11 @@ def main() -> None:
         "tiny",
         {
             "model": {"name": model_dir},
-            "algorithm": {"name": "grpo"},
+            "algorithm": algorithm,
             "data": {"train_size": 8},
             "generation": {"num_generations": 4},
             "train": {
-                "max_steps": 3,
+                "max_steps": train_extra.pop("max_steps", 3),
                 "prompts_per_step": 2,
                 "format_reward_weight": 0.5,
                 "output_dir": str(out_dir / "run"),
