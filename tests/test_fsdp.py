@@ -83,3 +83,24 @@ def test_fsdp_resume_same_next_batch(quick_model_dir, tmp_path):
     for r in launch(quick_model_dir, "fsdp", tmp_path / "fsdp", 29563, {"resume_at": 2}):
         assert r["fsdp"] and r["n_resumed_steps"] == 1 and r["same_batches"]
         assert r["param_diff"] <= 1e-6 and r["copy_diff"] <= 1e-6
+
+
+def test_fsdp_with_one_process_runs_unsharded(make_config, capsys):
+    """train.sharding=fsdp in a single process: a note, then the plain path (the same weights as sharding=none)."""
+    import torch
+
+    from harness.trainer import Trainer
+
+    finals = {}
+    for sharding in ("none", "fsdp"):
+        cfg = make_config(
+            "grpo", train={"max_steps": 1, "sharding": sharding, "output_dir": f"{{run_name}}-{sharding}"}
+        )
+        cfg.train.output_dir = str(Path(cfg.tracking.tracking_uri.removeprefix("sqlite:///")).parent / sharding)
+        tr = Trainer(cfg, progress=False)
+        assert not tr.fsdp and tr._sampling is None
+        tr.fit()
+        finals[sharding] = {k: v.detach().clone() for k, v in tr._policy().state_dict().items()}
+        tr.close()
+    assert "train.sharding=fsdp with a single process: training unsharded" in capsys.readouterr().err
+    assert all(torch.equal(finals["none"][k], finals["fsdp"][k]) for k in finals["none"])
