@@ -85,7 +85,7 @@ def test_fsdp_resume_same_next_batch(quick_model_dir, tmp_path):
         assert r["param_diff"] <= 1e-6 and r["copy_diff"] <= 1e-6
 
 
-def test_fsdp_with_one_process_runs_unsharded(make_config, capsys):
+def test_fsdp_with_one_process_runs_unsharded(make_config, tmp_path, capsys):
     """train.sharding=fsdp in a single process: a note, then the plain path (the same weights as sharding=none)."""
     import torch
 
@@ -93,10 +93,7 @@ def test_fsdp_with_one_process_runs_unsharded(make_config, capsys):
 
     finals = {}
     for sharding in ("none", "fsdp"):
-        cfg = make_config(
-            "grpo", train={"max_steps": 1, "sharding": sharding, "output_dir": f"{{run_name}}-{sharding}"}
-        )
-        cfg.train.output_dir = str(Path(cfg.tracking.tracking_uri.removeprefix("sqlite:///")).parent / sharding)
+        cfg = make_config("grpo", train={"max_steps": 1, "sharding": sharding, "output_dir": str(tmp_path / sharding)})
         tr = Trainer(cfg, progress=False)
         assert not tr.fsdp and tr._sampling is None
         tr.fit()
