@@ -41,8 +41,9 @@ def launch(model_dir, sharding: str, out: Path, port: int, train_extra: dict) ->
             "algorithm": {"name": "repo:recent_k", "min_cache_to_replay": 4, "max_cache_size": 8, "num_replays": 2},
             "max_steps": 4,
         },
+        {"model": {"gradient_checkpointing": True}},
     ],
-    ids=["grpo", "grpo_uneven_microbatches", "repo"],
+    ids=["grpo", "grpo_uneven_microbatches", "repo", "grpo_gradient_checkpointing"],
 )
 def test_fsdp_matches_ddp(quick_model_dir, tmp_path, train_extra):
     import torch

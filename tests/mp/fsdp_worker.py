@@ -13,6 +13,7 @@ def main() -> None:
     model_dir, sharding, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     train_extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}  # e.g. a small micro-batch token budget
     algorithm = train_extra.pop("algorithm", {"name": "grpo"})
+    model_extra = train_extra.pop("model", {})  # e.g. gradient checkpointing
     resume_at = train_extra.pop("resume_at", None)  # stop after this many steps, then resume in a new Trainer
     import torch
 
@@ -22,7 +23,7 @@ def main() -> None:
     cfg = build_config(
         "tiny",
         {
-            "model": {"name": model_dir},
+            "model": {"name": model_dir, **model_extra},
             "algorithm": algorithm,
             "data": {"train_size": 8},
             "generation": {"num_generations": 4},
