@@ -223,12 +223,27 @@ class TrainConfig:
     )
     sharding: str = _f(
         "none",
-        "How the policy is held across processes: none (DDP: every process holds the whole model, gradients are "
-        "averaged) or fsdp (FSDP2, torch.distributed.fsdp.fully_shard per decoder layer plus the root: parameters, "
-        "gradients and optimizer state are split across processes; the rollout engine samples from the full weights, "
-        "gathered for it). fsdp with a single process runs unsharded (with a note). Work in progress (issue 15): "
-        "checkpoints of fsdp runs are saved from the gathered weights on the main process.",
+        "How the policy is held across processes: none (DDP: every process holds the whole model and its AdamW state, "
+        "gradients are averaged) or fsdp (FSDP2, torch.distributed.fsdp.fully_shard per decoder layer plus the root: "
+        "parameters, gradients and AdamW state are split across the N processes, ~16/N bytes per parameter in "
+        "float32; harness/sharding.py). Under fsdp the hf engines sample with the whole model gathered on every "
+        "process for the rollout phase (freed before training), vllm engines receive it parameter by parameter, "
+        "and checkpoints hold the gathered weights and AdamW state in the same files as a DDP run's. fsdp with a "
+        "single process trains unsharded (with a note). The reference code used DeepSpeed ZeRO-3 for 7B models.",
         choices=SHARDING_CHOICES,
+    )
+    fsdp_mixed_precision: str = _f(
+        "none",
+        "train.sharding=fsdp only: none (compute in model.dtype) or bf16 (FSDP2 MixedPrecisionPolicy: parameters are "
+        "gathered and used in bfloat16, gradients reduced in float32, while the sharded master weights and AdamW "
+        "state stay in model.dtype; use model.dtype=float32 with it). The usual GPU setting for 7B models.",
+        choices=("none", "bf16"),
+    )
+    fsdp_cpu_offload: bool = _f(
+        False,
+        "train.sharding=fsdp only: keep the sharded parameters, gradients and AdamW state in CPU memory "
+        "(FSDP2 CPUOffloadPolicy) and copy each layer to the GPU when it runs; saves GPU memory at the cost of "
+        "host-device traffic and a CPU optimizer step. Needs GPUs (on a CPU-only run there is nothing to offload to).",
     )
     format_reward_weight: float = _f(
         0.0, "Weight of an optional format reward (1 if the completion has a \\boxed{} answer). The paper uses 0.", ge=0
@@ -450,6 +465,7 @@ def validate(cfg: HarnessConfig) -> None:
         check_bounds(obj, section)
     g, t, e = cfg.generation, cfg.train, cfg.eval
     _validate_engine(g)
+    _validate_sharding(cfg)
     _check(t.max_steps == -1 or t.max_steps >= 1, f"train.max_steps must be -1 (use epochs) or >= 1, got {t.max_steps}")
     _check(t.max_steps > 0 or t.epochs >= 1, "train.epochs must be >= 1 when train.max_steps is -1")
     if t.budget is not None:
@@ -465,6 +481,32 @@ def validate(cfg: HarnessConfig) -> None:
     )
 
     resolve_algorithm(cfg.algorithm)  # raises ConfigError on unknown names/keys/inconsistencies
+
+
+def _validate_sharding(cfg: HarnessConfig) -> None:
+    """FSDP options need FSDP; CPU offload needs a GPU to offload from."""
+    t = cfg.train
+    for key, on in (
+        ("fsdp_mixed_precision", t.fsdp_mixed_precision != "none"),
+        ("fsdp_cpu_offload", t.fsdp_cpu_offload),
+    ):
+        _check(
+            not on or t.sharding == "fsdp",
+            f"train.{key} applies to train.sharding=fsdp only (train.sharding is {t.sharding!r})",
+        )
+    if t.fsdp_mixed_precision == "bf16":
+        _check(
+            cfg.model.dtype == "float32",
+            f"train.fsdp_mixed_precision=bf16 keeps float32 master weights and computes in bfloat16: set model.dtype=float32 "
+            f"(got {cfg.model.dtype!r}; for bfloat16 master weights use fsdp_mixed_precision=none)",
+        )
+    if t.fsdp_cpu_offload:
+        import torch
+
+        _check(
+            torch.cuda.is_available(),
+            "train.fsdp_cpu_offload needs a GPU: on a CPU-only machine the shards already are in CPU memory (set it to false)",
+        )
 
 
 def _validate_engine(g: GenerationConfig) -> None:

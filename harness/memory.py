@@ -76,6 +76,17 @@ class Arch:
     intermediate: int
     vocab: int
     params: float
+    tied: bool = True  # input embeddings and LM head are one matrix (False: two vocab x hidden matrices)
+
+    @property
+    def root_params(self) -> float:
+        """Parameters outside the decoder layers (FSDP's root group): embeddings and LM head (norms negligible)."""
+        return float(self.vocab * self.hidden * (1 if self.tied else 2))
+
+    @property
+    def layer_params(self) -> float:
+        """Parameters of one decoder layer (FSDP's unit of gathering)."""
+        return max(self.params - self.root_params, 0.0) / self.layers
 
 
 # Shapes of registry models (their published config.json), so --dry-run needs no download.
@@ -95,7 +106,7 @@ def arch_from_config(cfg) -> Arch:
     per_layer = (
         H * heads * hd * 2 + 2 * H * kv + 3 * H * I
     )  # q, o, k, v, gate/up/down (norms and biases are negligible)
-    return Arch(L, H, I, V, float(L * per_layer + V * H * (1 if tied else 2)))
+    return Arch(L, H, I, V, float(L * per_layer + V * H * (1 if tied else 2)), tied)
 
 
 def model_arch(name: str) -> Arch | None:

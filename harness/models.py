@@ -67,9 +67,11 @@ class ModelSpec:
     # data.prompt_suffix. None/"" = nothing added: the paper models keep the reference's prompt (their template only).
     system_prompt: str | None = None
     prompt_suffix: str = ""
-    # (layers, hidden size, intermediate size, vocabulary, parameters): --dry-run's compute and memory estimates
-    # without loading the model (harness.memory.model_arch); None = read from a local config.json, if any.
-    arch: tuple[int, int, int, int, float] | None = None
+    # (layers, hidden size, intermediate size, vocabulary, parameters[, tied]): --dry-run's compute and memory
+    # estimates without loading the model (harness.memory.model_arch); tied (default True) = config.json's
+    # tie_word_embeddings (False: embeddings and LM head are two matrices, FSDP's root group is twice as large);
+    # None = read from a local config.json, if any.
+    arch: tuple[int, int, int, int, float] | tuple[int, int, int, int, float, bool] | None = None
 
     @property
     def status(self) -> str:
@@ -110,7 +112,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             "qwen2.5-math-7b",
             "Qwen/Qwen2.5-Math-7B",
-            arch=(28, 3584, 18944, 152064, 7.62e9),
+            arch=(28, 3584, 18944, 152064, 7.62e9, False),
             pad_token="<|fim_pad|>",
             paper=True,
             max_model_len=4096,
@@ -130,7 +132,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             "deepseek-r1-distill-qwen-1.5b",
             "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
-            arch=(28, 1536, 8960, 151936, 1.78e9),
+            arch=(28, 1536, 8960, 151936, 1.78e9, False),
             confirmed=False,
             paper=True,
             pad_token="<|fim_pad|>",

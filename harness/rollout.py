@@ -41,6 +41,9 @@ class Completion:
 
 class RolloutEngine(Protocol):
     name: str
+    # True for engines that sample with the trainer's own model rather than a copy of its weights (hf, hf-generate):
+    # under train.sharding=fsdp the trainer gathers the sharded model around their sampling (absent = False)
+    uses_training_model: bool
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]: ...
 

@@ -1,16 +1,28 @@
-"""FSDP2 sharding of the policy (issue 15, work in progress): ``train.sharding: fsdp``.
+"""FSDP2 sharding of the policy: ``train.sharding: fsdp`` (README "Several processes").
 
-The policy is split with ``torch.distributed.fsdp.fully_shard`` per decoder layer plus the root, so parameters,
-gradients and AdamW state are held 1/N per process. Rollout engines need full weights: the trainer keeps an unsharded
-copy of the policy (:class:`SamplingCopy`), refreshed parameter by parameter from the shards after every optimizer
-step (each parameter is all-gathered in turn, so besides the copy only one gathered parameter exists at a time). The
-copy costs the full weights (not gradients or optimizer state) on every process; a full-parameter context on the
-sharded model itself would avoid it but needs every process to run the same number of forwards while sampling.
+The policy is split with ``torch.distributed.fsdp.fully_shard`` per decoder layer plus the root (embeddings, final
+norm, LM head), so parameters, gradients and AdamW state are held 1/N per process; a forward gathers one layer at a
+time and frees it after use. What needs the whole model gets it in one of three ways, never as a persistent copy:
+
+* **Sampling and evaluation with the in-process engines** (``hf``, ``hf-generate``): :func:`full_weights` gathers
+  every layer on every process for the rollout phase and frees them when it ends (as TRL does for ZeRO-3 by
+  default). Inside it a forward needs no collective, so the processes may run different numbers of forwards
+  (different completion lengths, DAPO's extra rounds, evaluation on the main process only). Cost: the full
+  weights (in the compute dtype) on every process during the phase, on top of the 1/N shards.
+* **Engines that hold their own weights** (``vllm``, ``vllm-server``): :func:`named_full_tensors` gathers one
+  parameter at a time for the engine to load (every process, same order), so besides the engine's own copy
+  only one gathered parameter exists at once.
+* **Checkpoints**: :func:`full_model_state` and :func:`gathered_optimizer_state` gather the weights and the AdamW
+  state to the main process's CPU memory, in the layout of a DDP run's checkpoint (one Hugging Face folder, the
+  optimizer in safetensors), so a checkpoint does not depend on the process count it was written with.
+
+Everything here is a collective: every process calls it, in the same order.
 """
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -26,42 +38,86 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(layers)
 
 
-def shard_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Apply FSDP2 in place: each decoder layer, then the root (embeddings, final norm, a tied or untied LM head)."""
-    from torch.distributed.fsdp import fully_shard
+def shard_model(
+    model: torch.nn.Module, device: torch.device, *, mixed_precision: str = "none", cpu_offload: bool = False
+) -> torch.nn.Module:
+    """Apply FSDP2 in place: each decoder layer, then the root. ``mixed_precision="bf16"``: gather and compute in
+    bfloat16, reduce gradients in float32 (the shards keep their dtype); ``cpu_offload``: shards, gradients and
+    optimizer state live in CPU memory (GPU runs)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    kw: dict = {"mesh": mesh}
+    if mixed_precision == "bf16":
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if cpu_offload:
+        kw["offload_policy"] = CPUOffloadPolicy()
+    else:
+        model.to(device)
     for layer in decoder_layers(model):
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, reshard_after_forward=True, **kw)
+    # the root's parameters (embeddings, head) are needed again right after the forward (the chunked log-probs use
+    # the head outside it) and in backward: kept gathered between the two, as FSDP2 does by default for the root
+    fully_shard(model, reshard_after_forward=False, **kw)
     return model
 
 
+def fsdp_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return bool(fsdp_modules(model))
+
+
+@contextmanager
+def full_weights(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Every layer of a sharded ``model`` gathered on this process until the block ends; forwards inside need no
+    collective. Entering is a collective (every process, same point); leaving frees the gathered weights."""
+    mods = fsdp_modules(model)
+    for m in mods:
+        m.unshard()
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield model
+    finally:
+        for m in mods:
+            m.reshard()
+            m.set_reshard_after_forward(m is not model, recurse=False)  # as shard_model set them
+
+
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a (possibly DTensor) parameter or gradient norm; a collective when sharded."""
+    """The whole tensor of a (possibly sharded DTensor) parameter, gradient norm or state; a collective when sharded."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-class SamplingCopy:
-    """An unsharded copy of the policy for the rollout engine, evaluation and no-grad log-probs."""
+def named_full_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``model.state_dict()`` items with sharded tensors gathered one at a time (a collective per tensor)."""
+    for name, t in model.state_dict().items():
+        yield name, full_tensor(t.detach())
 
-    def __init__(self, model: torch.nn.Module):
-        # Taken before sharding: same weights, same buffers, plain tensors.
-        self.model = copy.deepcopy(model)
-        self.model.requires_grad_(False)
 
-    @torch.no_grad()
-    def refresh(self, sharded: torch.nn.Module) -> torch.nn.Module:
-        """Copy the sharded model's current parameters in, one all-gather per parameter (every process calls this)."""
-        mine = dict(self.model.named_parameters())
-        for name, p in sharded.named_parameters():
-            mine[name].copy_(full_tensor(p.detach()))
-        return self.model
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The gathered state dict in CPU memory on the main process (None on the others); gathered tensor by tensor."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not sd:
+        return None
+    seen: set[int] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):  # a tied head is saved once, as by a DDP run
+        if id(p) in seen:
+            sd.pop(name, None)
+        seen.add(id(p))
+    return sd
 
 
 def gathered_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
     """The AdamW state of a sharded model gathered in the plain optimizer's layout (integer parameter ids in
-    ``model.parameters()`` order), so a checkpoint looks like a DDP run's; on the main process only (None elsewhere).
-    A collective: every process calls it."""
+    ``model.parameters()`` order), so a checkpoint looks like a DDP run's; on the main process only (None elsewhere)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     sd = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

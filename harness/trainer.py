@@ -298,7 +298,7 @@ class Trainer:
         if resume_dir:
             self._restore(resume_dir)
         if resume_dir or not self._owns_engine:  # a new engine already holds the loaded weights
-            self.engine.sync_weights(self._policy(refresh=True), self.state.policy_version)
+            self.engine.sync_weights(self._policy(), self.state.policy_version)
         self._setup_tracking(resume_dir, tracker_tags, parent_run_id)
 
     def _setup_run(self, cfg: HarnessConfig, resume: str | None, progress: bool) -> Path | None:
@@ -382,17 +382,19 @@ class Trainer:
 
     def _setup_optimizer(self, resume_dir: Path | None) -> None:
         """AdamW over the policy, then DDP through accelerate, or FSDP2 (train.sharding=fsdp with several processes:
-        the model is sharded before the optimizer is built, and an unsharded copy serves the engine; harness.sharding)."""
+        the policy, and a reference model if any, are sharded before the optimizer is built; harness.sharding)."""
         t, acc = self.cfg.train, self.accelerator
         self.fsdp = t.sharding == "fsdp" and acc.num_processes > 1
-        self._sampling = None
         if t.sharding == "fsdp" and not self.fsdp and self.is_main:
             print("note: train.sharding=fsdp with a single process: training unsharded", file=sys.stderr, flush=True)
         if self.fsdp:
-            from harness.sharding import SamplingCopy, shard_model
+            from harness.sharding import shard_model
 
-            self._sampling = SamplingCopy(self.model)
-            shard_model(self.model)
+            for model in (self.model, self.ref_model):
+                if model is not None:
+                    shard_model(
+                        model, acc.device, mixed_precision=t.fsdp_mixed_precision, cpu_offload=t.fsdp_cpu_offload
+                    )
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay
         )
@@ -405,12 +407,20 @@ class Trainer:
         if not self.fsdp:  # FSDP2 modules are used as they are (accelerate would wrap them in DDP)
             self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
 
-    def _policy(self, refresh: bool = False) -> torch.nn.Module:
-        """The full-weight policy for the engine, evaluation and no-grad log-probs: the unwrapped DDP model, or under
-        FSDP the unsharded copy (``refresh``: gather the current weights into it first; every process must call)."""
-        if self._sampling is None:
-            return self.accelerator.unwrap_model(self.model)
-        return self._sampling.refresh(self.model) if refresh else self._sampling.model
+    def _policy(self) -> torch.nn.Module:
+        """The policy without its DDP wrapper (the engines, evaluation and no-grad log-probs use it). Under FSDP it is
+        the sharded model itself: a forward outside :meth:`_gathered` is a collective, and the engines that copy
+        weights gather them parameter by parameter."""
+        return self.model if self.fsdp else self.accelerator.unwrap_model(self.model)
+
+    def _gathered(self, needed: bool = True):
+        """Under FSDP (and when ``needed``), a block in which every process holds the whole policy, so forwards need
+        no collective and their number may differ per process (sampling, evaluation); a collective to enter."""
+        if not (self.fsdp and needed):
+            return nullcontext()
+        from harness.sharding import full_weights
+
+        return full_weights(self.model)
 
     def _setup_engine(self, engine) -> None:
         """The rollout engine (the one given, else ``generation.engine``; ``auto`` resolves to hf or vllm)."""
@@ -563,6 +573,13 @@ class Trainer:
             "\n".join(json.dumps(s) for s in res["samples"]) + "\n", f"eval/{tag}-step{self.step}.jsonl"
         )
         return res
+
+    def _evaluate_on_main(self, tag: str) -> None:
+        """:meth:`evaluate` on the main process; every process calls this (under FSDP the in-process engines sample
+        from the weights gathered for it)."""
+        with self._gathered(getattr(self.engine, "uses_training_model", False)):
+            if self.is_main:
+                self.evaluate(tag)
 
     def _start_eval_cache(self):
         """Completions of the untrained model, shared by every run that starts from the same weights with the same engine:
@@ -835,14 +852,20 @@ class Trainer:
         """Pre-step log-probs of ``rows`` (rows without gradient whose log-probs the algorithm keeps) into ``out``, without
         autograd; returns the tokens processed."""
         tokens = 0
-        if not len(rows):
+        chunks = self._plan(batch, rows)
+        n_real = len(chunks)
+        if self.fsdp:  # a forward of the sharded model is a collective: every process runs as many (repeats of row 0)
+            chunks += [np.zeros(1, np.int64)] * (self._max_over_processes(n_real) - n_real)
+        if not chunks:
             return tokens
         with torch.no_grad():
-            model = self._policy()  # under FSDP the copy (current weights): no collectives, so row counts may differ
-            for idx in self._plan(batch, rows):
+            model = self._policy()
+            for ci, idx in enumerate(chunks):
                 logps, col = self._forward_logprobs(
                     model, [batch.prompt_ids[i] for i in idx], [batch.completion_ids[i] for i in idx]
                 )
+                if ci >= n_real:
+                    continue
                 tokens += int(col.attention_mask.sum())
                 for j, row in enumerate(idx):
                     out[row] = logps[j, : len(batch.completion_ids[row])].float().cpu().numpy()
@@ -984,7 +1007,8 @@ class Trainer:
     def train_step(self) -> StepRecord:
         rss_reset = reset_peak_rss()  # memory/step_peak_rss_gb: this step's own peak, not the process's whole history
         t_step = time.perf_counter()
-        generated, groups, metrics = self.collect_groups()
+        with self._gathered(getattr(self.engine, "uses_training_model", False)):
+            generated, groups, metrics = self.collect_groups()
         self._check_flat_rewards(generated, metrics)
         t0 = time.perf_counter()
         batch = self.algorithm.build_batch(groups, self.step)
@@ -996,7 +1020,7 @@ class Trainer:
         metrics.update(self.algorithm.after_step(groups, batch, behaviour, self.step))
         metrics["time/after_step_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.engine.sync_weights(self._policy(refresh=True), self.policy_version)
+        self.engine.sync_weights(self._policy(), self.policy_version)
         metrics["time/weight_sync_s"] = (
             time.perf_counter() - t0
         )  # no FLOPs counted: a copy (+ the probe check's short forward)
@@ -1094,14 +1118,15 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         staging = self.output_dir / f".tmp-{ckpt.CKPT_PREFIX}{self.step}"
-        opt_state = None
-        if self.fsdp:  # gathered on the main process (a collective); the model is the copy, current since the last sync
-            from harness.sharding import gathered_optimizer_state
+        weights = opt_state = None
+        if self.fsdp:  # gathered to the main process's CPU memory, tensor by tensor (collectives)
+            from harness.sharding import full_model_state, gathered_optimizer_state
 
+            weights = full_model_state(self.model)
             opt_state = gathered_optimizer_state(self.model, self.optimizer)
         if self.is_main:
             staging = ckpt.staging_dir(self.output_dir, self.step)
-            self._policy().save_pretrained(staging / "model", safe_serialization=True)
+            self._policy().save_pretrained(staging / "model", state_dict=weights, safe_serialization=True)
             self.tokenizer.save_pretrained(staging / "model")
             ckpt.save_optimizer(
                 opt_state
@@ -1137,11 +1162,11 @@ class Trainer:
         }
         status = "FAILED"
         try:
-            if self.step == 0 and cfg.eval.before_training and self.is_main and cfg.eval.benchmarks:
-                self.evaluate("before")
+            if self.step == 0 and cfg.eval.before_training and cfg.eval.benchmarks:
+                self._evaluate_on_main("before")
             self._train_loop()
-            if cfg.eval.after_training and self.is_main and cfg.eval.benchmarks:
-                self.evaluate("after")
+            if cfg.eval.after_training and cfg.eval.benchmarks:
+                self._evaluate_on_main("after")
             self.save_checkpoint()
             status = "FINISHED"
         finally:
@@ -1200,13 +1225,13 @@ class Trainer:
         cfg = self.cfg
         fraction = self.budget_fraction()
         due = [f for f in cfg.eval.at_budget_fractions if f not in self.state.fractions_done and fraction >= f]
-        evaluates = self.is_main and bool(cfg.eval.benchmarks)
+        evaluates = bool(cfg.eval.benchmarks)
         if due:
             self.state.fractions_done.extend(due)
             if evaluates:
-                self.evaluate(f"budget{due[-1]:.2f}")
+                self._evaluate_on_main(f"budget{due[-1]:.2f}")
         elif cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and evaluates:
-            self.evaluate("during")
+            self._evaluate_on_main("during")
         if cfg.train.save_every and self.step % cfg.train.save_every == 0:
             self.save_checkpoint()
 

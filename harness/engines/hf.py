@@ -18,6 +18,7 @@ class HFEngine:
 
     name = "hf"
     cheap_logprobs = True  # a log-softmax of logits the sampler computes anyway
+    uses_training_model = True  # samples with the trainer's model (under FSDP the trainer gathers it first)
 
     def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 256, **engine_options):
         # engine_options (vllm_*, server_*, sync_check, ...) configure separate engines; this one samples with

@@ -38,6 +38,7 @@ from harness.engines.checks import EngineError, SyncCheckedEngine
 from harness.engines.options import EngineOptions
 from harness.models import context_length
 from harness.rollout import Completion, SamplingParams
+from harness.sharding import full_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def named_weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> I
     old tensors back when it receives nothing for it, which would silently untie a tied LM head.
     """
     for name, t in model.state_dict().items():
-        t = t.detach()
+        t = full_tensor(t.detach())  # an FSDP-sharded model's parameters are gathered one at a time (a collective)
         yield name, (t.to(dtype) if dtype is not None and t.is_floating_point() else t)
 
 

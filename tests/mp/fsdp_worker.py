@@ -9,13 +9,19 @@ import sys
 from pathlib import Path
 
 
+def full_params(trainer) -> dict:
+    """Every parameter and buffer of the trainer's policy, whole (gathered one by one under FSDP), as separate tensors."""
+    from harness.sharding import named_full_tensors
+
+    return {k: v.detach().clone().contiguous() for k, v in named_full_tensors(trainer._policy())}
+
+
 def main() -> None:
     model_dir, sharding, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     train_extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}  # e.g. a small micro-batch token budget
     algorithm = train_extra.pop("algorithm", {"name": "grpo"})
     model_extra = train_extra.pop("model", {})  # e.g. gradient checkpointing
     resume_at = train_extra.pop("resume_at", None)  # stop after this many steps, then resume in a new Trainer
-    import torch
 
     from harness.config import build_config
     from harness.trainer import Trainer
@@ -57,39 +63,35 @@ def main() -> None:
         if first.is_main:
             shutil.copytree(out_dir / "run" / f"checkpoint-{resume_at}", resume_dir)
         dist.barrier()
-        ref_params = {k: v.detach().clone() for k, v in first._policy().state_dict().items()}
+        ref_params = full_params(first)
         first.close()
         cfg = build_config("tiny", {**d, "train": {**d["train"], "output_dir": str(out_dir / "run2")}})
     tr = Trainer(cfg, progress=False, resume=str(resume_dir) if resume_dir else None)
     steps = []
     tr.callbacks.append(lambda r: steps.append({"prompt_ids": r.prompt_ids, "completion_ids": r.completion_ids}))
+    # the hf engine's log-probs of its samples vs the trainer's pre-step ones on the trained rows: sampling used the
+    # trained weights of the previous step (a stale or half-gathered model would show a gap)
+    gaps = []
+    tr.callbacks.append(lambda r: gaps.append(r.metrics.get("engine/logprob_gap_max_abs")))
     chunk_counts = []  # micro-batches planned per training pass on this process (FSDP pads to the maximum)
     plan = tr._plan
     tr._plan = lambda batch, rows: (lambda c: chunk_counts.append(len(c)) or c)(plan(batch, rows))
     tr.fit()
     rank = tr.accelerator.process_index
-    if tr.fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        params = get_model_state_dict(tr.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        copy = tr._policy().state_dict()  # the engine's copy must hold the same weights
-        copy_diff = max((copy[k] - params[k]).abs().max().item() for k in params) if params else 0.0
-    else:
-        params = tr.accelerator.unwrap_model(tr.model).state_dict()
-        copy_diff = 0.0
+    params = full_params(tr)
     resumed = {}
     if resume_at:  # the resumed steps and weights against the uninterrupted run's
         resumed = {
             "same_batches": ref_steps[resume_at:] == steps,
             "n_resumed_steps": len(steps),
-            "param_diff": max((ref_params[k] - v).abs().max().item() for k, v in tr._policy().state_dict().items()),
+            "param_diff": max((ref_params[k] - v).abs().max().item() for k, v in params.items()),
         }
     if rank == 0:
-        torch.save({k: v.detach().clone() for k, v in params.items()}, out_dir / "params.pt")
+        from safetensors.torch import save_file
+
+        save_file(params, str(out_dir / "params.safetensors"))
     (out_dir / f"rank{rank}.json").write_text(
-        json.dumps(
-            {"rank": rank, "fsdp": tr.fsdp, "steps": steps, "copy_diff": copy_diff, "chunks": chunk_counts, **resumed}
-        )
+        json.dumps({"rank": rank, "fsdp": tr.fsdp, "steps": steps, "chunks": chunk_counts, "gaps": gaps, **resumed})
     )
 
 
