@@ -178,12 +178,14 @@ def param_count(model: str) -> float | None:
     return arch.params if arch else None
 
 
-def estimate(cfg: Any, model: str) -> dict[str, Any]:
+def estimate(cfg: Any, model: str, *, processes: int = 1, gpu_memory: float | None = None) -> dict[str, Any]:
     """Upper-bound compute per step of a planned run from its config: every prompt and completion at its maximum
     length, every prompt training the most rows its algorithm can add (RePO: k replayed rows), and a step generating
-    the most prompts its algorithm can ask for (DAPO: every extra round)."""
+    the most prompts its algorithm can ask for (DAPO: every extra round). ``peak_memory``: per process when the member
+    runs ``processes`` processes (``memory``: its parts; ``replay_rows``: the rows the estimate adds for replay);
+    ``gpu_memory`` (bytes) sizes a colocated vLLM engine."""
     from algorithms import resolve_algorithm
-    from harness.memory import estimate_for_config, model_arch
+    from harness.memory import estimate_for_config, model_arch, sharding_of
 
     g, t = cfg.generation, cfg.train
     rows = t.prompts_per_step * g.num_generations
@@ -194,12 +196,21 @@ def estimate(cfg: Any, model: str) -> dict[str, Any]:
     gen_tokens, train_tokens = generated_rows * width, (rows + extra) * width
     n = param_count(model)
     flops = (2 * gen_tokens + 6 * train_tokens) * n if n else None
-    mem = estimate_for_config(cfg, model_arch(model), replay_rows=extra)
-    out = {"flops_per_step_max": flops, "params": n, "peak_memory": mem["total"] if mem else None}
+    mem = estimate_for_config(
+        cfg, model_arch(model), replay_rows=extra, sharding=sharding_of(cfg, processes), gpu_memory=gpu_memory
+    )
+    out = {
+        "flops_per_step_max": flops,
+        "params": n,
+        "peak_memory": mem["total"] if mem else None,
+        "memory": mem,
+        "replay_rows": extra,
+    }
     if t.budget:
         unit, value = parse_budget(t.budget)
     else:
-        unit, value = "steps", planned_steps(t, cfg.data.train_size or None)
+        owned = -(-cfg.data.train_size // processes) if cfg.data.train_size else None  # each process owns 1/N
+        unit, value = "steps", planned_steps(t, owned)
     if value is None:
         return {**out, "budget": f"{t.epochs} epochs", "min_steps": None}
     per_step = {

@@ -23,6 +23,7 @@ from benchmarks.prepare import add_data_parser, cmd_data
 from harness import checkpoint as ckpt
 from harness.budget import plan_warnings
 from harness.cli_common import (
+    _positive_float,
     add_config_flags,
     add_data_dir_flag,
     add_launcher_flags,
@@ -54,10 +55,12 @@ RUN_EPILOG = """examples:
   harness run --algos grpo,repo --models all --seeds 3 --launcher slurm --slurm-partition gpu --slurm-gpus 4 \
 --slurm-time-min 720 --tracking-uri http://mlflow-host:5000       # every member a Slurm job, one MLflow server
   harness run ... --launcher slurm --no-wait && harness status NAME     # submit, return; look at the members later
+  harness run --config paper-qwen2.5-math-7b-fsdp --models qwen2.5-math-7b --algos grpo --dry-run --processes 4 \
+--gpu-memory-gb 80                                                  # memory per process, DDP vs FSDP: fits?
 
 presets (harness/presets, --config NAME): tiny, tiny-matched, smollm2-cpu, paper-qwen2.5-math-1.5b, \
 paper-qwen2.5-math-7b,
-paper-qwen3-1.7b. In a mixed matrix --set algorithm.<field> applies to the algorithms that have the field.
+paper-qwen2.5-math-7b-fsdp (FSDP on 4-8 GPUs), paper-qwen3-1.7b. In a mixed matrix --set algorithm.<field> applies to the algorithms that have the field.
 
 algorithm specs: NAME or NAME:VARIANT, e.g. grpo, repo, repo:recent_k, repo:highest_k,
 repo:max_variance_k (see `harness config show --algo repo` for every field).
@@ -135,6 +138,21 @@ def _add_run_parser(sub: Any) -> None:
         help="Print the matrix with estimated compute and exit (--verbose: also each resolved config).",
     )
     run.add_argument("--verbose", action="store_true", help="With --dry-run, print every resolved config.")
+    run.add_argument(
+        "--processes",
+        type=_positive_int,
+        metavar="N",
+        help="With --dry-run: estimate memory per process for members running N processes each, DDP vs FSDP "
+        "(train.sharding), e.g. --processes 8 for `torchrun --nproc-per-node 8 -m harness.cli run ...`. Default: the "
+        "launcher's count (--launcher slurm: one per GPU of --slurm-gpus; local: $WORLD_SIZE, else 1).",
+    )
+    run.add_argument(
+        "--gpu-memory-gb",
+        type=_positive_float,
+        metavar="GB",
+        help="With --dry-run: each process's GPU memory in GB (10^9 bytes; an '80GB' A100/H100 holds 85.9), to print "
+        "whether each member fits, e.g. --gpu-memory-gb 80. Default: this machine's first GPU, if it has one.",
+    )
     add_plugin_flag(run)
     add_data_dir_flag(
         run,
@@ -334,17 +352,45 @@ def _resume(args: argparse.Namespace, algos: list[str], models: list[str]) -> in
     return 0
 
 
-def _dry_run(name: str, members: list[Member], verbose: bool) -> int:
-    """``harness run --dry-run``: the matrix with its compute estimates and plan warnings; runs nothing."""
+def _dry_run_processes(args: argparse.Namespace, launcher: Any) -> tuple[int, str]:
+    """Processes per member for the memory estimate, and where that count comes from: --processes, else the
+    launcher's (Slurm: one per GPU; local: $WORLD_SIZE or 1)."""
+    own = launcher.processes()
+    if args.processes is None:
+        return own, launcher.processes_source()
+    if launcher.name == "slurm" and args.processes != own:
+        print(
+            f"note: --processes {args.processes} differs from the {own} process(es) per member of "
+            f"{launcher.processes_source()}",
+            file=sys.stderr,
+        )
+    return args.processes, "--processes"
+
+
+def _gpu_memory(args: argparse.Namespace) -> float | None:
+    """Bytes of one process's GPU: --gpu-memory-gb, else this machine's first GPU, else None (no fits check)."""
+    if args.gpu_memory_gb:
+        return args.gpu_memory_gb * 1e9
+    import torch
+
+    return float(torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None
+
+
+def _dry_run(name: str, members: list[Member], args: argparse.Namespace, launcher: Any) -> int:
+    """``harness run --dry-run``: the matrix with its compute and memory estimates and plan warnings; runs nothing."""
     try:  # a dry run plans for any machine and loads no data: a model this machine cannot load is only noted
         preflight([m.config for m in members], data=False)
     except ConfigError as e:
         print(f"note: a real run on this machine would stop: {e}", file=sys.stderr)
-    print_matrix(name, members)
+    processes, source = _dry_run_processes(args, launcher)
+    gpu_memory = _gpu_memory(args)
+    print_matrix(name, members, processes=processes, processes_from=source, gpu_memory=gpu_memory)
+    if gpu_memory is None:
+        print("(give --gpu-memory-gb GB to check whether each member fits its GPUs)")
     for mem in members:
         for warning in plan_warnings(mem.config):
             print(f"warning: {mem.run_name}: {warning}")
-    if verbose:
+    if args.verbose:
         for mem in members:
             print(f"\n# {mem.run_name}")
             print(yaml.safe_dump(mask_secrets(mem.config.to_dict()), sort_keys=False))
@@ -358,6 +404,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     models = expand_models(args.models)
     if not algos or not models:
         raise ConfigError(f"--{'algos' if not algos else 'models'}: no {'algorithm' if not algos else 'model'} given")
+    for flag, value in (("--processes", args.processes), ("--gpu-memory-gb", args.gpu_memory_gb)):
+        if value is not None and not args.dry_run:
+            raise ConfigError(
+                f"{flag}: only with --dry-run (it sizes the memory estimate; a real run's processes come from "
+                "torchrun / accelerate launch or --slurm-gpus)"
+            )
     if args.resume:
         if args.launcher != "local":
             raise ConfigError(
@@ -374,7 +426,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     name = matrix_name(members, args.name)
     launcher = launcher_from_args(args, wait=not args.no_wait)  # bad --slurm-* values: before anything is written
     if args.dry_run:
-        return _dry_run(name, members, args.verbose)
+        return _dry_run(name, members, args, launcher)
     preflight([m.config for m in members])  # models, training sets and benchmarks resolve: before any MLflow run
     launcher.check([m.config for m in members])  # e.g. a cluster answers, the tracking server is one all jobs reach
     parent: dict[str, str] = {}

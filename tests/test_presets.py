@@ -9,7 +9,7 @@ import pytest
 from harness.config import PRESET_DIR, build_config
 
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-PAPER = [p for p in PRESETS if p.startswith("paper-")]
+PAPER = [p for p in PRESETS if p.startswith("paper-") and not p.endswith("-fsdp")]  # -fsdp: a paper preset, sharded
 
 
 def test_presets_are_shipped():
@@ -52,3 +52,24 @@ def test_tiny_preset_replays_within_its_steps():
     visits_before_replay = -(-repo.min_cache_to_replay // cfg.generation.num_generations)
     assert visits >= visits_before_replay + 2, (visits, visits_before_replay)
     assert dataclasses.asdict(repo)["num_replays"] == 8
+
+
+def test_the_7b_fsdp_preset_is_the_paper_preset_sharded():
+    """paper-qwen2.5-math-7b-fsdp changes only how the 7B model is held and sampled (and the per-process batch)."""
+    cfg, paper = build_config("paper-qwen2.5-math-7b-fsdp").to_dict(), build_config("paper-qwen2.5-math-7b").to_dict()
+    diff = {(s, k) for s in cfg if isinstance(cfg[s], dict) for k in cfg[s] if cfg[s][k] != paper[s].get(k)}
+    assert diff == {
+        ("model", "dtype"),
+        ("model", "gradient_checkpointing"),
+        ("generation", "engine"),
+        ("generation", "vllm_dtype"),
+        ("train", "prompts_per_step"),
+        ("train", "sharding"),
+        ("train", "fsdp_mixed_precision"),
+    }, diff
+    assert (cfg["model"]["dtype"], cfg["train"]["sharding"], cfg["train"]["fsdp_mixed_precision"]) == (
+        "float32",
+        "fsdp",
+        "bf16",
+    )
+    assert cfg["train"]["prompts_per_step"] * 4 == paper["train"]["prompts_per_step"]  # 4 processes: the paper's batch

@@ -275,6 +275,9 @@ class VLLMRunner:
 
             self.import_s = time.perf_counter() - t0
             _quiet_reload_logger()
+            # under torchrun the trainer's process group already exists: vLLM builds its groups inside it, and
+            # close() must then leave it alone (the trainer still needs it after the engine is gone)
+            self._owns_dist = not torch.distributed.is_initialized()
             self.llm = LLM(**kwargs)
         self.startup_s = time.perf_counter() - t0
         logger.info(
@@ -372,13 +375,38 @@ class VLLMRunner:
         if llm is None:
             return
         self.llm = None
-        with contextlib.suppress(Exception):
-            llm.llm_engine.engine_core.shutdown()
-        del llm
-        with contextlib.suppress(Exception):
-            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        with _vllm_groups_only(not getattr(self, "_owns_dist", True)):
+            with contextlib.suppress(Exception):
+                llm.llm_engine.engine_core.shutdown()
+            del llm
+            with contextlib.suppress(Exception):
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-            cleanup_dist_env_and_memory()
+                cleanup_dist_env_and_memory()
+
+
+@contextlib.contextmanager
+def _vllm_groups_only(active: bool):
+    """While active, vLLM's teardown destroys its own process groups but not the default one: its engine shutdown
+    calls ``destroy_distributed_environment``, which also destroys the trainer's (torchrun) process group, still needed
+    after the engine is gone (checkpoints, FSDP gathers)."""
+    if not active:
+        yield
+        return
+    from vllm.distributed import parallel_state as ps
+
+    original = ps.destroy_distributed_environment
+
+    def destroy_vllm_world() -> None:
+        if ps._WORLD is not None:
+            ps._WORLD.destroy()
+        ps._WORLD = None
+
+    ps.destroy_distributed_environment = destroy_vllm_world
+    try:
+        yield
+    finally:
+        ps.destroy_distributed_environment = original
 
 
 def _sampled_logprobs(lps, ids: np.ndarray) -> np.ndarray:

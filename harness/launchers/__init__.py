@@ -5,7 +5,8 @@
   (:mod:`harness.launchers.slurm`; README: 'Running on a cluster').
 
 A launcher has ``check(configs)`` (before anything is written: refuse what cannot work) and
-``run(jobs, tracker, progress=..., configs=...) -> (summaries by member key, failures)``.
+``run(jobs, tracker, progress=..., configs=...) -> (summaries by member key, failures)``, and ``processes()``: the
+processes one member runs (``--dry-run``'s memory estimate per process; ``processes_source()`` says why).
 """
 
 from __future__ import annotations

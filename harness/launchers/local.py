@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from harness.launchers.member import MemberJob, run_member
@@ -9,6 +10,15 @@ from harness.launchers.member import MemberJob, run_member
 
 class LocalLauncher:
     name = "local"
+
+    def processes(self) -> int:
+        """Processes per member: this run's own (``$WORLD_SIZE`` under torchrun / accelerate launch), else 1."""
+        return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+
+    def processes_source(self) -> str:
+        if "WORLD_SIZE" in os.environ:
+            return "local launcher: $WORLD_SIZE"
+        return "local launcher: one process; --processes N for torchrun/accelerate launch with N"
 
     def check(self, configs: list[Any]) -> None:
         """Nothing to check: every member runs here, with the stores this machine reaches."""

@@ -75,6 +75,11 @@ class SlurmConfig:
     )
 
 
+def job_processes(cfg: SlurmConfig) -> int:
+    """Processes of one job: one task per GPU, at least one per node (what :func:`make_executor` asks srun for)."""
+    return max(1, cfg.gpus // cfg.nodes) * cfg.nodes
+
+
 def load_slurm_config(path: str | None, overrides: dict[str, Any]) -> SlurmConfig:
     """Defaults <- the YAML file (its keys are :class:`SlurmConfig`'s fields; unknown ones rejected) <- flags."""
     cfg = SlurmConfig()
@@ -402,6 +407,13 @@ class SlurmLauncher:
                 print(f"warning: {w}", file=sys.stderr, flush=True)
             export_secret(uri, "MLFLOW_TRACKING_URI")
         check_cluster()
+
+    def processes(self) -> int:
+        """Processes per member: one per GPU of the job (:func:`job_processes`)."""
+        return job_processes(self.cfg)
+
+    def processes_source(self) -> str:
+        return f"--launcher slurm: {self.cfg.gpus} GPU(s) over {self.cfg.nodes} node(s), one process per GPU"
 
     def folder(self, matrix: str) -> Path:
         return Path(self.cfg.folder or Path("runs") / matrix / "slurm").resolve()

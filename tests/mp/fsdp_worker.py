@@ -21,6 +21,7 @@ def main() -> None:
     train_extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}  # e.g. a small micro-batch token budget
     algorithm = train_extra.pop("algorithm", {"name": "grpo"})
     model_extra = train_extra.pop("model", {})  # e.g. gradient checkpointing
+    generation_extra = train_extra.pop("generation", {})  # e.g. a vllm engine
     resume_at = train_extra.pop("resume_at", None)  # stop after this many steps, then resume in a new Trainer
 
     from harness.config import build_config
@@ -32,7 +33,7 @@ def main() -> None:
             "model": {"name": model_dir, **model_extra},
             "algorithm": algorithm,
             "data": {"train_size": 8},
-            "generation": {"num_generations": 4},
+            "generation": {"num_generations": 4, **generation_extra},
             "train": {
                 "max_steps": train_extra.pop("max_steps", 3),
                 "prompts_per_step": 2,
@@ -73,6 +74,8 @@ def main() -> None:
     # trained weights of the previous step (a stale or half-gathered model would show a gap)
     gaps = []
     tr.callbacks.append(lambda r: gaps.append(r.metrics.get("engine/logprob_gap_max_abs")))
+    probes = []  # engines with their own weights: the probe check after every sync (max |engine - trainer| log-prob)
+    tr.callbacks.append(lambda r: probes.append(r.metrics.get("engine/sync_probe_max_abs")))
     chunk_counts = []  # micro-batches planned per training pass on this process (FSDP pads to the maximum)
     plan = tr._plan
     tr._plan = lambda batch, rows: (lambda c: chunk_counts.append(len(c)) or c)(plan(batch, rows))
@@ -91,7 +94,17 @@ def main() -> None:
 
         save_file(params, str(out_dir / "params.safetensors"))
     (out_dir / f"rank{rank}.json").write_text(
-        json.dumps({"rank": rank, "fsdp": tr.fsdp, "steps": steps, "chunks": chunk_counts, "gaps": gaps, **resumed})
+        json.dumps(
+            {
+                "rank": rank,
+                "fsdp": tr.fsdp,
+                "steps": steps,
+                "chunks": chunk_counts,
+                "gaps": gaps,
+                "probes": probes,
+                **resumed,
+            }
+        )
     )
 
 
