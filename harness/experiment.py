@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,29 +182,87 @@ def memory_lines(cfg: HarnessConfig, model: str, processes: int, gpu_memory: flo
     return out
 
 
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, else None."""
+    return Path(tracking_uri[len("sqlite:///") :]) if tracking_uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def _sqlite_lock(tracking_uri: str):
+    """An exclusive lock beside a sqlite store (nothing for other stores): processes started together (torchrun)
+    otherwise race to create its tables, and MLflow's migration fails in all but one."""
+    path = _sqlite_path(tracking_uri)
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class MatrixTracker:
     """Finds or creates the parent run and each member's run state in MLflow."""
 
     def __init__(self, tracking_uri: str, experiment: str, name: str, spec: dict[str, Any]):
+        self.name = name
+        if os.environ.get("RANK", "0") != "0":  # under torchrun: the main process creates the store and the parent
+            self._attach(tracking_uri, experiment)
+            return
+        with _sqlite_lock(tracking_uri):
+            self._connect(tracking_uri, experiment, create=True)
+            found = self._find_parent()
+            if found:
+                self.parent_id = found
+                self.client.update_run(self.parent_id, status="RUNNING")
+            else:
+                run = self.client.create_run(
+                    self.experiment_id, run_name=name, tags={"harness.role": "experiment", "harness.experiment": name}
+                )
+                self.parent_id = run.info.run_id
+                self.client.log_text(self.parent_id, json.dumps(spec, indent=2, default=str), "matrix.json")
+
+    def _connect(self, tracking_uri: str, experiment: str, create: bool) -> bool:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
+        if exp is None and not create:
+            return False
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
-        self.name = name
+        return True
+
+    def _find_parent(self) -> str | None:
         found = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`harness.experiment` = '{name}' and tags.`harness.role` = 'experiment'",
+            filter_string=f"tags.`harness.experiment` = '{self.name}' and tags.`harness.role` = 'experiment'",
         )
-        if found:
-            self.parent_id = found[0].info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
-        else:
-            run = self.client.create_run(
-                self.experiment_id, run_name=name, tags={"harness.role": "experiment", "harness.experiment": name}
-            )
-            self.parent_id = run.info.run_id
-            self.client.log_text(self.parent_id, json.dumps(spec, indent=2, default=str), "matrix.json")
+        return found[0].info.run_id if found else None
+
+    def _attach(self, tracking_uri: str, experiment: str, timeout_s: float = 600.0) -> None:
+        """A non-main process of a torchrun launch: wait for the main process's parent run (never create one, and
+        never touch a sqlite store while the main process creates its tables)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with _sqlite_lock(tracking_uri):
+                if (not _sqlite_path(tracking_uri) or _sqlite_path(tracking_uri).exists()) and self._connect(
+                    tracking_uri, experiment, create=False
+                ):
+                    found = self._find_parent()
+                    if found:
+                        self.parent_id = found
+                        return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"process RANK={os.environ.get('RANK')}: the main process created no parent run for matrix "
+                    f"'{self.name}' in experiment '{experiment}' within {timeout_s:.0f} s"
+                )
+            time.sleep(0.5)
 
     def member_run(self, member: Member):
         runs = self.client.search_runs(

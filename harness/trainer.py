@@ -1006,6 +1006,8 @@ class Trainer:
 
     def train_step(self) -> StepRecord:
         rss_reset = reset_peak_rss()  # memory/step_peak_rss_gb: this step's own peak, not the process's whole history
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         t_step = time.perf_counter()
         with self._gathered(getattr(self.engine, "uses_training_model", False)):
             generated, groups, metrics = self.collect_groups()
@@ -1030,6 +1032,8 @@ class Trainer:
         peak = peak_rss_bytes()
         if peak is not None:
             metrics["memory/step_peak_rss_gb/max" if rss_reset else "memory/peak_rss_gb/max"] = peak / 1e9
+        if torch.cuda.is_available():  # torch's tensors on this process's GPU (not a vLLM engine's own pool)
+            metrics["memory/step_peak_gpu_gb/max"] = torch.cuda.max_memory_allocated() / 1e9
         metrics.update(step_flops(self.num_params, self.cfg.generation.num_generations, metrics))
         metrics = self._reduce(metrics)
         self._add_totals(metrics)

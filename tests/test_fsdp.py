@@ -127,3 +127,69 @@ def test_fsdp_with_the_vllm_engine_syncs_gathered_weights(quick_model_dir, tmp_p
     params = load_file(str(tmp_path / "fsdp" / "params.safetensors"))
     init = load_file(str(Path(quick_model_dir) / "model.safetensors"))
     assert max((params[k] - init[k]).abs().max().item() for k in init) > 1e-5
+
+
+@pytest.mark.slow
+def test_fsdp_bf16_mixed_precision_keeps_float32_master_weights(quick_model_dir, tmp_path):
+    """fsdp_mixed_precision=bf16 on CPU/gloo: gathered weights and compute in bfloat16, float32 shards and AdamW state;
+    the result stays near the float32 DDP run (bf16 rounding only), and the engine-trainer gap shows the bf16 compute."""
+    from safetensors.torch import load_file
+
+    ddp = launch(quick_model_dir, "none", tmp_path / "ddp", 29565, {})
+    mp = launch(quick_model_dir, "fsdp", tmp_path / "mp", 29566, {"fsdp_mixed_precision": "bf16"})
+    assert all(r["fsdp"] and len(r["steps"]) == 3 for r in mp)
+    ckpt = load_file(str(tmp_path / "mp" / "run" / "checkpoint-3" / "model" / "model.safetensors"))
+    opt = load_file(str(tmp_path / "mp" / "run" / "checkpoint-3" / "optimizer.safetensors"))
+    assert {t.dtype for t in ckpt.values()} == {t.dtype for t in opt.values()} == {torch_float32()}
+    p_ddp = load_file(str(tmp_path / "ddp" / "params.safetensors"))
+    p_mp = load_file(str(tmp_path / "mp" / "params.safetensors"))
+    init = load_file(str(Path(quick_model_dir) / "model.safetensors"))
+    import torch
+
+    d_ddp = torch.cat([(p_ddp[k] - init[k]).flatten() for k in init])
+    d_mp = torch.cat([(p_mp[k] - init[k]).flatten() for k in init])
+    cos = float(torch.nn.functional.cosine_similarity(d_ddp, d_mp, dim=0))
+    # not float32-exact (Adam's sign-like steps amplify bf16 rounding of small gradients), but the same training
+    assert d_mp.abs().max() > 1e-5 and not torch.equal(d_ddp, d_mp) and cos > 0.5, cos
+    assert min(mp[0]["gaps"]) > max(ddp[0]["gaps"])  # bf16 sampling/compute vs float32
+
+
+def torch_float32():
+    import torch
+
+    return torch.float32
+
+
+@pytest.mark.slow
+def test_torchrun_harness_run_with_fsdp_on_a_fresh_sqlite_store(quick_model_dir, tmp_path):
+    """The documented command line, `torchrun --nproc_per_node 2 -m harness.cli run ... train.sharding=fsdp`, on a
+    tracking store that does not exist yet: the processes no longer race to create its tables (MLflow's migration
+    failed in one of them), only the main process creates the parent run, and the run finishes with a checkpoint."""
+    import mlflow
+
+    db = tmp_path / "store" / "mlflow.db"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29567"]
+    cmd += ["-m", "harness.cli", "run", "--algos", "grpo", "--models", str(quick_model_dir), "--steps", "2"]
+    cmd += [
+        "--config",
+        "tiny",
+        "--no-report",
+        "--no-progress",
+        "--tracking-uri",
+        f"sqlite:///{db}",
+        "--experiment",
+        "fresh",
+    ]
+    for kv in ("train.sharding=fsdp", "eval.before_training=false", "eval.after_training=false", "data.train_size=8"):
+        cmd += ["--set", kv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("fresh").experiment_id])
+    roles = sorted(r.data.tags.get("harness.role") for r in runs)
+    assert roles == ["experiment", "member"] and all(r.info.status == "FINISHED" for r in runs)
+    member = next(r for r in runs if r.data.tags.get("harness.role") == "member")
+    assert member.data.params.get("train.sharding") == "fsdp"
+    assert member.data.tags.get("num_processes") == "2"
+    assert list((tmp_path / "runs").glob("*/*/checkpoint-2/model/model.safetensors"))
