@@ -27,6 +27,21 @@ from contextlib import contextmanager
 import torch
 
 
+def check_launch(distributed_type: str) -> None:
+    """Refuse accelerate's own FSDP / DeepSpeed plugins: the trainer shards the policy itself (``train.sharding``),
+    and a model that accelerate wraps that way would hand the rollout engines shards (``accelerate launch`` with a
+    plain multi-GPU config, ``examples/accelerate/fsdp_gpu.yaml``, or torchrun)."""
+    kind = str(distributed_type).rsplit(".", 1)[-1].upper()
+    if kind in ("FSDP", "DEEPSPEED"):
+        from harness.schema import ConfigError
+
+        raise ConfigError(
+            f"accelerate is configured for {kind} (distributed_type: {kind}): the harness shards the policy itself. "
+            "Launch with a multi-GPU config (distributed_type: MULTI_GPU, e.g. examples/accelerate/fsdp_gpu.yaml) or "
+            "torchrun, and set train.sharding=fsdp (README 'Several processes')"
+        )
+
+
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The transformer blocks of a Hugging Face causal LM (``model.model.layers`` for Llama/Qwen-style models)."""
     inner = getattr(model, "model", None)

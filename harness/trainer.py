@@ -384,6 +384,9 @@ class Trainer:
         """AdamW over the policy, then DDP through accelerate, or FSDP2 (train.sharding=fsdp with several processes:
         the policy, and a reference model if any, are sharded before the optimizer is built; harness.sharding)."""
         t, acc = self.cfg.train, self.accelerator
+        from harness.sharding import check_launch
+
+        check_launch(acc.distributed_type)
         self.fsdp = t.sharding == "fsdp" and acc.num_processes > 1
         if t.sharding == "fsdp" and not self.fsdp and self.is_main:
             print("note: train.sharding=fsdp with a single process: training unsharded", file=sys.stderr, flush=True)

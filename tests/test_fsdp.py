@@ -193,3 +193,17 @@ def test_torchrun_harness_run_with_fsdp_on_a_fresh_sqlite_store(quick_model_dir,
     assert member.data.params.get("train.sharding") == "fsdp"
     assert member.data.tags.get("num_processes") == "2"
     assert list((tmp_path / "runs").glob("*/*/checkpoint-2/model/model.safetensors"))
+
+
+def test_accelerate_fsdp_or_deepspeed_plugins_are_refused():
+    """The trainer shards the policy itself: accelerate's own FSDP / DeepSpeed wrapping is refused with the fix."""
+    from accelerate.utils import DistributedType
+
+    from harness.schema import ConfigError
+    from harness.sharding import check_launch
+
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(ConfigError, match="train.sharding=fsdp"):
+            check_launch(kind)
+    for kind in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU, DistributedType.NO):
+        check_launch(kind)
