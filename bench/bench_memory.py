@@ -1,8 +1,10 @@
-"""Peak memory of one training step: the full-logits path vs chunked log-probs (CPU, a few minutes).
+"""Peak memory per process: the full-logits path vs chunked log-probs, and FSDP vs DDP training (CPU, minutes).
 
-Run: ``python bench/bench_memory.py [--rows 16] [--length 1024] [--vocabs 151936,49152] [--chunk 512] [--threads 1]``
+Run: ``python bench/bench_memory.py [--rows 16] [--length 1024] [--vocabs 151936,49152] [--chunk 512] [--threads 1]
+[--skip-fsdp | --only-fsdp] [--fsdp-model smollm2-135m-gguf] [--fsdp-steps 3] [--fsdp-phases] [--fsdp-env K=V]``
+(check the result with ``bench/check_memory_ratio.py``).
 
-Cases, all in the same run: for each vocabulary, a small random model with that real vocabulary size
+Part 1, chunked vs full log-probs. Cases, all in the same run: for each vocabulary, a small random model with that real vocabulary size
 (V=151,936: Qwen2 architecture, as Qwen2.5; V=49,152: Llama architecture, as SmolLM2; 2 layers, hidden 64,
 tied embeddings, float32), ``--rows`` rows of a 16-token prompt and a ``--length``-token completion
 (every row full length, so no padding flatters either path), temperature 0.7, trained through
@@ -25,7 +27,37 @@ it does, and the table shows the rows actually run. Fewer rows can only raise ch
 peak hardly depends on rows, the full one grows linearly with them), so a reduced run's ratio is an upper
 bound for the requested size. ``--no-guard`` turns the guard off.
 
-The last line reads ``memory ratio chunked/full: X.XX``: the highest (worst) ratio over the vocabularies.
+Part 2, FSDP vs DDP (``--only-fsdp`` runs only this part, ``--skip-fsdp`` skips it): two runs of
+``python -m torch.distributed.run --nproc_per_node 2`` (gloo, ``OMP_NUM_THREADS=1``) of the real
+``harness.trainer.Trainer`` (bench/fsdp_memory_worker.py), ``train.sharding=none`` (DDP through accelerate) then
+``fsdp`` (FSDP2, harness/sharding.py), same settings otherwise: ``--fsdp-model`` (default ``smollm2-135m-gguf``, the
+real pretrained SmolLM2-135M, float32, ~0.54 GB of weights; its ``smollm2-cpu`` preset, so ``share_prompts`` is on),
+GRPO, the ``hf`` engine (under FSDP the whole model is gathered on every process for sampling and freed before
+training), ``--fsdp-steps`` steps (default 3: AdamW creates its state at the first step, so later steps carry it)
+of ``--fsdp-prompts`` (2) prompts x ``--fsdp-generations`` (4) completions per process of at most
+``--fsdp-completion`` (16) tokens, prompts cut at 128 tokens, evaluation off, MLflow to a temporary sqlite file,
+outputs in a temporary folder. Each process reports its RSS once torch, transformers and the trainer are imported
+but before the model exists (``base``: the runtime), the VmHWM of building the Trainer (``setup``: loading, sharding),
+and ``peak``: the highest VmHWM over the training steps (rollout, training, optimizer step, weight sync; not the final
+checkpoint after them, shown as ``final save``: under FSDP it gathers the weights and AdamW state to the main
+process). The worker wraps the trainer's phases to say which phase the peak fell in (``--fsdp-phases`` prints RSS,
+peak and glibc's malloc counters at every boundary: memory malloc holds but does not use shows up there).
+
+The ratio is the worst process's peak under FSDP over the worst process's peak under DDP: whole-process peaks, the
+conservative choice as in part 1 (what both share - the runtime, activations, the logits - pushes it towards 1);
+the ratio of peaks above ``base`` is printed beside it (it leaves out the ~0.3 GB the runtime holds before any
+model exists, which sharding cannot touch).
+
+Caveats: CPU memory, not GPU memory: RSS counts what glibc's allocator keeps after ``free`` (by default tensors
+below its dynamic mmap threshold, up to 32 MB, come from heaps that only shrink from the top), which FSDP's many
+per-layer gather/reduce buffers fragment; ``--fsdp-env MALLOC_MMAP_THRESHOLD_=1048576`` (applied to both runs) makes
+large buffers mmapped and returned on free, which isolates that effect. The activations (the same in both runs)
+are a large share at these sizes; ``--fsdp-gradient-checkpointing`` turns checkpointing on in both runs. The
+trainer's optimizer state and FSDP's savings grow with the model; the runtime and activations do not, so a larger
+model (or more processes) lowers the ratio. Timings are of a 2-core machine: check ``uptime``.
+
+The last line reads ``memory ratio chunked/full: X.XX; fsdp/ddp: Y.YY``: the highest (worst) chunked/full ratio
+over the vocabularies, and the FSDP/DDP whole-process ratio; ``n/a`` for a part that was skipped.
 """
 
 from __future__ import annotations
@@ -158,6 +190,109 @@ def mem_available() -> float:
     return float("inf")
 
 
+FSDP_WORKER = Path(__file__).resolve().parent / "fsdp_memory_worker.py"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_distributed(spec: dict, processes: int, env_extra: dict[str, str]) -> tuple[list[dict], float]:
+    """One ``torch.distributed.run`` of bench/fsdp_memory_worker.py; each process's report and the wall time."""
+    import tempfile
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **env_extra}
+    with tempfile.TemporaryDirectory(prefix=f"bench-memory-{spec['sharding']}-") as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_port",
+            str(free_port()),
+            str(FSDP_WORKER),
+            json.dumps(spec),
+            tmp,
+        ]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(ROOT))
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"sharding={spec['sharding']} run failed (rc {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}"
+            )
+        return [json.loads((Path(tmp) / f"rank{r}.json").read_text()) for r in range(processes)], wall
+
+
+def fsdp_part(args) -> float:
+    """DDP (train.sharding=none) and FSDP runs of the real trainer; prints the table, returns the last line's ratio."""
+    env_extra = dict(kv.split("=", 1) for kv in args.fsdp_env)
+    spec = {
+        "model": args.fsdp_model,
+        "steps": args.fsdp_steps,
+        "prompts": args.fsdp_prompts,
+        "generations": args.fsdp_generations,
+        "completion": args.fsdp_completion,
+        "prompt_length": 128,
+        "train_size": max(8, args.fsdp_prompts * args.fsdp_processes),
+        "gradient_checkpointing": args.fsdp_gradient_checkpointing,
+    }
+
+    def gb(b: float) -> str:
+        return f"{b / 1e9:7.2f}"
+
+    print(
+        f"FSDP vs DDP: {args.fsdp_processes} processes (gloo), real Trainer, {args.fsdp_model} float32, GRPO, hf engine, "
+        f"{args.fsdp_steps} steps x {args.fsdp_prompts} prompts x {args.fsdp_generations} generations per process, "
+        f"<= {args.fsdp_completion}-token completions, eval off"
+        + (", gradient checkpointing" if args.fsdp_gradient_checkpointing else "")
+        + (f"; env {' '.join(args.fsdp_env)}" if args.fsdp_env else "")
+    )
+    print("peak = VmHWM over the steps; base = RSS before the model exists; setup = VmHWM while the Trainer is built")
+    print(
+        f"{'mode':5s} {'rank':>4s} {'base GB':>8s} {'setup GB':>8s} {'peak GB':>8s} {'peak-base':>9s} "
+        f"{'final save':>10s}  {'peak phase':28s} {'run s':>6s}"
+    )
+    res = {}
+    for mode, sharding in (("DDP", "none"), ("FSDP", "fsdp")):
+        load = os.getloadavg()[0]
+        ranks, wall = run_distributed({**spec, "sharding": sharding}, args.fsdp_processes, env_extra)
+        if sharding == "fsdp" and not all(r["fsdp"] for r in ranks):
+            raise RuntimeError("train.sharding=fsdp did not shard (one process?)")
+        res[mode] = ranks
+        for r in ranks:
+            print(
+                f"{mode:5s} {r['rank']:4d} {gb(r['base'])} {gb(r['setup_peak'])} {gb(r['peak'])}  {gb(r['peak'] - r['base'])} "
+                f"{gb(r['final_save_peak'])}    {r['peak_phase']:28s} {wall:6.0f}",
+                flush=True,
+            )
+        print(
+            f"      (load average before the run: {load:.2f}; steps' wall times {', '.join(f'{x:.1f}' for x in ranks[0]['step_s'])} s)"
+        )
+        if args.fsdp_phases:
+            for r in ranks:
+                print(
+                    f"      {mode} rank {r['rank']} phases: RSS at the end / peak over the phase / malloc in use / malloc free held, GB"
+                )
+                for m in r["marks"]:
+                    extra = f" {gb(m['in_use'])} {gb(m['free_held'])}" if "in_use" in m else ""
+                    print(f"        step {m['step']:2d} {m['phase']:24s} {gb(m['rss'])} {gb(m['hwm'])}{extra}")
+    ddp, fsdp = res["DDP"], res["FSDP"]
+    whole = max(r["peak"] for r in fsdp) / max(r["peak"] for r in ddp)
+    above = max(r["peak"] - r["base"] for r in fsdp) / max(r["peak"] - r["base"] for r in ddp)
+    per_rank = ", ".join(f"{f['peak'] / d['peak']:.3f}" for d, f in zip(ddp, fsdp))
+    print(
+        f"  fsdp/ddp, worst process of each: whole-process peak {whole:.3f} (the last line's); peak above the runtime "
+        f"base {above:.3f}; per rank (whole-process): {per_rank}"
+    )
+    return whole
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=16)
@@ -175,11 +310,47 @@ def main() -> None:
         action="store_true",
         help="run the requested rows even if the full path looks too big for this machine",
     )
+    part = ap.add_mutually_exclusive_group()
+    part.add_argument("--skip-fsdp", action="store_true", help="only the chunked/full part (fsdp/ddp: n/a)")
+    part.add_argument("--only-fsdp", action="store_true", help="only the FSDP/DDP part (chunked/full: n/a)")
+    ap.add_argument("--fsdp-model", default="smollm2-135m-gguf", help="model of the FSDP/DDP part (registry name)")
+    ap.add_argument("--fsdp-steps", type=int, default=3, help="training steps of each FSDP/DDP run")
+    ap.add_argument("--fsdp-processes", type=int, default=2)
+    ap.add_argument("--fsdp-prompts", type=int, default=2, help="prompts per step per process")
+    ap.add_argument("--fsdp-generations", type=int, default=4)
+    ap.add_argument("--fsdp-completion", type=int, default=16, help="generation.max_completion_length")
+    ap.add_argument(
+        "--fsdp-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for both runs of the FSDP/DDP part, e.g. MALLOC_MMAP_THRESHOLD_=1048576 (repeatable)",
+    )
+    ap.add_argument(
+        "--fsdp-gradient-checkpointing", action="store_true", help="model.gradient_checkpointing in both runs"
+    )
+    ap.add_argument("--fsdp-phases", action="store_true", help="print every process's RSS at each phase boundary")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
+    chunked = None if args.only_fsdp else chunked_part(args)
+    fsdp = None if args.skip_fsdp else fsdp_part(args)
+    print(format_last_line(chunked, fsdp))
+
+
+def format_last_line(chunked: float | None, fsdp: float | None) -> str:
+    """The line bench/check_memory_ratio.py checks; ``n/a`` for a part that did not run."""
+
+    def f(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2f}"
+
+    return f"memory ratio chunked/full: {f(chunked)}; fsdp/ddp: {f(fsdp)}"
+
+
+def chunked_part(args) -> float:
+    """The chunked vs full log-prob cases; prints their table, returns the worst ratio."""
 
     def gb(b: float) -> str:
         return f"{b / 1e9:7.2f}"
@@ -214,8 +385,8 @@ def main() -> None:
             flush=True,
         )
     worst = max(ratios, key=ratios.get)
-    print(f"worst vocabulary: V={worst} (the ratio below is the highest over {', '.join(str(v) for v in ratios)})")
-    print(f"memory ratio chunked/full: {ratios[worst]:.2f}")
+    print(f"worst vocabulary: V={worst} (chunked/full below is the highest over {', '.join(str(v) for v in ratios)})")
+    return ratios[worst]
 
 
 if __name__ == "__main__":

@@ -32,7 +32,14 @@ class ModelConfig:
         "float32", "Training dtype: float32, bfloat16 or float16.", choices=("float32", "bfloat16", "float16")
     )
     trust_remote_code: bool = _f(False, "Allow custom model code from the hub. Off unless you ask for it.")
-    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    gradient_checkpointing: bool = _f(
+        False,
+        "Recompute each decoder layer's activations in backward instead of storing them (transformers' non-reentrant "
+        "checkpointing; the gradient passes run in training mode, with every dropout set to 0): activation memory of a "
+        "micro-batch falls from ~layers x tokens x (per-layer activations) to ~layers x tokens x hidden, for ~1/3 more "
+        "compute. With it, train.share_prompts applies to the no-grad passes only (a checkpointed layer cannot fill "
+        "the KV cache the shared prompt's completions read).",
+    )
     attn_implementation: str | None = _f(
         None, "Attention kernel passed to transformers (e.g. sdpa, flash_attention_2); None = library default."
     )
@@ -218,8 +225,8 @@ class TrainConfig:
         "instead of repeating the prompt in every row (harness/logprobs.py shared_prompt_logprobs): a group of G rows "
         "does its prompt's work once. Same values and gradients up to float rounding (so runs are not bit-identical "
         "to share_prompts=false); needs the chunked log-prob path (logprob_chunk_size > 0, a supported architecture), "
-        "else ignored. FLOPs and budgets still count every row's prompt tokens, so matched-compute comparisons do not "
-        "change with it.",
+        "else ignored; with model.gradient_checkpointing, gradient passes repeat the prompt in every row. FLOPs and "
+        "budgets still count every row's prompt tokens, so matched-compute comparisons do not change with it.",
     )
     sharding: str = _f(
         "none",

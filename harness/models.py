@@ -423,6 +423,21 @@ def load_model(
     return AutoModelForCausalLM.from_pretrained(path or resolve_path(spec), **kwargs)
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout of ``model`` to zero (``nn.Dropout`` modules and the ``attention_dropout`` rate HF attention
+    modules apply in training mode); returns how many were non-zero. The trainer runs its gradient passes in training
+    mode (gradient checkpointing only recomputes there) and wants them to match its no-grad log-prob passes and the
+    engines' sampling: RL on LLMs trains without dropout (TRL's ``disable_dropout``; every registered model has 0)."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p:
+            module.p, changed = 0.0, changed + 1
+        rate = getattr(module, "attention_dropout", None)
+        if isinstance(rate, float) and rate:
+            module.attention_dropout, changed = 0.0, changed + 1
+    return changed
+
+
 def context_length(model=None, spec: ModelSpec | None = None) -> int | None:
     """Context window: the registry's ``max_model_len``, else the model config's ``max_position_embeddings``."""
     if spec is not None and spec.max_model_len:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -57,7 +57,15 @@ from harness.io import atomic_write_json, atomic_write_text, cache_root
 from harness.logprobs import completion_logprobs, shared_prompt_logprobs, wrapped_chunked_unsupported_reason
 from harness.memory import peak_rss_bytes, plan_microbatches, reset_peak_rss
 from harness.metrics import MetricSums, reduce_metrics
-from harness.models import encode_prompt, get_spec, instruction_for, load_model, load_tokenizer, resolve_path
+from harness.models import (
+    disable_dropout,
+    encode_prompt,
+    get_spec,
+    instruction_for,
+    load_model,
+    load_tokenizer,
+    resolve_path,
+)
 from harness.rewards import training_rewards
 from harness.rollout import SamplingParams
 from harness.secrets import mask_secrets
@@ -343,6 +351,9 @@ class Trainer:
         )
         if m.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        # Gradient passes run in training mode (checkpointing recomputes only there; _train_mode); no dropout anywhere,
+        # so they compute what the no-grad passes and the engines do.
+        disable_dropout(self.model)
         self.model.config.use_cache = True
         self.algorithm = create_algorithm(
             cfg.algorithm,
@@ -752,7 +763,13 @@ class Trainer:
         col = collate(prompts, completions, self.tokenizer.pad_token_id)
         dev = self.accelerator.device
         chunk = self.cfg.train.logprob_chunk_size
-        if self.cfg.train.share_prompts and chunk > 0 and wrapped_chunked_unsupported_reason(model) is None:
+        checkpointed = self.cfg.model.gradient_checkpointing and model.training  # no KV cache inside a checkpoint
+        if (
+            self.cfg.train.share_prompts
+            and chunk > 0
+            and not checkpointed
+            and wrapped_chunked_unsupported_reason(model) is None
+        ):
             ids, mask, prompt_of = distinct_prompts(prompts, self.tokenizer.pad_token_id)
             logps = shared_prompt_logprobs(
                 model,
@@ -893,39 +910,52 @@ class Trainer:
         n_real = len(chunks)
         if self.fsdp:  # every forward/backward is a collective: all processes run as many micro-batches
             chunks = chunks + [chunks[-1]] * (self._max_over_processes(len(chunks)) - len(chunks))
-        for it in range(self.algorithm.num_iterations):
-            for ci, idx in enumerate(chunks):
-                dummy = ci >= n_real  # a repeat of the last micro-batch with zero loss (FSDP padding)
-                sub = batch.select(idx)
-                if self.ref_model is not None and ci not in ref_cache:
+        with self._train_mode():
+            for it in range(self.algorithm.num_iterations):
+                for ci, idx in enumerate(chunks):
+                    dummy = ci >= n_real  # a repeat of the last micro-batch with zero loss (FSDP padding)
+                    sub = batch.select(idx)
+                    if self.ref_model is not None and ci not in ref_cache:
+                        t0 = time.perf_counter()
+                        with torch.no_grad():
+                            ref_lp, ref_col = self._forward_logprobs(self.ref_model, sub.prompt_ids, sub.completion_ids)
+                        ref_cache[ci] = (ref_lp, int(ref_col.attention_mask.sum()))
+                        tokens["ref"] += ref_cache[ci][1]
+                        timing["ref"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    with torch.no_grad():
-                        ref_lp, ref_col = self._forward_logprobs(self.ref_model, sub.prompt_ids, sub.completion_ids)
-                    ref_cache[ci] = (ref_lp, int(ref_col.attention_mask.sum()))
-                    tokens["ref"] += ref_cache[ci][1]
-                    timing["ref"] += time.perf_counter() - t0
+                    sync = nullcontext() if ci == len(chunks) - 1 else self.accelerator.no_sync(self.model)
+                    with sync:
+                        ref = ref_cache[ci][0] if ci in ref_cache else None
+                        inputs, trained = self._loss_inputs(
+                            sub, idx, first_iteration=it == 0, pre_step=pre_step, ref=ref
+                        )
+                        if self.cfg.generation.tis_cap is not None:
+                            if ci not in tis_cache:  # weights from the pre-step log-probs: fixed for all iterations
+                                rows = [engine_lp[row] for row in idx]
+                                tis_cache[ci], tis_metrics = self._tis_weights(inputs.old_logprobs, rows, inputs.mask)
+                                sums.add(tis_metrics)
+                            inputs.is_weights = tis_cache[ci]
+                        loss, metrics = self.algorithm.loss(inputs)
+                        self.accelerator.backward(loss * 0.0 if dummy else loss)
+                    if dummy:
+                        continue
+                    tokens["trained"] += trained
+                    sums.add(metrics)
+                    timing["train"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                sync = nullcontext() if ci == len(chunks) - 1 else self.accelerator.no_sync(self.model)
-                with sync:
-                    ref = ref_cache[ci][0] if ci in ref_cache else None
-                    inputs, trained = self._loss_inputs(sub, idx, first_iteration=it == 0, pre_step=pre_step, ref=ref)
-                    if self.cfg.generation.tis_cap is not None:
-                        if ci not in tis_cache:  # weights from the pre-step log-probs: fixed for all iterations
-                            rows = [engine_lp[row] for row in idx]
-                            tis_cache[ci], tis_metrics = self._tis_weights(inputs.old_logprobs, rows, inputs.mask)
-                            sums.add(tis_metrics)
-                        inputs.is_weights = tis_cache[ci]
-                    loss, metrics = self.algorithm.loss(inputs)
-                    self.accelerator.backward(loss * 0.0 if dummy else loss)
-                if dummy:
-                    continue
-                tokens["trained"] += trained
-                sums.add(metrics)
+                timing["grad_norm"] = self._optimizer_step()
                 timing["train"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            timing["grad_norm"] = self._optimizer_step()
-            timing["train"] += time.perf_counter() - t0
         return sums, timing, tokens
+
+    @contextmanager
+    def _train_mode(self):
+        """The policy in training mode for the gradient passes (gradient checkpointing only recomputes there; dropout
+        is 0 everywhere, disable_dropout), back in eval mode for sampling, evaluation and no-grad log-probs."""
+        self.model.train()
+        try:
+            yield
+        finally:
+            self.model.eval()
 
     def _loss_inputs(
         self,

@@ -120,3 +120,36 @@ def test_training_changes_parameters(make_config):
     tr.fit()
     after = _params(tr)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_gradient_checkpointing_recomputes_and_matches(make_config):
+    """model.gradient_checkpointing really recomputes (the gradient passes run in training mode; a bug had them in
+    eval mode, where transformers skips checkpointing) and trains the same parameters; with share_prompts the
+    gradient passes fall back to repeated prompts (no KV cache inside a checkpoint) and still match."""
+    results = {}
+    for gc, share in ((False, False), (True, False), (True, True)):
+        cfg = make_config(
+            "grpo",
+            model={"gradient_checkpointing": gc},
+            train={"max_steps": 2, "share_prompts": share},
+            tracking={"run_name": f"gc-{gc}-share-{share}"},
+        )
+        tr, _ = _run(cfg)
+        mlp = tr.accelerator.unwrap_model(tr.model).model.layers[0].mlp
+        calls, forward = {"grad": 0}, mlp.forward
+
+        def counted(*args, _calls=calls, _forward=forward, **kwargs):  # (hooks do not fire in a recompute)
+            _calls["grad"] += torch.is_grad_enabled()
+            return _forward(*args, **kwargs)
+
+        mlp.forward = counted
+        tr.fit()
+        assert not tr.model.training  # back in eval mode for sampling and evaluation
+        assert all(m.p == 0.0 for m in tr.model.modules() if isinstance(m, torch.nn.Dropout))
+        results[gc, share] = (_params(tr), calls["grad"])
+        tr.close()
+    (plain, plain_calls), (ckpt, ckpt_calls), (shared, shared_calls) = results.values()
+    assert plain_calls > 0 and ckpt_calls == 2 * plain_calls  # every checkpointed forward runs again in backward
+    assert shared_calls == ckpt_calls  # one unshared forward + its recompute (the shared path would make 2 passes)
+    for other in (ckpt, shared):
+        assert max((plain[k] - other[k]).abs().max().item() for k in plain) <= 1e-6
