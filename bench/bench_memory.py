@@ -33,7 +33,8 @@ Part 2, FSDP vs DDP (``--only-fsdp`` runs only this part, ``--skip-fsdp`` skips 
 ``fsdp`` (FSDP2, harness/sharding.py), same settings otherwise: ``--fsdp-model`` (default ``smollm2-135m-gguf``, the
 real pretrained SmolLM2-135M, float32, ~0.54 GB of weights; its ``smollm2-cpu`` preset, so ``share_prompts`` is on),
 GRPO, the ``hf`` engine (under FSDP the whole model is gathered on every process for sampling and freed before
-training), ``--fsdp-steps`` steps (default 3: AdamW creates its state at the first step, so later steps carry it)
+training), gradient checkpointing in both runs (as sharded runs use it; ``--no-fsdp-gradient-checkpointing`` for
+without), ``--fsdp-steps`` steps (default 3: AdamW creates its state at the first step, so later steps carry it)
 of ``--fsdp-prompts`` (2) prompts x ``--fsdp-generations`` (4) completions per process of at most
 ``--fsdp-completion`` (16) tokens, prompts cut at 128 tokens, evaluation off, MLflow to a temporary sqlite file,
 outputs in a temporary folder. Each process reports its RSS once torch, transformers and the trainer are imported
@@ -48,13 +49,16 @@ conservative choice as in part 1 (what both share - the runtime, activations, th
 the ratio of peaks above ``base`` is printed beside it (it leaves out the ~0.3 GB the runtime holds before any
 model exists, which sharding cannot touch).
 
-Caveats: CPU memory, not GPU memory: RSS counts what glibc's allocator keeps after ``free`` (by default tensors
-below its dynamic mmap threshold, up to 32 MB, come from heaps that only shrink from the top), which FSDP's many
-per-layer gather/reduce buffers fragment; ``--fsdp-env MALLOC_MMAP_THRESHOLD_=1048576`` (applied to both runs) makes
-large buffers mmapped and returned on free, which isolates that effect. The activations (the same in both runs)
-are a large share at these sizes; ``--fsdp-gradient-checkpointing`` turns checkpointing on in both runs. The
-trainer's optimizer state and FSDP's savings grow with the model; the runtime and activations do not, so a larger
-model (or more processes) lowers the ratio. Timings are of a 2-core machine: check ``uptime``.
+Caveats: CPU memory, not GPU memory. RSS counts what glibc's allocator keeps after ``free``: by default blocks below
+its dynamic mmap threshold (up to 32 MB) come from heaps that only shrink from the top, and FSDP's many per-layer
+gather/reduce buffers and the rollout's gathered weights were kept that way (2-2.9 GB per process). CPU FSDP runs
+therefore set a 1 MiB mmap threshold and trim the heaps after the rollout (harness.memory, called from
+harness/sharding.py); DDP runs keep glibc's defaults (``--fsdp-env MALLOC_MMAP_THRESHOLD_=1048576``, applied to both
+runs, moved DDP's peak by 0.05 GB). About 1 GB per process is shared by both runs whatever the sharding: the
+runtime (0.3 GB before the model; transformers' first tokenizer load imports ~1,800 more modules, +0.3 GB),
+activations and the chunked log-prob buffers; the model states FSDP splits (weights, gradients, AdamW state: 2.7 GB
+under DDP at 135M) grow with the model and the rest does not, so a larger model (or more processes) lowers the ratio.
+Timings are of a 2-core machine: check ``uptime``.
 
 The last line reads ``memory ratio chunked/full: X.XX; fsdp/ddp: Y.YY``: the highest (worst) chunked/full ratio
 over the vocabularies, and the FSDP/DDP whole-process ratio; ``n/a`` for a part that was skipped.
@@ -327,7 +331,10 @@ def main() -> None:
         help="environment for both runs of the FSDP/DDP part, e.g. MALLOC_MMAP_THRESHOLD_=1048576 (repeatable)",
     )
     ap.add_argument(
-        "--fsdp-gradient-checkpointing", action="store_true", help="model.gradient_checkpointing in both runs"
+        "--fsdp-gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="model.gradient_checkpointing in both runs (default on, as sharded runs use it)",
     )
     ap.add_argument("--fsdp-phases", action="store_true", help="print every process's RSS at each phase boundary")
     ap.add_argument("--child", help=argparse.SUPPRESS)

@@ -70,6 +70,10 @@ def shard_model(
         kw["offload_policy"] = CPUOffloadPolicy()
     else:
         model.to(device)
+    if device.type == "cpu":  # FSDP's per-layer buffers would otherwise stay resident once freed (measured)
+        from harness.memory import return_large_frees_to_os
+
+        return_large_frees_to_os()
     for layer in decoder_layers(model):
         fully_shard(layer, reshard_after_forward=True, **kw)
     # the root's parameters (embeddings, head) are needed again right after the forward (the chunked log-probs use
@@ -102,6 +106,10 @@ def full_weights(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         for m in mods:
             m.reshard()
             m.set_reshard_after_forward(m is not model, recurse=False)  # as shard_model set them
+        if next(model.parameters()).device.type == "cpu":  # the rollout's freed memory back to the OS before training
+            from harness.memory import trim_freed_memory
+
+            trim_freed_memory()
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

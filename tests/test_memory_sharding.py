@@ -4,6 +4,7 @@ hand-checked numbers for a small architecture, the member's process count, and t
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 
@@ -175,3 +176,44 @@ def test_7b_fsdp_preset_fits_80gb_gpus_where_ddp_does_not(capsys):
         verdicts = [v.split(" (")[0] for v in re.findall(r"does NOT fit|fits \(\d+%\)", line)]
         assert verdicts == ["does NOT fit", "fits", "fits"], line  # DDP, FSDP (bf16), FSDP (bf16, offload)
         assert f"steps:{3 * 1024 // n}" in out  # 1,024 prompts split over n processes, 1 per step, 3 epochs
+
+
+FREES = """
+import torch
+from harness.memory import return_large_frees_to_os, rss_bytes, trim_freed_memory
+if {set_threshold}:
+    assert return_large_frees_to_os()
+torch.ones(16 << 20, dtype=torch.uint8)  # by default, freeing this mapped 16 MiB block raises glibc's threshold past it
+blocks = [torch.ones(2 << 20, dtype=torch.uint8) for _ in range(100)]  # 100 x 2 MiB
+small = [torch.ones(64 << 10, dtype=torch.uint8) for _ in range(800)]  # 800 x 64 KiB, from the heap (above the blocks)
+held = rss_bytes()
+del blocks
+after_large = rss_bytes()
+del small[::2]  # holes: freed in the middle of the heap, which only a trim returns
+before_trim = rss_bytes()
+trim_freed_memory()
+print((held - after_large) / 2**20, (before_trim - rss_bytes()) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc and /proc are Linux-only")
+def test_cpu_fsdp_memory_is_returned_to_the_os():
+    """What CPU FSDP runs set (harness.memory, from harness/sharding.py): with a 1 MiB mmap threshold, freed 2 MiB
+    tensors leave the resident set at once (glibc's default, once its threshold has risen, keeps them in the heap),
+    and malloc_trim returns free pages in the middle of the heap. In fresh processes: the setting is process-wide."""
+    import subprocess
+
+    def run(set_threshold: bool) -> tuple[float, float]:
+        out = subprocess.run(
+            [sys.executable, "-c", FREES.format(set_threshold=set_threshold)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return tuple(float(x) for x in out.stdout.split())
+
+    kept, trimmed_default = run(False)
+    released, trimmed = run(True)
+    assert released >= 190  # the 200 MiB of 2 MiB blocks, unmapped on free
+    assert kept <= 50 and trimmed_default >= 190  # glibc's default kept them in the heap, until malloc_trim
+    assert trimmed >= 15  # half of 50 MiB of 64 KiB blocks, as whole free pages
