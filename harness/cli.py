@@ -454,6 +454,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if results is None:
         print(f"\nmatrix '{name}' submitted; `harness status {name}` shows its members")
         return 0
+    if not _is_main_process():  # under torchrun the main process prints the table (the others never evaluate)
+        return 0
     print(format_summary(results))
     comparison = compare_to_baseline(results)
     if comparison:

@@ -164,7 +164,8 @@ def torch_float32():
 def test_torchrun_harness_run_with_fsdp_on_a_fresh_sqlite_store(quick_model_dir, tmp_path):
     """The documented command line, `torchrun --nproc_per_node 2 -m harness.cli run ... train.sharding=fsdp`, on a
     tracking store that does not exist yet: the processes no longer race to create its tables (MLflow's migration
-    failed in one of them), only the main process creates the parent run, and the run finishes with a checkpoint."""
+    failed in one of them), only the main process creates the parent run and prints the summary, and the run finishes
+    with a checkpoint."""
     import mlflow
 
     db = tmp_path / "store" / "mlflow.db"
@@ -193,6 +194,7 @@ def test_torchrun_harness_run_with_fsdp_on_a_fresh_sqlite_store(quick_model_dir,
     assert member.data.params.get("train.sharding") == "fsdp"
     assert member.data.tags.get("num_processes") == "2"
     assert list((tmp_path / "runs").glob("*/*/checkpoint-2/model/model.safetensors"))
+    assert proc.stdout.count("acc before") == 1  # one summary table: the main process's
 
 
 def test_accelerate_fsdp_or_deepspeed_plugins_are_refused():
