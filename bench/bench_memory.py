@@ -238,6 +238,7 @@ def fsdp_part(args) -> float:
     env_extra = dict(kv.split("=", 1) for kv in args.fsdp_env)
     spec = {
         "model": args.fsdp_model,
+        "preset": args.fsdp_preset,
         "steps": args.fsdp_steps,
         "prompts": args.fsdp_prompts,
         "generations": args.fsdp_generations,
@@ -317,7 +318,16 @@ def main() -> None:
     part = ap.add_mutually_exclusive_group()
     part.add_argument("--skip-fsdp", action="store_true", help="only the chunked/full part (fsdp/ddp: n/a)")
     part.add_argument("--only-fsdp", action="store_true", help="only the FSDP/DDP part (chunked/full: n/a)")
-    ap.add_argument("--fsdp-model", default="smollm2-135m-gguf", help="model of the FSDP/DDP part (registry name)")
+    ap.add_argument(
+        "--fsdp-model",
+        default="smollm2-135m-gguf",
+        help="model of the FSDP/DDP part: a registry name, or a local Hugging Face folder (with --fsdp-preset)",
+    )
+    ap.add_argument(
+        "--fsdp-preset",
+        default=None,
+        help="config preset of both runs (default: the registered model's own, e.g. smollm2-cpu; a local folder has none)",
+    )
     ap.add_argument("--fsdp-steps", type=int, default=3, help="training steps of each FSDP/DDP run")
     ap.add_argument("--fsdp-processes", type=int, default=2)
     ap.add_argument("--fsdp-prompts", type=int, default=2, help="prompts per step per process")

@@ -1,7 +1,7 @@
 """One process of bench/bench_memory.py's FSDP-vs-DDP part; started by ``torch.distributed.run`` (gloo, CPU).
 
 Run: ``python -m torch.distributed.run --nproc_per_node 2 bench/fsdp_memory_worker.py SPEC_JSON OUT_DIR``
-(bench_memory.py does this). SPEC_JSON: ``{"model", "sharding" (none | fsdp), "steps", "prompts", "generations",
+(bench_memory.py does this). SPEC_JSON: ``{"model", "preset" (null: the model's own), "sharding" (none | fsdp), "steps", "prompts", "generations",
 "completion", "prompt_length", "train_size", "gradient_checkpointing"}``. Each process writes ``OUT_DIR/rank{R}.json``.
 
 It trains the real :class:`harness.trainer.Trainer` (GRPO, hf engine) and measures this process's resident set
@@ -71,7 +71,8 @@ def main() -> None:
 
     sharding = spec["sharding"]
     cfg = build_config(
-        getattr(get_spec(spec["model"]), "preset", None),  # the model's preset (smollm2-cpu), as `harness run` applies
+        # the given preset, else the model's own (smollm2-cpu), as `harness run` applies it
+        spec.get("preset") or getattr(get_spec(spec["model"]), "preset", None),
         {
             "model": {
                 "name": spec["model"],
