@@ -1,7 +1,7 @@
 """Peak memory per process: the full-logits path vs chunked log-probs, and FSDP vs DDP training (CPU, minutes).
 
 Run: ``python bench/bench_memory.py [--rows 16] [--length 1024] [--vocabs 151936,49152] [--chunk 512] [--threads 1]
-[--skip-fsdp | --only-fsdp] [--fsdp-model smollm2-135m-gguf] [--fsdp-steps 3] [--fsdp-phases] [--fsdp-env K=V]``
+[--skip-fsdp | --only-fsdp] [--fsdp-model smollm2-135m-gguf] [--fsdp-preset NAME] [--fsdp-steps 3] [--fsdp-phases] [--fsdp-env K=V]``
 (check the result with ``bench/check_memory_ratio.py``).
 
 Part 1, chunked vs full log-probs. Cases, all in the same run: for each vocabulary, a small random model with that real vocabulary size
@@ -55,9 +55,11 @@ gather/reduce buffers and the rollout's gathered weights were kept that way (2-2
 therefore set a 1 MiB mmap threshold and trim the heaps after the rollout (harness.memory, called from
 harness/sharding.py); DDP runs keep glibc's defaults (``--fsdp-env MALLOC_MMAP_THRESHOLD_=1048576``, applied to both
 runs, moved DDP's peak by 0.05 GB). About 1 GB per process is shared by both runs whatever the sharding: the
-runtime (0.3 GB before the model; transformers' first tokenizer load imports ~1,800 more modules, +0.3 GB),
-activations and the chunked log-prob buffers; the model states FSDP splits (weights, gradients, AdamW state: 2.7 GB
-under DDP at 135M) grow with the model and the rest does not, so a larger model (or more processes) lowers the ratio.
+runtime (0.3 GB before the model; transformers' first model and tokenizer load imports ~2,000 more modules,
+scikit-learn among them, +0.5 GB), other heap and activations. What FSDP cannot split is the root unit (embeddings
+and head), gathered with its full gradient through backward and busiest in the embedding's backward, where FSDP's
+peak falls; so the ratio falls with the model only where the root's share does (a random untied 201M Llama, root
+37%, measured 0.63 like SmolLM2-135M, root 21%; README "Several processes").
 Timings are of a 2-core machine: check ``uptime``.
 
 The last line reads ``memory ratio chunked/full: X.XX; fsdp/ddp: Y.YY``: the highest (worst) chunked/full ratio

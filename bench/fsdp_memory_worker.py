@@ -16,6 +16,7 @@ each step start (for ``memory/step_peak_rss_gb``); the wrapper around ``train_st
 
 from __future__ import annotations
 
+import ctypes
 import json
 import sys
 import time
@@ -25,24 +26,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+class Mallinfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (malloc.h)."""
+
+    _fields_ = [
+        (n, ctypes.c_size_t)
+        for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
 def malloc_bytes() -> dict[str, int]:
     """glibc's ``mallinfo2``: ``in_use`` (allocated: heap chunks + mmapped blocks; torch's CPU tensors come from
     malloc) and ``free_held`` (freed heap memory malloc keeps, in every arena: resident once touched unless
     trimmed); empty where unavailable (not glibc >= 2.33, e.g. another allocator preloaded)."""
-    import ctypes
+    from harness.memory import libc_function
 
-    class Mallinfo2(ctypes.Structure):
-        _fields_ = [
-            (n, ctypes.c_size_t)
-            for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-        ] + [("keepcost", ctypes.c_size_t)]
-
-    try:
-        libc = ctypes.CDLL(None)
-        fn = libc.mallinfo2
-    except (OSError, AttributeError):
+    fn = libc_function("mallinfo2", (), Mallinfo2)
+    if fn is None:
         return {}
-    fn.restype = Mallinfo2
     m = fn()
     if m.arena == 0 and m.hblkhd == 0:  # another allocator answers with zeros
         return {}

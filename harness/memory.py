@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -440,7 +441,7 @@ def return_large_frees_to_os(threshold: int = 1 << 20) -> bool:
     and gradients, the rollout's full weights): bench/bench_memory.py measured 2-2.9 GB per process freed but kept
     that way on SmolLM2-135M. The trainer sets it for CPU FSDP runs (harness.sharding.shard_model); GPU tensors come
     from CUDA's allocator and are not affected."""
-    mallopt = _libc_function("mallopt", (ctypes.c_int, ctypes.c_int))
+    mallopt = libc_function("mallopt", (ctypes.c_int, ctypes.c_int))
     return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))
 
 
@@ -448,15 +449,23 @@ def trim_freed_memory() -> bool:
     """Hand the free pages glibc's heaps hold back to the OS (``malloc_trim(0)``); True when some were released. Called by
     CPU FSDP runs when the rollout's gathered weights are freed (harness.sharding.full_weights): -0.05 GB of the
     training step's peak on SmolLM2-135M, 2 processes (bench/bench_memory.py)."""
-    trim = _libc_function("malloc_trim", (ctypes.c_size_t,))
+    trim = libc_function("malloc_trim", (ctypes.c_size_t,))
     return trim is not None and bool(trim(0))
 
 
-def _libc_function(name: str, argtypes: tuple):
-    """A glibc function through ctypes, or None (another C library, or not found)."""
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    """The C library, loaded once (finding it is a ~1 ms search, and the trim runs after every rollout)."""
     try:
-        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or None), name)
-    except (OSError, AttributeError):
+        return ctypes.CDLL(ctypes.util.find_library("c") or None)
+    except OSError:
         return None
-    fn.argtypes, fn.restype = argtypes, ctypes.c_int
+
+
+def libc_function(name: str, argtypes: tuple, restype=ctypes.c_int):
+    """A glibc function through ctypes, or None (another C library, or not found)."""
+    fn = getattr(_libc(), name, None)
+    if fn is None:
+        return None
+    fn.argtypes, fn.restype = argtypes, restype
     return fn
