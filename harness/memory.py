@@ -229,15 +229,17 @@ def ddp_buckets(arch: Arch, dtype: str, sharding: Sharding) -> float:
 
 
 def fsdp_gathered(arch: Arch, dtype: str, sharding: Sharding) -> float:
-    """Unsharded parameters and gradients alive at once during an FSDP training step: :data:`FSDP_GATHERED_LAYERS`
-    decoder layers and the root group (embeddings, LM head; gathered from the forward to the end of the backward),
-    in the compute dtype, plus the unsharded gradients of one layer and of the root, which are produced in the compute
-    dtype and, under bf16 mixed precision, also cast to float32 for the reduce-scatter (both at once)."""
+    """Unsharded parameters and gradients alive at once during an FSDP training step (harness/sharding.py), at the
+    embedding's backward, the end of the backward pass: :data:`FSDP_GATHERED_LAYERS` decoder layers and one
+    vocab x hidden matrix (the root's LM head, gathered from the forward to the end of the backward; an untied input
+    embedding is not gathered in backward) in the compute dtype, plus the unsharded gradients of one layer and of
+    both matrices (one when tied: the embedding's sparse part is added into the head's), produced in the compute dtype
+    and, under bf16 mixed precision, also cast to float32 for the reduce-scatter (both at once)."""
     if not sharding.fsdp:
         return 0.0
     cb = compute_bytes(dtype, sharding)
     grad_bytes = cb + (4 if sharding.mixed_precision == "bf16" else 0)
-    params = FSDP_GATHERED_LAYERS * arch.layer_params + arch.root_params
+    params = FSDP_GATHERED_LAYERS * arch.layer_params + arch.vocab * arch.hidden
     return params * cb + (arch.layer_params + arch.root_params) * grad_bytes
 
 

@@ -29,6 +29,26 @@ def launch(model_dir, sharding: str, out: Path, port: int, train_extra: dict) ->
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
+@pytest.fixture(scope="module")
+def untied_model_dir(quick_model_dir, tmp_path_factory):
+    """The quick model with its LM head untied from the input embeddings (a copy of the same matrix, saved as its own
+    weight): the layout of Qwen2.5-7B and other untied models, whose embedding FSDP shards as a unit of its own."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("untied")
+    shutil.copytree(quick_model_dir, out, dirs_exist_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(quick_model_dir)
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
+    model.save_pretrained(out)
+    again = AutoModelForCausalLM.from_pretrained(out)
+    assert again.lm_head.weight is not again.model.embed_tokens.weight
+    return out
+
+
 # A small micro-batch budget gives the processes different micro-batch counts: under FSDP each forward/backward is a
 # collective, so the trainer pads the shorter process with zero-loss repeats.
 @pytest.mark.slow
@@ -42,18 +62,25 @@ def launch(model_dir, sharding: str, out: Path, port: int, train_extra: dict) ->
             "max_steps": 4,
         },
         {"model": {"gradient_checkpointing": True}},
+        {"untied": True},
     ],
-    ids=["grpo", "grpo_uneven_microbatches", "repo", "grpo_gradient_checkpointing"],
+    ids=["grpo", "grpo_uneven_microbatches", "repo", "grpo_gradient_checkpointing", "grpo_untied_embeddings"],
 )
-def test_fsdp_matches_ddp(quick_model_dir, tmp_path, train_extra):
+def test_fsdp_matches_ddp(quick_model_dir, tmp_path, train_extra, request):
     from safetensors.torch import load_file
 
+    untied = train_extra.pop("untied", False)
+    if untied:  # the embedding is its own FSDP unit, not gathered in backward
+        quick_model_dir = request.getfixturevalue("untied_model_dir")
     ddp = launch(quick_model_dir, "none", tmp_path / "ddp", 29561, train_extra)
     fsdp = launch(quick_model_dir, "fsdp", tmp_path / "fsdp", 29562, train_extra)
     steps = train_extra.get("max_steps", 3)
     if "micro_batch_size" in train_extra:  # the padding path really ran
         assert fsdp[0]["chunks"] != fsdp[1]["chunks"]
     assert [r["fsdp"] for r in ddp] == [False, False] and [r["fsdp"] for r in fsdp] == [True, True]
+    # tied: the embedding's backward is sparse into the head's gradient; untied: the embedding is a unit of its own
+    assert ("model.embed_tokens" in fsdp[0]["units"]) == untied and fsdp[0]["sparse_embedding"] == (not untied)
+    assert "" in fsdp[0]["units"] and not ddp[0]["units"] and not ddp[0]["sparse_embedding"]
     # The same prompts and (same weights, same seeds) the same samples at every step, on each process.
     for a, b in zip(ddp, fsdp):
         assert a["steps"] == b["steps"] and len(a["steps"]) == steps
@@ -210,3 +237,48 @@ def test_accelerate_fsdp_or_deepspeed_plugins_are_refused():
             check_launch(kind)
     for kind in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU, DistributedType.NO):
         check_launch(kind)
+
+
+def _embedding_backward(model, ids):
+    """Backward of a log-prob loss through ``model``; the input embedding's gradient and the largest allocation made
+    by an embedding backward op (torch's profiler, CPU memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    loss = model(input_ids=ids).logits.float().log_softmax(-1)[..., 3].sum()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss.backward()
+    emb_alloc = max((e.cpu_memory_usage for e in prof.events() if "embedding" in e.name), default=0)
+    return model.get_input_embeddings().weight.grad, emb_alloc
+
+
+def test_tied_embeddings_take_a_sparse_backward_into_the_heads_dense_gradient():
+    """What shard_model sets for a tied model (harness.sharding.sparse_tied_embedding_grad): the embedding's backward
+    no longer allocates a vocabulary-sized block, and the parameter still gets one dense gradient equal to the dense
+    backward's. An untied model is left as it is (FSDP could not reduce a sparse gradient)."""
+    import copy
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from harness.sharding import sparse_tied_embedding_grad
+
+    def model(tied: bool):
+        torch.manual_seed(0)
+        cfg = LlamaConfig(
+            vocab_size=2048, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            tie_word_embeddings=tied,
+        )  # fmt: skip
+        return LlamaForCausalLM(cfg)
+
+    ids = torch.randint(0, 2048, (2, 12), generator=torch.Generator().manual_seed(1))
+    dense = model(tied=True)
+    sparse = copy.deepcopy(dense)
+    assert sparse_tied_embedding_grad(sparse) and sparse.get_input_embeddings().sparse
+    g_dense, alloc_dense = _embedding_backward(dense, ids)
+    g_sparse, alloc_sparse = _embedding_backward(sparse, ids)
+    block = 2048 * 16 * 4  # one float32 vocabulary x hidden matrix
+    assert alloc_dense >= block and alloc_sparse < block // 8, (alloc_dense, alloc_sparse)
+    assert not g_sparse.is_sparse and torch.allclose(g_sparse, g_dense, atol=1e-6, rtol=0)
+
+    untied = model(tied=False)
+    assert not sparse_tied_embedding_grad(untied) and not untied.get_input_embeddings().sparse

@@ -59,8 +59,12 @@ def test_ddp_counts_the_whole_model_and_its_gradient_buckets_on_every_process():
 def test_fsdp_shards_the_model_states_and_adds_the_gathered_units():
     fsdp = est(Sharding(4, "fsdp"))
     assert (fsdp["weights"], fsdp["gradients"], fsdp["optimizer"], fsdp["ddp_buckets"]) == (1000, 1000, 2000, 0)
-    # 2 layers + the root gathered in float32, and one layer's + the root's unsharded gradients
+    # 2 layers + the root's matrix gathered in float32, and one layer's + the root's unsharded gradients
     assert fsdp["gathered"] == (2 * 480 + 40) * 4 + (480 + 40) * 4 == 6080
+    # untied: the head alone is gathered through the backward (the embedding is not gathered for its backward), but
+    # both matrices' gradients exist at its end
+    untied = Arch(layers=2, hidden=4, intermediate=8, vocab=10, params=1000.0, tied=False)
+    assert est(Sharding(4, "fsdp"), arch=untied)["gathered"] == (2 * 460 + 40) * 4 + (460 + 80) * 4
     assert fsdp["training"] == 4000 + 6080 + ACT_VALUES * 4 + 500 + BASE_BYTES
     # rollout with the hf engine: the whole model gathered (float32) + the weight and AdamW shards
     assert fsdp["sampling_gathered"] == 4000

@@ -80,6 +80,8 @@ def main() -> None:
     plan = tr._plan
     tr._plan = lambda batch, rows: (lambda c: chunk_counts.append(len(c)) or c)(plan(batch, rows))
     tr.fit()
+    from torch.distributed.fsdp import FSDPModule
+
     rank = tr.accelerator.process_index
     params = full_params(tr)
     resumed = {}
@@ -98,6 +100,9 @@ def main() -> None:
             {
                 "rank": rank,
                 "fsdp": tr.fsdp,
+                # the FSDP units by module name ("" = the root) and whether the input embedding backpropagates sparse
+                "units": [n for n, m in tr._policy().named_modules() if isinstance(m, FSDPModule)],
+                "sparse_embedding": bool(tr._policy().get_input_embeddings().sparse),
                 "steps": steps,
                 "chunks": chunk_counts,
                 "gaps": gaps,
