@@ -56,11 +56,12 @@ therefore set a 1 MiB mmap threshold and trim the heaps after the rollout (harne
 harness/sharding.py); DDP runs keep glibc's defaults (``--fsdp-env MALLOC_MMAP_THRESHOLD_=1048576``, applied to both
 runs, moved DDP's peak by 0.05 GB). About 1 GB per process is shared by both runs whatever the sharding: the
 runtime (0.3 GB before the model; transformers' first model and tokenizer load imports ~2,000 more modules,
-scikit-learn among them, +0.5 GB), other heap and activations. What FSDP cannot split is the root unit (embeddings
-and head), gathered with its full gradient through backward and busiest in the embedding's backward, where FSDP's
-peak falls; so the ratio falls with the model only where the root's share does (a random untied 201M Llama, root
-37%, measured 0.63 like SmolLM2-135M, root 21%; README "Several processes").
-Timings are of a 2-core machine: check ``uptime``.
+scikit-learn among them, +0.5 GB), other heap and activations. What FSDP cannot split is the root unit (the
+LM head, and the embeddings when tied), gathered with its full gradient through backward; its peak is the embedding's
+backward at the end (harness/sharding.py: a tied embedding's backward is sparse, an untied one is a unit of its own
+that is not gathered there; before these two, the ratio was 0.61-0.63 on SmolLM2-135M and on a random untied 201M
+Llama). The rollout phase (the whole model gathered for the hf engine) is about as high; README "Several processes"
+has the figures. Timings are of a 2-core machine: check ``uptime``.
 
 The last line reads ``memory ratio chunked/full: X.XX; fsdp/ddp: Y.YY``: the highest (worst) chunked/full ratio
 over the vocabularies, and the FSDP/DDP whole-process ratio; ``n/a`` for a part that was skipped.
