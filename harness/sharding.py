@@ -1,9 +1,11 @@
 """FSDP2 sharding of the policy: ``train.sharding: fsdp`` (README "Several processes").
 
 The policy is split with ``torch.distributed.fsdp.fully_shard`` per decoder layer plus the root (embeddings, final
-norm, LM head; an untied input embedding is a unit of its own, gathered only for its lookup), so parameters, gradients and AdamW state are held 1/N per process; a forward gathers one layer at a
-time and frees it after use (with tied embeddings, the embedding's backward is sparse so the root's peak carries no
-extra vocabulary-sized block: :func:`sparse_tied_embedding_grad`). What needs the whole model gets it in one of three ways, never as a persistent copy:
+norm, LM head; an untied input embedding is a unit of its own, gathered only for its lookup), so parameters,
+gradients and AdamW state are held 1/N per process; a forward gathers one layer at a time and frees it after use.
+With tied embeddings the embedding's backward is sparse, so the root's peak carries no extra vocabulary-sized block
+(:func:`sparse_tied_embedding_grad`). What needs the whole model gets it in one of three ways, never as a persistent
+copy:
 
 * **Sampling and evaluation with the in-process engines** (``hf``, ``hf-generate``): :func:`full_weights` gathers
   every layer on every process for the rollout phase and frees them when it ends (as TRL does for ZeRO-3 by
@@ -57,9 +59,9 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 def shard_model(
     model: torch.nn.Module, device: torch.device, *, mixed_precision: str = "none", cpu_offload: bool = False
 ) -> torch.nn.Module:
-    """Apply FSDP2 in place: each decoder layer, an untied input embedding, then the root. ``mixed_precision="bf16"``: gather and compute in
-    bfloat16, reduce gradients in float32 (the shards keep their dtype); ``cpu_offload``: shards, gradients and
-    optimizer state live in CPU memory (GPU runs)."""
+    """Apply FSDP2 in place: each decoder layer, an untied input embedding, then the root. ``mixed_precision="bf16"``:
+    gather and compute in bfloat16, reduce gradients in float32 (the shards keep their dtype); ``cpu_offload``: shards,
+    gradients and optimizer state live in CPU memory (GPU runs)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
@@ -98,11 +100,11 @@ def sparse_tied_embedding_grad(model: torch.nn.Module) -> bool:
     The root unit's peak is the embedding's backward, at the very end of the backward pass: the gathered matrix and
     the head's dense gradient (held by autograd until the embedding's part of the same gradient arrives) are alive,
     and a dense embedding backward adds a third vocab x hidden block (``embedding_dense_backward`` writes the
-    micro-batch's few rows into a zeroed matrix) before the two are summed. With ``nn.Embedding.sparse`` the embedding's
-    part is only those rows (``[tokens, hidden]``), and autograd adds it in place into the head's dense gradient, so
-    the parameter still receives one dense gradient, as FSDP's reduce-scatter needs (SmolLM2-135M, 2 processes:
-    the training peak falls 0.12 GB, README "Several processes"). Only for a tied matrix: there the head's dense
-    gradient is always part of the same sum (every gradient pass computes log-probs through the head). An untied
+    micro-batch's few rows into a zeroed matrix) before the two are summed. With ``nn.Embedding.sparse`` the
+    embedding's part is only those rows (``[tokens, hidden]``), and autograd adds it in place into the head's dense
+    gradient, so the parameter still receives one dense gradient, as FSDP's reduce-scatter needs (SmolLM2-135M, 2
+    processes: the training peak falls 0.12 GB, README "Several processes"). Only for a tied matrix: there the head's
+    dense gradient is always part of the same sum (every gradient pass computes log-probs through the head). An untied
     embedding's gradient would be sparse on its own, which FSDP cannot reduce, so it stays dense."""
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
