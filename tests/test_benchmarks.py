@@ -450,6 +450,7 @@ def untrained_tiny_dir(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow  # seconds of waiting or subprocesses: out of the fast subset
 def test_run_eval_offline_writes_mlflow_and_local_results(untrained_tiny_dir, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 

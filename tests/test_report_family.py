@@ -128,6 +128,7 @@ def _html_table(path: Path, csv: str) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # builds the synthetic family store (~6 s): out of the fast subset
 def test_one_row_per_algorithm_and_the_control_row_apart(family, report, abl):
     assert list(abl.index) == [*ALGOS, CONTROL]  # the baseline first, the control last
     assert (abl["n_runs"] == 2).all()  # the control's seeds equal grpo's: nothing merged or dropped as a duplicate
@@ -145,6 +146,7 @@ def test_one_row_per_algorithm_and_the_control_row_apart(family, report, abl):
     assert t.set_index("algorithm").loc[CONTROL, "reward"] == "random p=0.5"
 
 
+@pytest.mark.slow  # builds the synthetic family store (~6 s): out of the fast subset
 def test_accuracy_cost_and_seeds_needed_match_mlflow(family, report, abl):
     client = _client(family)
     base_final, _ = _final_and_start(client, family, "grpo")
@@ -173,6 +175,7 @@ def test_accuracy_cost_and_seeds_needed_match_mlflow(family, report, abl):
     assert t.loc["dapo", "macro acc (%)"].startswith(f"{100 * abl.loc['dapo', 'accuracy']:.1f} [")
 
 
+@pytest.mark.slow  # builds the synthetic family store (~6 s): out of the fast subset
 def test_group_columns_come_from_the_metrics(family, report, abl):
     client = _client(family)
     for label in ["grpo", "dapo", "repo:recent_k", "zv_substitute", CONTROL]:
@@ -197,6 +200,7 @@ def test_group_columns_come_from_the_metrics(family, report, abl):
     assert t.loc["zv_substitute", "rescued by replay/substitution"] == f"{zv:.2f}"
 
 
+@pytest.mark.slow  # builds the synthetic family store (~6 s): out of the fast subset
 def test_missing_group_metrics_show_a_dash(report, abl):
     cols = ["groups_generated", "groups_kept", "groups_dropped", "on_policy_signal", "rescued", "no_signal"]
     assert abl.loc["prioritized_replay", cols].isna().all()
@@ -211,6 +215,7 @@ def test_missing_group_metrics_show_a_dash(report, abl):
     assert "`prioritized_replay` logged no prompt-group counts" in section
 
 
+@pytest.mark.slow  # builds the synthetic family store (~6 s): out of the fast subset
 def test_cost_to_target_column_and_the_control_does_not_set_the_target(report, abl):
     ctt = pd.read_csv(report / "tables" / "cost_to_target.csv")
     assert set(abl["target_unit"]) == {"flops"}  # the runs' budget unit
@@ -229,6 +234,7 @@ def test_cost_to_target_column_and_the_control_does_not_set_the_target(report, a
     assert t.loc["grpo", "FLOPs to target"] != "not reached"
 
 
+@pytest.mark.slow  # builds the synthetic family store (~6 s): out of the fast subset
 def test_summary_gain_against_the_reward_control(family, report):
     client = _client(family)
     final, start = _final_and_start(client, family, CONTROL)
@@ -247,6 +253,7 @@ def test_summary_gain_against_the_reward_control(family, report):
     assert list(gains["algorithm"]) == ALGOS and set(gains["control"]) == {CONTROL}
 
 
+@pytest.mark.slow  # builds the synthetic family store (~6 s): out of the fast subset
 def test_summary_seeds_for_the_smallest_difference(report, abl):
     real = abl[~abl["control"] & abl["seeds_needed"].notna()]
     smallest = real.loc[real["delta"].abs().idxmin()]
@@ -259,6 +266,7 @@ def test_summary_seeds_for_the_smallest_difference(report, abl):
     assert f"would need ~{smallest['seeds_needed']:.0f} seeds per algorithm" in summary
 
 
+@pytest.mark.slow  # builds the synthetic family store (~6 s): out of the fast subset
 def test_without_a_control_one_line_says_so(family, tmp_path):
     from reports.cli import generate_report
 
@@ -277,6 +285,7 @@ def test_without_a_control_one_line_says_so(family, tmp_path):
     assert not (out / "tables" / "reward_control.csv").exists()
 
 
+@pytest.mark.slow  # builds the synthetic family store (~6 s): out of the fast subset
 def test_section_renders_in_markdown_and_html(report):
     md = (report / "report.md").read_text()
     page = (report / "report.html").read_text()

@@ -142,6 +142,7 @@ POWER_TOWER = "Therefore \\boxed{9^{9^{9^{9^{9}}}}}"
 NESTED = "\\boxed{" + "{" * 3000 + "1" + "}" * 3000 + "}"
 
 
+@pytest.mark.slow  # seconds of waiting or subprocesses: out of the fast subset
 def test_in_process_score_has_a_time_limit() -> None:
     t0 = time.monotonic()
     res = score_one(POWER_TOWER, "42", timeout_s=1.0)
@@ -169,6 +170,7 @@ def test_batch_matches_per_pair_score(scorer: Scorer) -> None:
     assert batch == [score_one(c, g, timeout_s=5.0) for c, g in zip(comps, golds)]
 
 
+@pytest.mark.slow  # seconds of waiting or subprocesses: out of the fast subset
 def test_pathological_outputs_time_out_without_stalling(scorer: Scorer) -> None:
     long_text = "Let us think step by step. " * 4000 + "The answer is \\boxed{17}."  # ~100 kB
     assert len(long_text) > 100_000
@@ -186,6 +188,7 @@ def test_pathological_outputs_time_out_without_stalling(scorer: Scorer) -> None:
     assert [r.reward for r in again] == [1.0, 0.0]
 
 
+@pytest.mark.slow  # seconds of waiting or subprocesses: out of the fast subset
 def test_hung_worker_is_killed_and_replaced() -> None:
     # Without the in-worker alarm the only way out is killing the worker process.
     with Scorer(num_workers=1, timeout_s=1.0, soft_timeout=False, kill_grace_s=0.2) as s:
@@ -234,6 +237,7 @@ def test_score_off_main_thread_uses_worker_pool() -> None:
     assert out == [1.0, 0.0]
 
 
+@pytest.mark.slow  # seconds of waiting or subprocesses: out of the fast subset
 def test_interrupted_batch_does_not_leak_into_the_next() -> None:
     import _thread
     import signal
