@@ -165,7 +165,10 @@ def _hidden_state_forward(inner: torch.nn.Module, keep: int):
     def forward(input_ids=None, attention_mask=None, position_ids=None, **kwargs):
         kwargs.pop("logits_to_keep", None)
         out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
-        return out.last_hidden_state[:, -keep:]
+        # a tensor of its own, not a view: FSDP2 warns on every run when a sharded root's forward returns a view
+        # (an in-place op on it would skip its backward hook; none is done here). The copy is [rows, keep, H], freed
+        # once the completion tokens' states are taken from it
+        return out.last_hidden_state[:, -keep:].clone()
 
     inner.forward = forward
     try:
