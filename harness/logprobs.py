@@ -157,18 +157,17 @@ def logprobs_from_hidden(
 
 
 @contextmanager
-def _hidden_state_forward(inner: torch.nn.Module, keep: int):
+def _hidden_state_forward(inner: torch.nn.Module):
     """While active, ``inner(...)`` (and so any wrapper's forward around it, e.g. DDP's) returns the
-    backbone's final hidden states of the last ``keep`` positions instead of a logits output."""
+    backbone's final hidden states, ``[rows, positions, H]``, instead of a logits output. The whole tensor, not a
+    slice: a view returned by a sharded root's forward makes FSDP2 warn (an in-place op on it would skip the root's
+    backward hook), so the caller takes the positions it needs."""
     backbone = inner.model
 
     def forward(input_ids=None, attention_mask=None, position_ids=None, **kwargs):
         kwargs.pop("logits_to_keep", None)
         out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
-        # a tensor of its own, not a view: FSDP2 warns on every run when a sharded root's forward returns a view
-        # (an in-place op on it would skip its backward hook; none is done here). The copy is [rows, keep, H], freed
-        # once the completion tokens' states are taken from it
-        return out.last_hidden_state[:, -keep:].clone()
+        return out.last_hidden_state
 
     inner.forward = forward
     try:
@@ -203,9 +202,10 @@ def chunked_logprobs(
     """The chunked path (see the module docstring); ``model`` may be wrapped (DDP). The model must be supported."""
     inner = _unwrap(model)
     C = completion_ids.shape[1]
-    with _hidden_state_forward(inner, C + 1):
+    with _hidden_state_forward(inner):
         hidden = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    return _head_logprobs(inner, hidden[:, :-1], completion_ids, completion_mask, temperature, chunk_size)
+    # the states before each completion token: positions -(C + 1) .. -2
+    return _head_logprobs(inner, hidden[:, -(C + 1) : -1], completion_ids, completion_mask, temperature, chunk_size)
 
 
 def _head_logprobs(inner, hidden, ids, mask, temperature: float, chunk_size: int) -> torch.Tensor:

@@ -80,7 +80,7 @@ def shard_model(
     tied = sparse_tied_embedding_grad(model)
     for layer in decoder_layers(model):
         fully_shard(layer, reshard_after_forward=True, **kw)
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    emb = model.get_input_embeddings()
     if not tied and isinstance(emb, torch.nn.Embedding):
         # an untied input embedding is a unit of its own, gathered for the lookup only: its backward needs the token
         # ids, not the matrix, so it is not gathered again there (the root then holds the head alone)
@@ -89,8 +89,6 @@ def shard_model(
     # the root's parameters (embeddings, head) are needed again right after the forward (the chunked log-probs use
     # the head outside it) and in backward: kept gathered between the two, as FSDP2 does by default for the root
     fully_shard(model, reshard_after_forward=False, **kw)
-    if tied and model.get_input_embeddings().weight is not model.get_output_embeddings().weight:
-        raise RuntimeError("fully_shard untied the input embeddings and the LM head (torch changed): report this")
     return model
 
 
@@ -106,9 +104,8 @@ def sparse_tied_embedding_grad(model: torch.nn.Module) -> bool:
     processes: the training peak falls 0.12 GB, README "Several processes"). Only for a tied matrix: there the head's
     dense gradient is always part of the same sum (every gradient pass computes log-probs through the head). An untied
     embedding's gradient would be sparse on its own, which FSDP cannot reduce, so it stays dense."""
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not isinstance(emb, torch.nn.Embedding) or head is None or getattr(head, "weight", None) is not emb.weight:
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if not isinstance(emb, torch.nn.Embedding) or getattr(head, "weight", None) is not emb.weight:
         return False
     emb.sparse = True
     return True

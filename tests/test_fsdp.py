@@ -69,7 +69,8 @@ def untied_model_dir(quick_model_dir, tmp_path_factory):
 def test_fsdp_matches_ddp(quick_model_dir, tmp_path, train_extra, request):
     from safetensors.torch import load_file
 
-    untied = train_extra.pop("untied", False)
+    untied = train_extra.get("untied", False)
+    train_extra = {k: v for k, v in train_extra.items() if k != "untied"}  # the rest goes to the worker
     if untied:  # the embedding is its own FSDP unit, not gathered in backward
         quick_model_dir = request.getfixturevalue("untied_model_dir")
     ddp = launch(quick_model_dir, "none", tmp_path / "ddp", 29561, train_extra)

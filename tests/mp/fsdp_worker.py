@@ -24,6 +24,8 @@ def main() -> None:
     generation_extra = train_extra.pop("generation", {})  # e.g. a vllm engine
     resume_at = train_extra.pop("resume_at", None)  # stop after this many steps, then resume in a new Trainer
 
+    from torch.distributed.fsdp import FSDPModule
+
     from harness.config import build_config
     from harness.trainer import Trainer
 
@@ -80,8 +82,6 @@ def main() -> None:
     plan = tr._plan
     tr._plan = lambda batch, rows: (lambda c: chunk_counts.append(len(c)) or c)(plan(batch, rows))
     tr.fit()
-    from torch.distributed.fsdp import FSDPModule
-
     rank = tr.accelerator.process_index
     params = full_params(tr)
     resumed = {}
